@@ -1,0 +1,116 @@
+//! The control client: one mutual-TLS stream to the server, reconnecting by
+//! itself. Every applied message publishes a whole new [`NetMap`]; with the
+//! server away the last one stays in force.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use anyhow::Result;
+use tokio::sync::watch;
+use tonic::Code;
+use ztmesh_proto::v1;
+use ztmesh_rpc::v1::control_client::ControlClient;
+
+use crate::netmap::NetMap;
+use crate::tls;
+
+/// What the control client needs.
+#[derive(Clone)]
+pub struct ControlConfig {
+    /// Server URL.
+    pub server_url: String,
+    /// Pinned CA (PEM).
+    pub ca_pem: String,
+    /// Client certificate (PEM).
+    pub cert_pem: String,
+    /// Identity key (PEM).
+    pub key_pem: String,
+    /// Our WireGuard UDP port, reported to the server.
+    pub listen_port: u16,
+}
+
+/// Runs forever: connect, apply the stream, reconnect with backoff.
+/// `connected` tells status whether a stream is live.
+pub async fn run(config: ControlConfig, netmap: watch::Sender<NetMap>, connected: Arc<AtomicBool>) {
+    let mut backoff = Duration::from_millis(250);
+    loop {
+        let result = sync_once(&config, &netmap, &connected).await;
+        connected.store(false, Ordering::Relaxed);
+        match result {
+            Ok(()) => {
+                tracing::warn!("control stream ended; reconnecting");
+                backoff = Duration::from_millis(250);
+            }
+            Err(SyncError::Refused(status)) => {
+                tracing::error!(reason = %status.message(), "the server refused this device; keeping no peers");
+                // A refused (revoked, unknown) device keeps nothing.
+                netmap.send_modify(|map| {
+                    map.peers.clear();
+                    map.filter = Default::default();
+                });
+                backoff = Duration::from_secs(30);
+            }
+            Err(SyncError::Other(error)) => {
+                tracing::warn!(error = %format!("{error:#}"), retry_in = ?backoff, "control connection lost; tunnels keep running under the last policy");
+            }
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_secs(5));
+    }
+}
+
+enum SyncError {
+    Refused(tonic::Status),
+    Other(anyhow::Error),
+}
+
+impl From<anyhow::Error> for SyncError {
+    fn from(e: anyhow::Error) -> Self {
+        SyncError::Other(e)
+    }
+}
+
+fn classify(status: tonic::Status) -> SyncError {
+    match status.code() {
+        Code::PermissionDenied | Code::Unauthenticated => SyncError::Refused(status),
+        _ => SyncError::Other(anyhow::anyhow!("{}: {}", status.code(), status.message())),
+    }
+}
+
+async fn sync_once(
+    config: &ControlConfig,
+    netmap: &watch::Sender<NetMap>,
+    connected: &AtomicBool,
+) -> Result<(), SyncError> {
+    let channel = tls::channel(
+        &config.server_url,
+        &config.ca_pem,
+        Some((&config.cert_pem, &config.key_pem)),
+    )
+    .await?;
+    let mut stream = ControlClient::new(channel)
+        .sync(v1::SyncRequest {
+            listen_port: u32::from(config.listen_port),
+            endpoints: vec![],
+        })
+        .await
+        .map_err(classify)?
+        .into_inner();
+    let mut map = NetMap::default();
+    loop {
+        let message = match stream.message().await {
+            Ok(Some(message)) => message,
+            Ok(None) => return Ok(()),
+            Err(status) => return Err(classify(status)),
+        };
+        // Applied to a private copy: a bad message leaves the published map
+        // untouched and restarts the stream (which begins with a snapshot).
+        map.apply(message)
+            .map_err(|e| SyncError::Other(anyhow::anyhow!(e)))?;
+        connected.store(true, Ordering::Relaxed);
+        tracing::debug!(seq = map.seq, peers = map.peers.len(), policy = map.filter.version, "network map updated");
+        netmap.send_replace(map.clone());
+    }
+}
+

@@ -1,0 +1,291 @@
+//! The data plane event loop: one UDP socket, one TUN device, one boringtun
+//! `Tunn` per peer. Receive order: decrypt -> cryptokey routing -> stateful
+//! filter -> TUN. Send order: route by allowed IPs -> filter (conntrack) ->
+//! encrypt -> UDP.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD;
+use boringtun::noise::handshake::parse_handshake_anon;
+use boringtun::noise::rate_limiter::RateLimiter;
+use boringtun::noise::{Packet, Tunn, TunnResult};
+use tokio::net::UdpSocket;
+use tokio::sync::{mpsc, watch};
+use x25519_dalek::{PublicKey, StaticSecret};
+use ztmesh_filter::{DropReason, Filter, FilterConfig, FilterLimits, Verdict};
+
+use crate::netmap::{NetMap, PeerDiff, SelfNode};
+use crate::peers::PeerTable;
+use crate::status::{PeerStatus, Status, StatusRequest};
+use crate::tunio::TunIo;
+
+/// Largest datagram or packet handled (plus room for WireGuard overhead).
+const BUF_SIZE: usize = 65_536 + 256;
+/// How often boringtun's timers run.
+const TIMER_TICK: Duration = Duration::from_millis(250);
+/// Handshakes per second before the rate limiter answers with cookies.
+const HANDSHAKE_RATE_LIMIT: u64 = 100;
+
+/// The I/O endpoints, kept apart from the state so the loop can borrow both.
+pub struct Io<T> {
+    /// The TUN side.
+    pub tun: T,
+    /// The WireGuard UDP socket.
+    pub udp: UdpSocket,
+}
+
+/// Everything the loop owns besides the I/O.
+struct Engine {
+    private: StaticSecret,
+    public: PublicKey,
+    peers: PeerTable,
+    filter: Filter,
+    filter_config: FilterConfig,
+    self_node: SelfNode,
+    rate_limiter: Arc<RateLimiter>,
+    out: Vec<u8>,
+}
+
+enum Event {
+    Tun(std::io::Result<usize>),
+    Udp(std::io::Result<(usize, SocketAddr)>),
+    Tick,
+    NetMap,
+    Status(StatusRequest),
+    Stop,
+}
+
+/// Runs the data plane until `shutdown` fires or an I/O endpoint fails.
+pub async fn run<T: TunIo>(
+    io: Io<T>,
+    private: StaticSecret,
+    mut netmap: watch::Receiver<NetMap>,
+    mut status_requests: mpsc::Receiver<StatusRequest>,
+    connected: Arc<AtomicBool>,
+    mut shutdown: watch::Receiver<bool>,
+) -> anyhow::Result<()> {
+    let public = PublicKey::from(&private);
+    let rate_limiter = Arc::new(RateLimiter::new(&public, HANDSHAKE_RATE_LIMIT));
+    let mut engine = Engine {
+        peers: PeerTable::new(private.clone(), Arc::clone(&rate_limiter)),
+        private,
+        public,
+        filter: Filter::new(FilterLimits::default()),
+        filter_config: FilterConfig::default(),
+        self_node: SelfNode::default(),
+        rate_limiter,
+        out: vec![0; BUF_SIZE],
+    };
+    let initial = netmap.borrow_and_update().clone();
+    engine.apply_netmap(&io, &initial).await;
+    let mut tun_buf = vec![0u8; BUF_SIZE];
+    let mut udp_buf = vec![0u8; BUF_SIZE];
+    let mut tick = tokio::time::interval(TIMER_TICK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut ticks: u64 = 0;
+    loop {
+        // The select only picks the event; handling happens after it so the
+        // receive futures no longer borrow the buffers.
+        let event = tokio::select! {
+            r = io.tun.recv(&mut tun_buf) => Event::Tun(r),
+            r = io.udp.recv_from(&mut udp_buf) => Event::Udp(r),
+            _ = tick.tick() => Event::Tick,
+            r = netmap.changed() => if r.is_ok() { Event::NetMap } else { Event::Stop },
+            Some(reply) = status_requests.recv() => Event::Status(reply),
+            _ = shutdown.changed() => Event::Stop,
+        };
+        match event {
+            Event::Tun(r) => {
+                let n = r?;
+                if let Some(packet) = tun_buf.get(..n) {
+                    engine.on_tun(&io, packet).await;
+                }
+            }
+            Event::Udp(Ok((n, from))) => {
+                if let Some(datagram) = udp_buf.get(..n) {
+                    engine.on_udp(&io, from, datagram).await;
+                }
+            }
+            Event::Udp(Err(e)) => {
+                // ICMP port unreachable from a peer surfaces here on Linux; not fatal.
+                tracing::debug!(error = %e, "udp receive error");
+            }
+            Event::Tick => {
+                ticks += 1;
+                engine.on_tick(&io).await;
+                if ticks % 4 == 0 {
+                    engine.rate_limiter.reset_count();
+                    engine.filter.expire(Instant::now());
+                }
+            }
+            Event::NetMap => {
+                let map = netmap.borrow_and_update().clone();
+                engine.apply_netmap(&io, &map).await;
+            }
+            Event::Status(reply) => {
+                let _ = reply.send(engine.status(&io, connected.load(Ordering::Relaxed)));
+            }
+            Event::Stop => return Ok(()),
+        }
+    }
+}
+
+impl Engine {
+    async fn on_tun<T: TunIo>(&mut self, io: &Io<T>, packet: &[u8]) {
+        // The kernel's own IPv6 chatter and traffic to non-peers ends here.
+        let Some(dst) = ztmesh_filter::destination_address(packet) else {
+            return;
+        };
+        let Some(key) = self.peers.route(dst) else {
+            return;
+        };
+        if let Verdict::Drop(_) = self.filter.outbound(packet, Instant::now()) {
+            return;
+        }
+        let Some(peer) = self.peers.get_mut(&key) else {
+            return;
+        };
+        match peer.tunn.encapsulate(packet, &mut self.out) {
+            TunnResult::WriteToNetwork(datagram) => {
+                if let Some(endpoint) = peer.endpoint {
+                    send(&io.udp, datagram, endpoint).await;
+                }
+            }
+            TunnResult::Err(e) => tracing::debug!(peer = %peer.info.name, error = ?e, "encapsulate failed"),
+            _ => {}
+        }
+    }
+
+    async fn on_udp<T: TunIo>(&mut self, io: &Io<T>, from: SocketAddr, datagram: &[u8]) {
+        let key = match Tunn::parse_incoming_packet(datagram) {
+            Ok(Packet::HandshakeInit(p)) => parse_handshake_anon(&self.private, &self.public, &p)
+                .ok()
+                .map(|h| h.peer_static_public),
+            Ok(Packet::HandshakeResponse(p)) => self.peers.key_by_receiver_index(p.receiver_idx),
+            Ok(Packet::PacketCookieReply(p)) => self.peers.key_by_receiver_index(p.receiver_idx),
+            Ok(Packet::PacketData(p)) => self.peers.key_by_receiver_index(p.receiver_idx),
+            Err(_) => None,
+        };
+        let Some(peer) = key.and_then(|k| self.peers.get_mut(&k)) else {
+            self.filter.record_drop(DropReason::UnknownPeer);
+            return;
+        };
+        match peer.tunn.decapsulate(Some(from.ip()), datagram, &mut self.out) {
+            TunnResult::WriteToNetwork(reply) => {
+                peer.endpoint = Some(from);
+                send(&io.udp, reply, from).await;
+                // Flush packets queued while the handshake was in progress.
+                while let TunnResult::WriteToNetwork(queued) =
+                    peer.tunn.decapsulate(None, &[], &mut self.out)
+                {
+                    send(&io.udp, queued, from).await;
+                }
+            }
+            TunnResult::WriteToTunnelV4(packet, src) => {
+                peer.endpoint = Some(from);
+                let allowed = peer.info.allowed_ips.iter().any(|n| n.contains(&IpAddr::V4(src)));
+                deliver(io, &mut self.filter, allowed, packet).await;
+            }
+            TunnResult::WriteToTunnelV6(packet, src) => {
+                peer.endpoint = Some(from);
+                let allowed = peer.info.allowed_ips.iter().any(|n| n.contains(&IpAddr::V6(src)));
+                deliver(io, &mut self.filter, allowed, packet).await;
+            }
+            TunnResult::Err(e) => tracing::debug!(peer = %peer.info.name, error = ?e, "decapsulate failed"),
+            TunnResult::Done => {}
+        }
+    }
+
+    async fn on_tick<T: TunIo>(&mut self, io: &Io<T>) {
+        for peer in self.peers.iter_mut() {
+            if let TunnResult::WriteToNetwork(datagram) = peer.tunn.update_timers(&mut self.out)
+                && let Some(endpoint) = peer.endpoint
+            {
+                send(&io.udp, datagram, endpoint).await;
+            }
+        }
+    }
+
+    async fn apply_netmap<T: TunIo>(&mut self, io: &Io<T>, map: &NetMap) {
+        self.self_node = map.self_node.clone();
+        let diff = PeerDiff::between(self.peers.iter().map(|p| &p.info), map.peers.values());
+        let added = self.peers.apply(diff);
+        if map.filter != self.filter_config {
+            self.filter.apply(map.filter.clone(), Instant::now());
+            self.filter_config = map.filter.clone();
+            tracing::info!(version = map.filter.version, rules = map.filter.rules.len(), "filter applied");
+        }
+        // Start handshakes with new peers so tunnels are up before traffic.
+        for key in added {
+            if let Some(peer) = self.peers.get_mut(&key)
+                && let Some(endpoint) = peer.endpoint
+                && let TunnResult::WriteToNetwork(init) =
+                    peer.tunn.format_handshake_initiation(&mut self.out, false)
+            {
+                send(&io.udp, init, endpoint).await;
+            }
+        }
+    }
+
+    fn status<T: TunIo>(&self, io: &Io<T>, control_connected: bool) -> Status {
+        let counters = self.filter.counters();
+        let mut peers: Vec<PeerStatus> = self
+            .peers
+            .iter()
+            .map(|p| {
+                let (handshake, tx, rx, _, _) = p.tunn.stats();
+                PeerStatus {
+                    name: p.info.name.clone(),
+                    public_key: STANDARD.encode(p.info.public_key),
+                    endpoint: p.endpoint.map(|e| e.to_string()),
+                    allowed_ips: p.info.allowed_ips.iter().map(ToString::to_string).collect(),
+                    last_handshake_secs: handshake.map(|d| d.as_secs()),
+                    rx_bytes: rx as u64,
+                    tx_bytes: tx as u64,
+                }
+            })
+            .collect();
+        peers.sort_by(|a, b| a.name.cmp(&b.name));
+        Status {
+            name: self.self_node.name.clone(),
+            addresses: self.self_node.addresses.iter().map(ToString::to_string).collect(),
+            public_key: STANDARD.encode(self.public.as_bytes()),
+            listen_port: io.udp.local_addr().map(|a| a.port()).unwrap_or(0),
+            control_connected,
+            policy_version: self.filter.version(),
+            peers,
+            drops: counters
+                .iter_drops()
+                .map(|(reason, n)| (reason.as_str().to_owned(), n))
+                .collect(),
+            accepted_inbound: counters.accepted_inbound(),
+            flows: self.filter.flow_count(),
+        }
+    }
+}
+
+/// Cryptokey routing, then the filter, then the TUN.
+async fn deliver<T: TunIo>(io: &Io<T>, filter: &mut Filter, source_allowed: bool, packet: &[u8]) {
+    if packet.is_empty() {
+        return;
+    }
+    if !source_allowed {
+        filter.record_drop(DropReason::CryptokeyRouting);
+        return;
+    }
+    if filter.inbound(packet, Instant::now()) == Verdict::Accept
+        && let Err(e) = io.tun.send(packet).await
+    {
+        tracing::debug!(error = %e, "tun write failed");
+    }
+}
+
+async fn send(udp: &UdpSocket, datagram: &[u8], to: SocketAddr) {
+    if let Err(e) = udp.send_to(datagram, to).await {
+        tracing::debug!(to = %to, error = %e, "udp send failed");
+    }
+}

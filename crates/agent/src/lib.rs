@@ -1,0 +1,131 @@
+//! ztmesh daemon: enrolls the device, keeps one mutual-TLS stream to the
+//! coordination server, and runs userspace WireGuard (boringtun
+//! `noise::Tunn`) over a TUN device, enforcing cryptokey routing and the
+//! stateful default-deny filter on every received packet.
+
+#![warn(clippy::indexing_slicing)]
+
+pub mod control;
+pub mod dataplane;
+pub mod enroll;
+pub mod keys;
+pub mod netmap;
+pub mod peers;
+pub mod state;
+pub mod status;
+pub mod tls;
+pub mod tunio;
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+
+use anyhow::{Context, Result, bail};
+use tokio::net::UdpSocket;
+use tokio::sync::{mpsc, watch};
+
+use crate::control::ControlConfig;
+use crate::dataplane::Io;
+use crate::keys::DeviceKeys;
+use crate::netmap::NetMap;
+use crate::state::{Enrollment, StateDir};
+use crate::tunio::TunIo;
+
+/// Options of `ztmesh up`.
+#[derive(Debug, Clone)]
+pub struct UpOptions {
+    /// State directory (keys, certificates, status socket).
+    pub state_dir: PathBuf,
+    /// Join token, needed only the first time.
+    pub join: Option<String>,
+    /// Device name to request (default: host name).
+    pub name: Option<String>,
+    /// TUN interface name.
+    pub tun_name: String,
+    /// WireGuard UDP port.
+    pub listen_port: u16,
+    /// Overlay prefix routed into the TUN device.
+    pub overlay_prefix: u8,
+}
+
+/// Enrolls if needed, then runs the daemon on a real TUN until `shutdown`.
+pub async fn up(options: UpOptions, shutdown: watch::Receiver<bool>) -> Result<()> {
+    tunio::check_net_admin()?;
+    let state = StateDir::open(&options.state_dir)?;
+    let enrollment = ensure_enrolled(&state, options.join.as_deref(), options.name.as_deref()).await?;
+    let address = first_ipv4(&enrollment)?;
+    let tun = tunio::create_kernel_tun(&options.tun_name, address, options.overlay_prefix)?;
+    let udp = bind_udp(SocketAddr::from((Ipv4Addr::UNSPECIFIED, options.listen_port))).await?;
+    tracing::info!(name = %enrollment.name, address = %address, tun = %options.tun_name, port = options.listen_port, "daemon running");
+    run(&state, &enrollment, Io { tun, udp }, shutdown).await
+}
+
+/// Returns the enrollment in `state`, enrolling with `join` first if there is none.
+pub async fn ensure_enrolled(
+    state: &StateDir,
+    join: Option<&str>,
+    name: Option<&str>,
+) -> Result<Enrollment> {
+    if let Some(enrollment) = state.enrollment()? {
+        if join.is_some() {
+            tracing::info!(name = %enrollment.name, "already enrolled; ignoring --join");
+        }
+        return Ok(enrollment);
+    }
+    let Some(token) = join else {
+        bail!(
+            "this device is not enrolled yet ({} has no enrollment): run `ztmesh up --join TOKEN` with a token from `ztmesh admin join-token create`",
+            state.path().display()
+        );
+    };
+    let name = name.map_or_else(enroll::default_name, str::to_owned);
+    let enrollment = enroll::enroll(state, token, &name).await?;
+    tracing::info!(name = %enrollment.name, addresses = ?enrollment.addresses, "enrolled");
+    Ok(enrollment)
+}
+
+/// Runs control client, status socket and data plane over the given I/O.
+pub async fn run<T: TunIo>(
+    state: &StateDir,
+    enrollment: &Enrollment,
+    io: Io<T>,
+    shutdown: watch::Receiver<bool>,
+) -> Result<()> {
+    let keys = DeviceKeys::load(state)?;
+    let (status_tx, status_rx) = mpsc::channel(8);
+    status::serve(&state.socket_path(), status_tx).await?;
+    let (netmap_tx, netmap_rx) = watch::channel(NetMap::default());
+    let connected = Arc::new(AtomicBool::new(false));
+    let control_config = ControlConfig {
+        server_url: enrollment.server_url.clone(),
+        ca_pem: keys.ca_cert_pem.clone(),
+        cert_pem: keys.client_cert_pem.clone(),
+        key_pem: keys.identity_key_pem.clone(),
+        listen_port: io.udp.local_addr()?.port(),
+    };
+    let control = tokio::spawn(control::run(control_config, netmap_tx, Arc::clone(&connected)));
+    let result = dataplane::run(io, keys.wireguard, netmap_rx, status_rx, connected, shutdown).await;
+    control.abort();
+    let _ = std::fs::remove_file(state.socket_path());
+    result
+}
+
+/// Binds the WireGuard socket with a clear error when the port is taken.
+pub async fn bind_udp(addr: SocketAddr) -> Result<UdpSocket> {
+    UdpSocket::bind(addr).await.with_context(|| {
+        format!("cannot bind the WireGuard UDP socket on {addr}; is another daemon using it? choose another with --listen-port")
+    })
+}
+
+fn first_ipv4(enrollment: &Enrollment) -> Result<Ipv4Addr> {
+    enrollment
+        .addresses
+        .iter()
+        .filter_map(|a| a.parse::<ipnet::IpNet>().ok())
+        .find_map(|n| match n {
+            ipnet::IpNet::V4(v4) => Some(v4.addr()),
+            ipnet::IpNet::V6(_) => None,
+        })
+        .context("the enrollment record has no IPv4 overlay address")
+}

@@ -1,0 +1,106 @@
+//! `ztmesh status`: what the daemon reports over its local socket.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use anyhow::{Context, Result, bail};
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::{mpsc, oneshot};
+
+/// The daemon's state as `ztmesh status --output json` prints it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Status {
+    /// Device name.
+    pub name: String,
+    /// Overlay addresses.
+    pub addresses: Vec<String>,
+    /// WireGuard public key (base64).
+    pub public_key: String,
+    /// WireGuard UDP port.
+    pub listen_port: u16,
+    /// Whether the control stream is live.
+    pub control_connected: bool,
+    /// Policy version of the filter in force (0 = none; nothing passes).
+    pub policy_version: u64,
+    /// Peers.
+    pub peers: Vec<PeerStatus>,
+    /// Dropped packets by reason.
+    pub drops: BTreeMap<String, u64>,
+    /// Inbound packets accepted.
+    pub accepted_inbound: u64,
+    /// Tracked flows.
+    pub flows: usize,
+}
+
+/// One peer in [`Status`].
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct PeerStatus {
+    /// Device name.
+    pub name: String,
+    /// WireGuard public key (base64).
+    pub public_key: String,
+    /// Current endpoint.
+    pub endpoint: Option<String>,
+    /// Inner addresses this peer may use.
+    pub allowed_ips: Vec<String>,
+    /// Seconds since the last completed handshake.
+    pub last_handshake_secs: Option<u64>,
+    /// Bytes received from it.
+    pub rx_bytes: u64,
+    /// Bytes sent to it.
+    pub tx_bytes: u64,
+}
+
+/// A status request to the data plane.
+pub type StatusRequest = oneshot::Sender<Status>;
+
+/// Serves status on the Unix socket `path` (mode 0600) until dropped.
+pub async fn serve(path: &Path, requests: mpsc::Sender<StatusRequest>) -> Result<()> {
+    if UnixStream::connect(path).await.is_ok() {
+        bail!(
+            "another ztmesh daemon is already running with this state directory ({}); stop it first or use another --state-dir",
+            path.display()
+        );
+    }
+    let _ = std::fs::remove_file(path);
+    let listener = UnixListener::bind(path).with_context(|| format!("binding {}", path.display()))?;
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    }
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let requests = requests.clone();
+            tokio::spawn(async move {
+                let (tx, rx) = oneshot::channel();
+                if requests.send(tx).await.is_err() {
+                    return;
+                }
+                if let Ok(status) = rx.await
+                    && let Ok(json) = serde_json::to_vec(&status)
+                {
+                    let _ = stream.write_all(&json).await;
+                }
+                let _ = stream.shutdown().await;
+            });
+        }
+    });
+    Ok(())
+}
+
+/// Asks the daemon with state directory socket `path` for its status.
+pub async fn query(path: &Path) -> Result<Status> {
+    let mut stream = UnixStream::connect(path).await.with_context(|| {
+        format!(
+            "no ztmesh daemon is running with this state directory ({} is not answering); start one with `ztmesh up`",
+            path.display()
+        )
+    })?;
+    let mut buf = Vec::new();
+    tokio::time::timeout(std::time::Duration::from_secs(5), stream.read_to_end(&mut buf))
+        .await
+        .context("the daemon did not answer within 5 s")??;
+    serde_json::from_slice(&buf).context("the daemon sent an unreadable status")
+}

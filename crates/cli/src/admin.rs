@@ -1,0 +1,286 @@
+//! `ztmesh admin ...`: the admin API from the command line.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, Result, anyhow};
+use clap::{Args, Subcommand};
+use tonic::Request;
+use tonic::transport::Channel;
+use ztmesh_proto::v1;
+use ztmesh_rpc::v1::admin_client::AdminClient;
+
+use crate::server::Output;
+
+/// `ztmesh admin` arguments.
+#[derive(Args)]
+pub struct AdminArgs {
+    /// Server URL (https://HOST:PORT).
+    #[arg(long, global = true, env = "ZTMESH_SERVER")]
+    server: Option<String>,
+    /// Admin API key.
+    #[arg(long, global = true, env = "ZTMESH_API_KEY", hide_env_values = true)]
+    api_key: Option<String>,
+    /// The server's CA certificate (ca.pem in the server's data directory).
+    #[arg(long, global = true, env = "ZTMESH_CA_CERT")]
+    ca_cert: Option<PathBuf>,
+    #[command(subcommand)]
+    command: AdminCommand,
+}
+
+#[derive(Subcommand)]
+enum AdminCommand {
+    /// Join tokens for enrolling devices.
+    #[command(subcommand, name = "join-token")]
+    JoinToken(JoinTokenCommand),
+    /// Enrolled devices.
+    #[command(subcommand)]
+    Devices(DevicesCommand),
+    /// The segment policy.
+    #[command(subcommand)]
+    Policy(PolicyCommand),
+}
+
+#[derive(Subcommand)]
+enum JoinTokenCommand {
+    /// Create a join token and print it alone on stdout.
+    Create {
+        /// Allow many enrollments (default: single use).
+        #[arg(long)]
+        reusable: bool,
+        /// Lifetime, e.g. 30m, 12h, 7d (default 24h, at most 365d).
+        #[arg(long, value_parser = humantime::parse_duration)]
+        expires: Option<Duration>,
+        /// Tag given to every device enrolled with it (repeatable).
+        #[arg(long = "tag")]
+        tags: Vec<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum DevicesCommand {
+    /// List devices.
+    List {
+        /// Output format.
+        #[arg(long, value_enum, default_value = "text")]
+        output: Output,
+    },
+    /// Revoke a device: it is removed from every peer and its stream is closed.
+    Revoke {
+        /// Device name or id.
+        name: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum PolicyCommand {
+    /// Validate FILE (including its tests) and make it the policy in force.
+    Set {
+        /// Policy file (TOML).
+        file: PathBuf,
+    },
+    /// Print the policy in force.
+    Get {
+        /// Output format.
+        #[arg(long, value_enum, default_value = "text")]
+        output: Output,
+    },
+    /// Check FILE (including its tests) without applying it.
+    Validate {
+        /// Policy file (TOML).
+        file: PathBuf,
+    },
+}
+
+/// Runs an admin command.
+pub async fn run(args: AdminArgs) -> Result<()> {
+    let client = connect(&args).await?;
+    match args.command {
+        AdminCommand::JoinToken(JoinTokenCommand::Create {
+            reusable,
+            expires,
+            tags,
+        }) => {
+            let response = client
+                .admin()
+                .create_join_token(client.request(v1::CreateJoinTokenRequest {
+                    reusable,
+                    expires_in_seconds: expires.map_or(0, |d| d.as_secs().max(1)),
+                    tags,
+                }))
+                .await
+                .map_err(status_error)?
+                .into_inner();
+            println!("{}", response.token);
+        }
+        AdminCommand::Devices(DevicesCommand::List { output }) => {
+            let devices = client
+                .admin()
+                .list_devices(client.request(v1::ListDevicesRequest {}))
+                .await
+                .map_err(status_error)?
+                .into_inner()
+                .devices;
+            print_devices(&devices, output)?;
+        }
+        AdminCommand::Devices(DevicesCommand::Revoke { name }) => {
+            let device = client
+                .admin()
+                .revoke_device(client.request(v1::RevokeDeviceRequest { device: name }))
+                .await
+                .map_err(status_error)?
+                .into_inner()
+                .device
+                .ok_or_else(|| anyhow!("the server returned no device"))?;
+            println!("device {} revoked", device.name);
+        }
+        AdminCommand::Policy(PolicyCommand::Set { file }) => {
+            let text = read_policy(&file)?;
+            let response = client
+                .admin()
+                .set_policy(client.request(v1::SetPolicyRequest { text }))
+                .await
+                .map_err(|s| policy_error(&file, s))?
+                .into_inner();
+            println!("policy version {} is in force", response.version);
+        }
+        AdminCommand::Policy(PolicyCommand::Validate { file }) => {
+            let text = read_policy(&file)?;
+            let response = client
+                .admin()
+                .validate_policy(client.request(v1::ValidatePolicyRequest { text }))
+                .await
+                .map_err(|s| policy_error(&file, s))?
+                .into_inner();
+            println!(
+                "{}: valid ({} segments, {} rules, tests pass)",
+                file.display(),
+                response.segments,
+                response.rules
+            );
+        }
+        AdminCommand::Policy(PolicyCommand::Get { output }) => {
+            let policy = client
+                .admin()
+                .get_policy(client.request(v1::GetPolicyRequest {}))
+                .await
+                .map_err(status_error)?
+                .into_inner();
+            if output == Output::Json {
+                let json = serde_json::json!({
+                    "version": policy.version,
+                    "author": policy.author,
+                    "created_at": policy.created_at,
+                    "text": policy.text,
+                });
+                println!("{json}");
+            } else if policy.version == 0 {
+                eprintln!("no policy has been set: nothing is allowed (default deny)");
+            } else {
+                eprintln!("# policy version {} set by {}", policy.version, policy.author);
+                print!("{}", policy.text);
+            }
+        }
+    }
+    Ok(())
+}
+
+struct Client {
+    channel: Channel,
+    bearer: tonic::metadata::MetadataValue<tonic::metadata::Ascii>,
+}
+
+impl Client {
+    fn admin(&self) -> AdminClient<Channel> {
+        AdminClient::new(self.channel.clone())
+    }
+
+    fn request<T>(&self, message: T) -> Request<T> {
+        let mut request = Request::new(message);
+        request
+            .metadata_mut()
+            .insert("authorization", self.bearer.clone());
+        request
+    }
+}
+
+async fn connect(args: &AdminArgs) -> Result<Client> {
+    let server = args
+        .server
+        .as_deref()
+        .ok_or_else(|| anyhow!("no server given: pass --server https://HOST:7443 or set ZTMESH_SERVER"))?;
+    let api_key = args
+        .api_key
+        .as_deref()
+        .ok_or_else(|| anyhow!("no API key given: pass --api-key or set ZTMESH_API_KEY (printed once by `ztmesh server init`)"))?;
+    let ca_path = args
+        .ca_cert
+        .as_deref()
+        .ok_or_else(|| anyhow!("no CA certificate given: pass --ca-cert or set ZTMESH_CA_CERT (ca.pem in the server's data directory)"))?;
+    let ca = std::fs::read_to_string(ca_path)
+        .with_context(|| format!("reading the CA certificate {}", ca_path.display()))?;
+    if !ca.contains("BEGIN CERTIFICATE") {
+        anyhow::bail!("{} is not a PEM certificate", ca_path.display());
+    }
+    let bearer = format!("Bearer {}", api_key.trim())
+        .parse()
+        .map_err(|_| anyhow!("the API key contains characters that cannot be sent"))?;
+    let channel = ztmesh_agent::tls::channel(server, &ca, None).await?;
+    Ok(Client { channel, bearer })
+}
+
+fn read_policy(file: &std::path::Path) -> Result<String> {
+    std::fs::read_to_string(file).with_context(|| format!("reading the policy file {}", file.display()))
+}
+
+fn status_error(status: tonic::Status) -> anyhow::Error {
+    anyhow!("{}", status.message())
+}
+
+fn policy_error(file: &std::path::Path, status: tonic::Status) -> anyhow::Error {
+    if status.code() == tonic::Code::InvalidArgument {
+        anyhow!("{}: {}; the policy in force is unchanged", file.display(), status.message())
+    } else {
+        status_error(status)
+    }
+}
+
+fn print_devices(devices: &[v1::Device], output: Output) -> Result<()> {
+    use base64::Engine;
+    if output == Output::Json {
+        let list: Vec<_> = devices
+            .iter()
+            .map(|d| {
+                serde_json::json!({
+                    "id": d.id,
+                    "name": d.name,
+                    "addresses": d.addresses,
+                    "tags": d.tags,
+                    "status": d.status,
+                    "online": d.online,
+                    "public_key": base64::engine::general_purpose::STANDARD.encode(&d.public_key),
+                    "endpoints": d.endpoints,
+                    "created_at": d.created_at,
+                })
+            })
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&list)?);
+        return Ok(());
+    }
+    println!(
+        "{:<20} {:<18} {:<20} {:<8} {:<7} ENDPOINT",
+        "NAME", "ADDRESS", "TAGS", "STATUS", "ONLINE"
+    );
+    for d in devices {
+        println!(
+            "{:<20} {:<18} {:<20} {:<8} {:<7} {}",
+            d.name,
+            d.addresses.join(","),
+            d.tags.join(","),
+            d.status,
+            if d.online { "yes" } else { "no" },
+            d.endpoints.join(",")
+        );
+    }
+    Ok(())
+}

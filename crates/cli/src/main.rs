@@ -1,0 +1,127 @@
+//! `ztmesh`: the one binary. Thin glue over `ztmesh-server` and `ztmesh-agent`.
+
+mod admin;
+mod server;
+mod status;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// ztmesh: a zero trust network overlay on userspace WireGuard.
+#[derive(Parser)]
+#[command(name = "ztmesh", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the coordination server (initialising its data directory the first time).
+    Server(server::ServerArgs),
+    /// Manage the network through the admin API.
+    Admin(admin::AdminArgs),
+    /// Enroll this device (first time) and run the daemon in the foreground.
+    Up(UpArgs),
+    /// Show the local daemon's node, peers and drop counters.
+    Status(status::StatusArgs),
+}
+
+#[derive(clap::Args)]
+struct UpArgs {
+    /// Join token from `ztmesh admin join-token create` (needed only the first time).
+    #[arg(long, env = "ZTMESH_JOIN_TOKEN", hide_env_values = true)]
+    join: Option<String>,
+    /// Device name to request (default: the host name).
+    #[arg(long)]
+    name: Option<String>,
+    /// State directory holding keys and certificates (mode 0700).
+    #[arg(long, default_value = "/var/lib/ztmesh")]
+    state_dir: PathBuf,
+    /// Name of the TUN interface.
+    #[arg(long, default_value = "ztmesh0")]
+    tun: String,
+    /// WireGuard UDP port.
+    #[arg(long, default_value_t = 51820)]
+    listen_port: u16,
+    /// Prefix length of the overlay range routed into the TUN device (100.64.0.0/10 by default).
+    #[arg(long, default_value_t = 10)]
+    overlay_prefix: u8,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async move {
+        match cli.command {
+            Command::Server(args) => server::run(args).await,
+            Command::Admin(args) => admin::run(args).await,
+            Command::Up(args) => up(args).await,
+            Command::Status(args) => status::run(args).await,
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn up(args: UpArgs) -> anyhow::Result<()> {
+    if args.overlay_prefix > 32 {
+        anyhow::bail!("--overlay-prefix must be between 0 and 32");
+    }
+    let options = ztmesh_agent::UpOptions {
+        state_dir: args.state_dir,
+        join: args.join,
+        name: args.name,
+        tun_name: args.tun,
+        listen_port: args.listen_port,
+        overlay_prefix: args.overlay_prefix,
+    };
+    ztmesh_agent::up(options, shutdown_signal()).await
+}
+
+/// A receiver that flips to `true` on Ctrl-C or SIGTERM.
+pub fn shutdown_signal() -> tokio::sync::watch::Receiver<bool> {
+    let (tx, rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+                let _ = tx.send(true);
+                return;
+            }
+        };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+        tracing::info!("shutting down");
+        let _ = tx.send(true);
+    });
+    rx
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("ZTMESH_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+}

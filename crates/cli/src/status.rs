@@ -1,0 +1,56 @@
+//! `ztmesh status`.
+
+use std::path::PathBuf;
+
+use anyhow::Result;
+use clap::Args;
+use ztmesh_agent::state::StateDir;
+
+use crate::server::Output;
+
+/// `ztmesh status` arguments.
+#[derive(Args)]
+pub struct StatusArgs {
+    /// State directory of the daemon to ask.
+    #[arg(long, default_value = "/var/lib/ztmesh")]
+    state_dir: PathBuf,
+    /// Output format.
+    #[arg(long, value_enum, default_value = "text")]
+    output: Output,
+}
+
+/// Prints the daemon's status.
+pub async fn run(args: StatusArgs) -> Result<()> {
+    let state = StateDir::open(&args.state_dir)?;
+    let status = ztmesh_agent::status::query(&state.socket_path()).await?;
+    if args.output == Output::Json {
+        println!("{}", serde_json::to_string_pretty(&status)?);
+        return Ok(());
+    }
+    println!(
+        "node {}  {}  control: {}  policy: {}",
+        status.name,
+        status.addresses.join(","),
+        if status.control_connected { "connected" } else { "disconnected (running on the last policy)" },
+        if status.policy_version == 0 { "none (nothing passes)".to_owned() } else { format!("v{}", status.policy_version) },
+    );
+    println!("public key {}  udp port {}", status.public_key, status.listen_port);
+    println!();
+    println!("{:<20} {:<18} {:<22} {:<10} {:>10} {:>10}", "PEER", "ADDRESS", "ENDPOINT", "HANDSHAKE", "RX", "TX");
+    for p in &status.peers {
+        println!(
+            "{:<20} {:<18} {:<22} {:<10} {:>10} {:>10}",
+            p.name,
+            p.allowed_ips.join(","),
+            p.endpoint.as_deref().unwrap_or("-"),
+            p.last_handshake_secs.map_or_else(|| "never".to_owned(), |s| format!("{s}s ago")),
+            p.rx_bytes,
+            p.tx_bytes
+        );
+    }
+    println!();
+    let drops: Vec<String> = status.drops.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    println!("accepted inbound: {}  tracked flows: {}", status.accepted_inbound, status.flows);
+    println!("drops: {}", drops.join(" "));
+    Ok(())
+}

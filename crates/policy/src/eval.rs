@@ -1,0 +1,310 @@
+//! Segment membership and first-match evaluation of single flows. Real
+//! devices and hypothetical endpoints share one membership test
+//! ([`Segment::contains`]), which keeps `evaluate` and `compile` consistent.
+
+use std::collections::BTreeSet;
+use std::slice;
+
+use ztmesh_filter::{Action, PortRange, Protocol};
+
+use crate::ports::{PortSpec, RulePort};
+use crate::portset::PortSet;
+use crate::{Device, Endpoint, Policy};
+
+/// The outcome of evaluating one flow.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Decision {
+    /// What happens to the flow.
+    pub action: Action,
+    /// Name of the deciding rule; `None` when no rule matched (default deny).
+    pub rule: Option<String>,
+}
+
+impl Policy {
+    /// Decides a single hypothetical flow (used by the policy's tests and by
+    /// what-if queries): the first rule whose `from` segments contain `from`,
+    /// whose `to` segments contain `to` and whose ports match `port` decides;
+    /// no match means deny.
+    pub fn evaluate(&self, from: &Endpoint, to: &Endpoint, port: &PortSpec) -> Decision {
+        let from = Subject::of_endpoint(from);
+        let to = Subject::of_endpoint(to);
+        let from_segments = self.segment_set(&from);
+        let to_segments = self.segment_set(&to);
+        let deciding = self.rules.iter().find(|rule| {
+            rule.applies(&from_segments, &to_segments)
+                && rule.ports.iter().any(|spec| spec.matches(port))
+        });
+        match deciding {
+            Some(rule) => Decision {
+                action: rule.action,
+                rule: Some(rule.name.clone()),
+            },
+            None => Decision {
+                action: Action::Deny,
+                rule: None,
+            },
+        }
+    }
+
+    /// Names of the segments `device` belongs to, sorted.
+    pub fn segments_of(&self, device: &Device) -> Vec<String> {
+        self.segment_set(&Subject::of_device(device))
+            .into_iter()
+            .map(str::to_string)
+            .collect()
+    }
+
+    /// Names of the segments containing `subject`.
+    pub(crate) fn segment_set(&self, subject: &Subject<'_>) -> BTreeSet<&str> {
+        self.segments
+            .iter()
+            .filter(|(_, segment)| segment.contains(subject))
+            .map(|(name, _)| name.as_str())
+            .collect()
+    }
+}
+
+/// The attributes of a device, real or hypothetical, that selectors match.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Subject<'a> {
+    tags: &'a [String],
+    user: Option<&'a str>,
+    device: Option<&'a str>,
+    group: Option<&'a str>,
+}
+
+impl<'a> Subject<'a> {
+    /// A real device: its tags, owner and name.
+    pub(crate) fn of_device(device: &'a Device) -> Subject<'a> {
+        Subject {
+            tags: &device.tags,
+            user: device.user.as_deref(),
+            device: Some(&device.name),
+            group: None,
+        }
+    }
+
+    /// A hypothetical device with exactly the endpoint's one attribute.
+    pub(crate) fn of_endpoint(endpoint: &'a Endpoint) -> Subject<'a> {
+        let mut subject = Subject {
+            tags: &[],
+            user: None,
+            device: None,
+            group: None,
+        };
+        match endpoint {
+            Endpoint::Tag(tag) => subject.tags = slice::from_ref(tag),
+            Endpoint::User(user) => subject.user = Some(user),
+            Endpoint::Device(name) => subject.device = Some(name),
+            Endpoint::Group(group) => subject.group = Some(group),
+        }
+        subject
+    }
+}
+
+/// A segment with its selectors resolved: groups are expanded to their users.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct Segment {
+    /// Device tags.
+    pub tags: BTreeSet<String>,
+    /// Device owners.
+    pub users: BTreeSet<String>,
+    /// Group names (matched by `group:` endpoints).
+    pub groups: BTreeSet<String>,
+    /// Users of every group in `groups` (matched by owners).
+    pub group_users: BTreeSet<String>,
+    /// Device names.
+    pub devices: BTreeSet<String>,
+}
+
+impl Segment {
+    /// Whether any selector matches `subject`.
+    pub(crate) fn contains(&self, subject: &Subject<'_>) -> bool {
+        subject.tags.iter().any(|tag| self.tags.contains(tag))
+            || subject
+                .user
+                .is_some_and(|user| self.users.contains(user) || self.group_users.contains(user))
+            || subject
+                .device
+                .is_some_and(|name| self.devices.contains(name))
+            || subject
+                .group
+                .is_some_and(|group| self.groups.contains(group))
+    }
+}
+
+/// A validated rule, with its ports also kept in the two derived shapes that
+/// compilation and peer computation need.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Rule {
+    /// Unique name.
+    pub name: String,
+    /// Source segments (all defined).
+    pub from: Vec<String>,
+    /// Destination segments (all defined).
+    pub to: Vec<String>,
+    /// Port specs as written.
+    pub ports: Vec<RulePort>,
+    /// What a matching flow gets.
+    pub action: Action,
+    /// Ports grouped per protocol for compiled filter rules.
+    pub filter_ports: Vec<(Protocol, Vec<PortRange>)>,
+    /// Every flow the rule matches.
+    pub port_set: PortSet,
+}
+
+impl Rule {
+    /// Whether the rule applies between a source in `from_segments` and a
+    /// destination in `to_segments` (ports aside).
+    pub(crate) fn applies(
+        &self,
+        from_segments: &BTreeSet<&str>,
+        to_segments: &BTreeSet<&str>,
+    ) -> bool {
+        self.from.iter().any(|s| from_segments.contains(s.as_str()))
+            && self.to.iter().any(|s| to_segments.contains(s.as_str()))
+    }
+}
+
+/// The policy word for an action.
+pub(crate) fn action_word(action: Action) -> &'static str {
+    match action {
+        Action::Allow => "allow",
+        Action::Deny => "deny",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const POLICY: &str = r#"
+[groups]
+eng = ["alice@example.com", "bob@example.com"]
+
+[segments]
+laptops = { groups = ["eng"] }
+admins = { users = ["carol@example.com"] }
+web = { tags = ["web"] }
+db = { tags = ["db"], devices = ["legacy-db-1"] }
+
+[[rules]]
+name = "no-ssh-to-db"
+from = ["laptops"]
+to = ["db"]
+ports = ["tcp/22"]
+action = "deny"
+
+[[rules]]
+name = "eng-to-servers"
+from = ["laptops"]
+to = ["web", "db"]
+ports = ["tcp/443", "tcp/22", "tcp/5432", "icmp"]
+
+[[rules]]
+name = "admins-anything"
+from = ["admins"]
+to = ["web", "db", "laptops"]
+ports = ["any"]
+"#;
+
+    fn decide(policy: &Policy, from: &str, to: &str, port: &str) -> (Action, Option<String>) {
+        let decision = policy.evaluate(
+            &Endpoint::parse(from).unwrap(),
+            &Endpoint::parse(to).unwrap(),
+            &PortSpec::parse(port).unwrap(),
+        );
+        (decision.action, decision.rule)
+    }
+
+    #[test]
+    fn first_match_wins_and_default_is_deny() {
+        let policy = Policy::parse(POLICY).unwrap();
+        let allow = |rule: &str| (Action::Allow, Some(rule.to_string()));
+        let deny = |rule: &str| (Action::Deny, Some(rule.to_string()));
+        assert_eq!(
+            decide(&policy, "alice@example.com", "tag:db", "tcp/22"),
+            deny("no-ssh-to-db")
+        );
+        assert_eq!(
+            decide(&policy, "alice@example.com", "tag:web", "tcp/22"),
+            allow("eng-to-servers")
+        );
+        assert_eq!(
+            decide(
+                &policy,
+                "user:bob@example.com",
+                "device:legacy-db-1",
+                "tcp/5432"
+            ),
+            allow("eng-to-servers")
+        );
+        assert_eq!(
+            decide(&policy, "group:eng", "tag:web", "icmp"),
+            allow("eng-to-servers")
+        );
+        assert_eq!(
+            decide(&policy, "carol@example.com", "tag:db", "udp/53"),
+            allow("admins-anything")
+        );
+        assert_eq!(
+            decide(
+                &policy,
+                "carol@example.com",
+                "user:alice@example.com",
+                "tcp/22"
+            ),
+            allow("admins-anything")
+        );
+        // No rule matches: default deny, no rule named.
+        assert_eq!(
+            decide(&policy, "tag:web", "tag:db", "tcp/5432"),
+            (Action::Deny, None)
+        );
+        assert_eq!(
+            decide(&policy, "alice@example.com", "tag:web", "udp/443"),
+            (Action::Deny, None)
+        );
+        assert_eq!(
+            decide(&policy, "mallory@example.com", "tag:web", "tcp/443"),
+            (Action::Deny, None)
+        );
+        assert_eq!(
+            decide(&policy, "group:ops", "tag:web", "tcp/443"),
+            (Action::Deny, None)
+        );
+    }
+
+    #[test]
+    fn devices_belong_to_segments_by_any_selector() {
+        let policy = Policy::parse(POLICY).unwrap();
+        let device = |name: &str, user: Option<&str>, tags: &[&str]| Device {
+            id: format!("id-{name}"),
+            name: name.to_string(),
+            user: user.map(str::to_string),
+            tags: tags.iter().map(|t| t.to_string()).collect(),
+            addresses: Vec::new(),
+        };
+        assert_eq!(
+            policy.segments_of(&device("a", Some("alice@example.com"), &[])),
+            ["laptops"]
+        );
+        assert_eq!(
+            policy.segments_of(&device("legacy-db-1", None, &[])),
+            ["db"]
+        );
+        assert_eq!(
+            policy.segments_of(&device("s", None, &["db", "web"])),
+            ["db", "web"]
+        );
+        assert_eq!(
+            policy.segments_of(&device("c", Some("carol@example.com"), &["web"])),
+            ["admins", "web"]
+        );
+        assert!(
+            policy
+                .segments_of(&device("x", Some("eve@example.com"), &["other"]))
+                .is_empty()
+        );
+    }
+}

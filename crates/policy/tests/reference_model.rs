@@ -1,0 +1,215 @@
+//! Reference-model property test: on random small policies and networks, the
+//! compiled filter of each device, read the way the filter reads it (first
+//! rule whose sources contain the peer and whose protocol/ports match, default
+//! deny), decides every flow exactly as `Policy::evaluate` does on the
+//! devices' one attribute. Also checks that `peers_of` is symmetric and
+//! includes every device with an allowed flow.
+
+#![allow(clippy::unwrap_used, reason = "test helpers panic on broken fixtures")]
+
+use std::fmt::Write as _;
+
+use ipnet::IpNet;
+use proptest::prelude::*;
+use proptest::sample::subsequence;
+use ztmesh_filter::{Action, FilterConfig, Protocol};
+use ztmesh_policy::{Device, Endpoint, Policy, PortSpec};
+
+const TAGS: [&str; 3] = ["t0", "t1", "t2"];
+const USERS: [&str; 3] = ["u0@x.org", "u1@x.org", "u2@x.org"];
+const NAMES: [&str; 2] = ["n0", "n1"];
+/// Groups are fixed: g0 = u0, u1; g1 = u1, u2.
+const GROUPS: [&str; 2] = ["g0", "g1"];
+const SEGMENTS: [&str; 4] = ["s0", "s1", "s2", "s3"];
+const PORT_SPECS: [&str; 11] = [
+    "tcp/22",
+    "tcp/80-90",
+    "tcp/85",
+    "tcp",
+    "udp/53",
+    "udp/50-60",
+    "udp",
+    "icmp",
+    "any",
+    "tcp/1-100",
+    "tcp/30",
+];
+const FLOWS: [&str; 9] = [
+    "tcp/22", "tcp/25", "tcp/85", "tcp/100", "tcp/443", "udp/53", "udp/55", "udp/1000", "icmp",
+];
+
+#[derive(Debug, Clone)]
+struct SegmentSpec {
+    tags: Vec<&'static str>,
+    users: Vec<&'static str>,
+    groups: Vec<&'static str>,
+    devices: Vec<&'static str>,
+}
+
+#[derive(Debug, Clone)]
+struct RuleSpec {
+    from: Vec<&'static str>,
+    to: Vec<&'static str>,
+    ports: Vec<&'static str>,
+    deny: bool,
+}
+
+/// A device's single attribute: (kind, pool index).
+#[derive(Debug, Clone, Copy)]
+enum Attribute {
+    Tag(usize),
+    User(usize),
+    Name(usize),
+}
+
+fn segment() -> impl Strategy<Value = SegmentSpec> {
+    (
+        subsequence(TAGS.to_vec(), 0..=2),
+        subsequence(USERS.to_vec(), 0..=1),
+        subsequence(GROUPS.to_vec(), 0..=1),
+        subsequence(NAMES.to_vec(), 0..=1),
+    )
+        .prop_map(|(tags, users, groups, devices)| SegmentSpec {
+            tags,
+            users,
+            groups,
+            devices,
+        })
+}
+
+fn rule() -> impl Strategy<Value = RuleSpec> {
+    (
+        subsequence(SEGMENTS.to_vec(), 1..=2),
+        subsequence(SEGMENTS.to_vec(), 1..=2),
+        subsequence(PORT_SPECS.to_vec(), 1..=3),
+        any::<bool>(),
+    )
+        .prop_map(|(from, to, ports, deny)| RuleSpec {
+            from,
+            to,
+            ports,
+            deny,
+        })
+}
+
+fn attribute() -> impl Strategy<Value = Attribute> {
+    prop_oneof![
+        (0..TAGS.len()).prop_map(Attribute::Tag),
+        (0..USERS.len()).prop_map(Attribute::User),
+        (0..NAMES.len()).prop_map(Attribute::Name),
+    ]
+}
+
+fn list(items: &[&str]) -> String {
+    let quoted: Vec<String> = items.iter().map(|item| format!("\"{item}\"")).collect();
+    format!("[{}]", quoted.join(", "))
+}
+
+fn policy_text(segments: &[SegmentSpec], rules: &[RuleSpec]) -> String {
+    let mut text = String::from(
+        "[groups]\ng0 = [\"u0@x.org\", \"u1@x.org\"]\ng1 = [\"u1@x.org\", \"u2@x.org\"]\n\n[segments]\n",
+    );
+    for (name, s) in SEGMENTS.iter().zip(segments) {
+        let _ = writeln!(
+            text,
+            "{name} = {{ tags = {}, users = {}, groups = {}, devices = {} }}",
+            list(&s.tags),
+            list(&s.users),
+            list(&s.groups),
+            list(&s.devices)
+        );
+    }
+    for (index, r) in rules.iter().enumerate() {
+        let action = if r.deny { "deny" } else { "allow" };
+        let _ = write!(
+            text,
+            "\n[[rules]]\nname = \"r{index}\"\nfrom = {}\nto = {}\nports = {}\naction = \"{action}\"\n",
+            list(&r.from),
+            list(&r.to),
+            list(&r.ports)
+        );
+    }
+    text
+}
+
+fn device(index: usize, attribute: Attribute) -> Device {
+    let mut device = Device {
+        id: format!("d{index}"),
+        name: format!("host-{index}"),
+        user: None,
+        tags: Vec::new(),
+        addresses: vec![
+            format!("100.64.0.{}/32", index + 1)
+                .parse::<IpNet>()
+                .unwrap(),
+        ],
+    };
+    match attribute {
+        Attribute::Tag(i) => device.tags.push(TAGS[i].to_string()),
+        Attribute::User(i) => device.user = Some(USERS[i].to_string()),
+        Attribute::Name(i) => device.name = NAMES[i].to_string(),
+    }
+    device
+}
+
+fn endpoint(attribute: Attribute) -> Endpoint {
+    match attribute {
+        Attribute::Tag(i) => Endpoint::Tag(TAGS[i].to_string()),
+        Attribute::User(i) => Endpoint::User(USERS[i].to_string()),
+        Attribute::Name(i) => Endpoint::Device(NAMES[i].to_string()),
+    }
+}
+
+/// The filter's reading of a compiled config: first rule whose sources hold
+/// `source` and whose protocol and ports match the flow; default deny.
+fn filter_decides(config: &FilterConfig, source: &IpNet, flow: &PortSpec) -> Action {
+    let matches_flow = |protocol: Protocol, ports: &[ztmesh_filter::PortRange]| {
+        let ported = matches!(flow.protocol, Protocol::Tcp | Protocol::Udp);
+        let port_ok = ports.is_empty() || (ported && ports.iter().any(|r| r.contains(flow.port)));
+        match protocol {
+            Protocol::Any => port_ok,
+            Protocol::Icmp => flow.protocol == Protocol::Icmp,
+            other => other == flow.protocol && port_ok,
+        }
+    };
+    config
+        .rules
+        .iter()
+        .find(|rule| rule.sources.contains(source) && matches_flow(rule.protocol, &rule.ports))
+        .map_or(Action::Deny, |rule| rule.action)
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(512))]
+
+    #[test]
+    fn compiled_filters_agree_with_evaluate(
+        segments in proptest::collection::vec(segment(), 4),
+        rules in proptest::collection::vec(rule(), 1..=6),
+        attributes in proptest::collection::vec(attribute(), 2..=6),
+    ) {
+        let text = policy_text(&segments, &rules);
+        let policy = Policy::parse(&text).map_err(|e| TestCaseError::fail(format!("{e}\n{text}")))?;
+        let devices: Vec<Device> = attributes.iter().enumerate().map(|(i, a)| device(i, *a)).collect();
+        let configs: Vec<FilterConfig> = devices.iter().map(|d| policy.compile(&devices, &d.id, 1)).collect();
+        let peers: Vec<Vec<String>> = devices.iter().map(|d| policy.peers_of(&devices, &d.id)).collect();
+        let flows: Vec<PortSpec> = FLOWS.iter().map(|f| PortSpec::parse(f).unwrap()).collect();
+        for (a, from) in devices.iter().enumerate() {
+            for (b, to) in devices.iter().enumerate() {
+                if a == b {
+                    prop_assert!(!peers[a].contains(&to.id), "a device is never its own peer");
+                    continue;
+                }
+                prop_assert_eq!(peers[a].contains(&to.id), peers[b].contains(&from.id), "peers are symmetric");
+                for flow in &flows {
+                    let expected = policy.evaluate(&endpoint(attributes[a]), &endpoint(attributes[b]), flow).action;
+                    let compiled = filter_decides(&configs[b], &from.addresses[0], flow);
+                    prop_assert_eq!(compiled, expected, "{} -> {} on {}\n{}", from.id, to.id, flow, text);
+                    if expected == Action::Allow {
+                        prop_assert!(peers[b].contains(&from.id), "allowed flow but not peers\n{}", text);
+                    }
+                }
+            }
+        }
+    }
+}

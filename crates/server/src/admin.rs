@@ -1,0 +1,251 @@
+//! The Admin service: join tokens, devices and policy, behind API keys.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use base64::Engine;
+use tonic::{Request, Response, Status};
+use ztmesh_policy::Policy;
+use ztmesh_proto::{JoinToken, v1};
+use ztmesh_rpc::v1::admin_server::Admin;
+
+use crate::error::internal;
+use crate::hub::Hub;
+use crate::pki::CertificateAuthority;
+use crate::secrets::{hash_secret, random_token, split_secret, verify_secret};
+use crate::store::{DeviceRecord, DeviceStatus, Store, unix_now};
+
+/// Default and longest join token lifetimes.
+const DEFAULT_TOKEN_LIFETIME: Duration = Duration::from_secs(24 * 3600);
+const MAX_TOKEN_LIFETIME: Duration = Duration::from_secs(365 * 24 * 3600);
+/// Largest policy text accepted.
+const MAX_POLICY_BYTES: usize = 1024 * 1024;
+
+/// Implementation of `ztmesh.v1.Admin`.
+pub struct AdminService {
+    store: Store,
+    hub: Hub,
+    ca: Arc<CertificateAuthority>,
+    advertise_url: String,
+}
+
+impl AdminService {
+    /// Wires the service; `advertise_url` goes into every join token.
+    pub fn new(store: Store, hub: Hub, ca: Arc<CertificateAuthority>, advertise_url: String) -> Self {
+        Self {
+            store,
+            hub,
+            ca,
+            advertise_url,
+        }
+    }
+
+    /// Checks the bearer API key; returns the key id (the actor in the audit log).
+    async fn authorize<T>(&self, request: &Request<T>) -> Result<String, Status> {
+        let unauthenticated = || {
+            Status::unauthenticated(
+                "a valid admin API key is required: pass --api-key or set ZTMESH_API_KEY (shown once by `ztmesh server init`)",
+            )
+        };
+        let header = request
+            .metadata()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .ok_or_else(unauthenticated)?;
+        let key = header.strip_prefix("Bearer ").ok_or_else(unauthenticated)?;
+        let (id, secret) = split_secret(key).ok_or_else(unauthenticated)?;
+        let (stored, role) = self
+            .store
+            .api_key(id)
+            .await
+            .map_err(internal)?
+            .ok_or_else(unauthenticated)?;
+        if !verify_secret(secret, &stored) {
+            return Err(unauthenticated());
+        }
+        if role != "owner" {
+            return Err(Status::permission_denied(format!("role `{role}` may not do this")));
+        }
+        Ok(format!("apikey:{id}"))
+    }
+
+    fn device_message(&self, d: &DeviceRecord) -> v1::Device {
+        v1::Device {
+            id: d.id.clone(),
+            name: d.name.clone(),
+            addresses: vec![format!("{}/32", d.address)],
+            tags: d.tags.clone(),
+            status: d.status.as_str().to_owned(),
+            online: d.status == DeviceStatus::Active && self.hub.is_online(&d.id),
+            public_key: base64::engine::general_purpose::STANDARD
+                .decode(&d.public_key)
+                .unwrap_or_default(),
+            created_at: d.created_at,
+            endpoints: d.endpoint.iter().cloned().collect(),
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl Admin for AdminService {
+    async fn create_join_token(
+        &self,
+        request: Request<v1::CreateJoinTokenRequest>,
+    ) -> Result<Response<v1::CreateJoinTokenResponse>, Status> {
+        let actor = self.authorize(&request).await?;
+        let req = request.into_inner();
+        for tag in &req.tags {
+            validate_tag(tag)?;
+        }
+        let lifetime = match req.expires_in_seconds {
+            0 => DEFAULT_TOKEN_LIFETIME,
+            s => Duration::from_secs(s),
+        };
+        if lifetime > MAX_TOKEN_LIFETIME {
+            return Err(Status::invalid_argument("a join token may live at most 365 days"));
+        }
+        let expires_at = unix_now().saturating_add(i64::try_from(lifetime.as_secs()).unwrap_or(i64::MAX));
+        let id = random_token(9);
+        let secret = random_token(32);
+        self.store
+            .insert_token(&id, &hash_secret(&secret), req.reusable, &req.tags, expires_at, &actor)
+            .await
+            .map_err(internal)?;
+        self.store
+            .audit(
+                &actor,
+                "join_token.create",
+                &id,
+                &format!("reusable={} tags={:?} expires_at={expires_at}", req.reusable, req.tags),
+            )
+            .await
+            .map_err(internal)?;
+        let token = JoinToken {
+            server_url: self.advertise_url.clone(),
+            ca_fingerprint: self.ca.fingerprint(),
+            secret: format!("{id}.{secret}"),
+        };
+        Ok(Response::new(v1::CreateJoinTokenResponse {
+            token: token.encode(),
+            id,
+            expires_at,
+        }))
+    }
+
+    async fn list_devices(
+        &self,
+        request: Request<v1::ListDevicesRequest>,
+    ) -> Result<Response<v1::ListDevicesResponse>, Status> {
+        self.authorize(&request).await?;
+        let devices = self.store.devices().await.map_err(internal)?;
+        Ok(Response::new(v1::ListDevicesResponse {
+            devices: devices.iter().map(|d| self.device_message(d)).collect(),
+        }))
+    }
+
+    async fn revoke_device(
+        &self,
+        request: Request<v1::RevokeDeviceRequest>,
+    ) -> Result<Response<v1::RevokeDeviceResponse>, Status> {
+        let actor = self.authorize(&request).await?;
+        let name = request.into_inner().device;
+        let mut device = self
+            .store
+            .device_by_name(&name)
+            .await
+            .map_err(internal)?
+            .ok_or_else(|| {
+                Status::not_found(format!(
+                    "no device named `{name}`; `ztmesh admin devices list` shows the names"
+                ))
+            })?;
+        if device.status != DeviceStatus::Revoked {
+            self.store
+                .set_status(&device.id, DeviceStatus::Revoked)
+                .await
+                .map_err(internal)?;
+            self.store
+                .audit(&actor, "device.revoke", &device.name, "")
+                .await
+                .map_err(internal)?;
+            device.status = DeviceStatus::Revoked;
+            self.hub.reload().await.map_err(internal)?;
+            tracing::info!(name = %device.name, "device revoked");
+        }
+        Ok(Response::new(v1::RevokeDeviceResponse {
+            device: Some(self.device_message(&device)),
+        }))
+    }
+
+    async fn get_policy(
+        &self,
+        request: Request<v1::GetPolicyRequest>,
+    ) -> Result<Response<v1::GetPolicyResponse>, Status> {
+        self.authorize(&request).await?;
+        let record = self.store.latest_policy().await.map_err(internal)?;
+        Ok(Response::new(match record {
+            Some(r) => v1::GetPolicyResponse {
+                text: r.text,
+                version: r.version,
+                created_at: r.created_at,
+                author: r.author,
+            },
+            None => v1::GetPolicyResponse::default(),
+        }))
+    }
+
+    async fn set_policy(
+        &self,
+        request: Request<v1::SetPolicyRequest>,
+    ) -> Result<Response<v1::SetPolicyResponse>, Status> {
+        let actor = self.authorize(&request).await?;
+        let text = request.into_inner().text;
+        parse_policy(&text)?;
+        let version = self
+            .store
+            .insert_policy(&text, &actor)
+            .await
+            .map_err(internal)?;
+        self.store
+            .audit(&actor, "policy.set", &format!("version {version}"), "")
+            .await
+            .map_err(internal)?;
+        self.hub.reload().await.map_err(internal)?;
+        tracing::info!(version, "policy updated");
+        Ok(Response::new(v1::SetPolicyResponse { version }))
+    }
+
+    async fn validate_policy(
+        &self,
+        request: Request<v1::ValidatePolicyRequest>,
+    ) -> Result<Response<v1::ValidatePolicyResponse>, Status> {
+        self.authorize(&request).await?;
+        let policy = parse_policy(&request.into_inner().text)?;
+        Ok(Response::new(v1::ValidatePolicyResponse {
+            rules: u32::try_from(policy.rule_count()).unwrap_or(u32::MAX),
+            segments: u32::try_from(policy.segment_names().count()).unwrap_or(u32::MAX),
+        }))
+    }
+}
+
+fn parse_policy(text: &str) -> Result<Policy, Status> {
+    if text.len() > MAX_POLICY_BYTES {
+        return Err(Status::invalid_argument("the policy is larger than 1 MiB"));
+    }
+    Policy::parse(text).map_err(|e| Status::invalid_argument(e.to_string()))
+}
+
+fn validate_tag(tag: &str) -> Result<(), Status> {
+    let ok = !tag.is_empty()
+        && tag.len() <= 63
+        && tag
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+    if ok {
+        Ok(())
+    } else {
+        Err(Status::invalid_argument(format!(
+            "tag `{tag}` is not valid: use 1-63 letters, digits, '-', '_' or '.'"
+        )))
+    }
+}

@@ -1,0 +1,105 @@
+//! Change fan-out: one shared [`NetworkState`], rebuilt once per change and
+//! published to every device stream, plus who is online.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use anyhow::{Context, Result};
+use tokio::sync::watch;
+use ztmesh_policy::Policy;
+
+use crate::netmap::NetworkState;
+use crate::store::Store;
+
+/// Publishes network state changes to the device streams.
+#[derive(Clone)]
+pub struct Hub {
+    store: Store,
+    sender: Arc<watch::Sender<Arc<NetworkState>>>,
+    online: Arc<Mutex<HashMap<String, usize>>>,
+    reload_lock: Arc<tokio::sync::Mutex<()>>,
+}
+
+impl Hub {
+    /// Builds the first state from the store.
+    pub async fn new(store: Store) -> Result<Hub> {
+        let state = load(&store).await?;
+        let (sender, _) = watch::channel(state);
+        Ok(Hub {
+            store,
+            sender: Arc::new(sender),
+            online: Arc::default(),
+            reload_lock: Arc::default(),
+        })
+    }
+
+    /// Rebuilds the state from the store and publishes it. Called after
+    /// every change; streams compute their own deltas from it.
+    pub async fn reload(&self) -> Result<()> {
+        // Serialised so that an older rebuild can never overwrite a newer one.
+        let _guard = self.reload_lock.lock().await;
+        let state = load(&self.store).await?;
+        self.sender.send_replace(state);
+        Ok(())
+    }
+
+    /// A receiver that sees every published state.
+    pub fn subscribe(&self) -> watch::Receiver<Arc<NetworkState>> {
+        self.sender.subscribe()
+    }
+
+    /// Marks a device online until the returned guard is dropped.
+    pub fn connect(&self, device_id: &str) -> OnlineGuard {
+        if let Ok(mut online) = self.online.lock() {
+            *online.entry(device_id.to_owned()).or_default() += 1;
+        }
+        OnlineGuard {
+            online: Arc::clone(&self.online),
+            device_id: device_id.to_owned(),
+        }
+    }
+
+    /// Whether a device has a live stream.
+    pub fn is_online(&self, device_id: &str) -> bool {
+        self.online
+            .lock()
+            .map(|o| o.get(device_id).copied().unwrap_or(0) > 0)
+            .unwrap_or(false)
+    }
+}
+
+/// Keeps a device marked online while its stream lives.
+pub struct OnlineGuard {
+    online: Arc<Mutex<HashMap<String, usize>>>,
+    device_id: String,
+}
+
+impl Drop for OnlineGuard {
+    fn drop(&mut self) {
+        if let Ok(mut online) = self.online.lock()
+            && let Some(count) = online.get_mut(&self.device_id)
+        {
+            *count = count.saturating_sub(1);
+            if *count == 0 {
+                online.remove(&self.device_id);
+            }
+        }
+    }
+}
+
+async fn load(store: &Store) -> Result<Arc<NetworkState>> {
+    let devices = store.devices().await.context("loading devices")?;
+    let (policy, version) = match store.latest_policy().await.context("loading the policy")? {
+        Some(record) => {
+            // A stored policy was validated when it was set; if it no longer
+            // parses (a newer server with stricter rules), fail closed.
+            let policy = Policy::parse(&record.text).unwrap_or_else(|e| {
+                tracing::error!(version = record.version, error = %e, "stored policy no longer parses; enforcing an empty policy");
+                Policy::empty()
+            });
+            (policy, record.version)
+        }
+        None => (Policy::empty(), 0),
+    };
+    Ok(NetworkState::new(devices, policy, version))
+}

@@ -1,0 +1,202 @@
+//! ztmesh coordination server.
+//!
+//! Authenticates devices (join tokens, then mutual TLS with certificates from
+//! the internal CA) and admins (API keys), stores everything through sqlx
+//! (SQLite by default, PostgreSQL for production), and streams to each device
+//! its peers and compiled filter as a snapshot followed by deltas.
+
+mod admin;
+mod control;
+mod error;
+pub mod files;
+mod hub;
+mod netmap;
+pub mod pki;
+pub mod secrets;
+pub mod store;
+
+use std::future::Future;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use tokio::net::TcpListener;
+use tonic::transport::server::TcpIncoming;
+use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
+use ztmesh_rpc::v1::admin_server::AdminServer;
+use ztmesh_rpc::v1::control_server::ControlServer;
+
+pub use hub::Hub;
+pub use store::Store;
+
+use crate::files::{ensure_private_dir, read_private, write_private};
+use crate::pki::CertificateAuthority;
+use crate::secrets::{hash_secret, random_token};
+
+/// Everything the server needs to run. Defaults are documented per field.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// Holds the CA, the server certificate and (by default) the SQLite database. Mode 0700.
+    pub data_dir: PathBuf,
+    /// `postgres://...` or `sqlite://...`; default `sqlite://DATA_DIR/ztmesh.db`.
+    pub database_url: Option<String>,
+    /// URL put into join tokens; default derived from the listen address.
+    pub advertise_url: Option<String>,
+    /// Overlay IPv4 range devices get addresses from (default 100.64.0.0/10).
+    pub overlay_v4: ipnet::Ipv4Net,
+}
+
+impl ServerConfig {
+    /// A configuration with the defaults for `data_dir`.
+    pub fn new(data_dir: impl Into<PathBuf>) -> Self {
+        Self {
+            data_dir: data_dir.into(),
+            database_url: None,
+            advertise_url: None,
+            overlay_v4: default_overlay(),
+        }
+    }
+
+    fn database_url(&self) -> String {
+        self.database_url.clone().unwrap_or_else(|| {
+            format!("sqlite://{}?mode=rwc", self.data_dir.join("ztmesh.db").display())
+        })
+    }
+}
+
+/// The default overlay range, 100.64.0.0/10 (shared address space).
+pub fn default_overlay() -> ipnet::Ipv4Net {
+    ipnet::Ipv4Net::new(std::net::Ipv4Addr::new(100, 64, 0, 0), 10).unwrap_or_default()
+}
+
+/// What `init` created.
+#[derive(Debug, Clone)]
+pub struct InitOutcome {
+    /// The bootstrap admin API key: shown once, stored only as a hash.
+    pub admin_key: String,
+    /// SHA-256 fingerprint of the CA certificate.
+    pub ca_fingerprint: String,
+    /// The CA certificate (PEM), for `--ca-cert`.
+    pub ca_cert_pem: String,
+}
+
+/// Whether `data_dir` was already initialised.
+pub fn is_initialised(data_dir: &Path) -> bool {
+    data_dir.join("ca.pem").exists() && data_dir.join("server.pem").exists()
+}
+
+/// Creates the data directory, database, CA, server certificate and the
+/// bootstrap admin key. Refuses an already initialised directory.
+/// `sans` are extra names or addresses for the server certificate.
+pub async fn init(config: &ServerConfig, sans: &[String]) -> Result<InitOutcome> {
+    if is_initialised(&config.data_dir) {
+        bail!(
+            "{} is already initialised; its admin key was shown at the first init and is stored only as a hash",
+            config.data_dir.display()
+        );
+    }
+    ensure_private_dir(&config.data_dir)?;
+    let store = Store::connect(&config.database_url()).await?;
+    if store.api_key_count().await? > 0 {
+        bail!(
+            "the database at {} already belongs to an initialised server; use a fresh database or that server's data directory",
+            store::redact_url(&config.database_url())
+        );
+    }
+    let ca = CertificateAuthority::create(&config.data_dir)?;
+    let (names, addresses) = server_names(sans);
+    let identity = ca.issue_server(&names, &addresses)?;
+    std::fs::write(config.data_dir.join("server.pem"), &identity.chain_pem)
+        .context("writing server.pem")?;
+    write_private(&config.data_dir.join("server.key"), identity.key_pem.as_bytes())?;
+    let key_id = random_token(6);
+    let secret = random_token(32);
+    store
+        .insert_api_key(&key_id, &hash_secret(&secret), "owner")
+        .await?;
+    store
+        .audit("server", "api_key.create", &key_id, "bootstrap owner key")
+        .await?;
+    Ok(InitOutcome {
+        admin_key: format!("ztk_{key_id}.{secret}"),
+        ca_fingerprint: ca.fingerprint(),
+        ca_cert_pem: ca.cert_pem().to_owned(),
+    })
+}
+
+/// Runs the server on `listener` until `shutdown` resolves.
+pub async fn run(
+    config: ServerConfig,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<()> {
+    ensure_private_dir(&config.data_dir)?;
+    let ca = Arc::new(CertificateAuthority::load(&config.data_dir)?);
+    let chain = std::fs::read_to_string(config.data_dir.join("server.pem"))
+        .context("reading server.pem")?;
+    let key = read_private(&config.data_dir.join("server.key"))?;
+    let store = Store::connect(&config.database_url()).await?;
+    let hub = Hub::new(store.clone()).await?;
+    let local = listener.local_addr()?;
+    let advertise_url = config
+        .advertise_url
+        .clone()
+        .unwrap_or_else(|| default_advertise_url(local));
+    let tls = ServerTlsConfig::new()
+        .identity(Identity::from_pem(chain, key))
+        .client_ca_root(Certificate::from_pem(ca.cert_pem()))
+        .client_auth_optional(true);
+    let control = control::ControlService::new(store.clone(), hub.clone(), Arc::clone(&ca), config.overlay_v4);
+    let admin = admin::AdminService::new(store, hub, Arc::clone(&ca), advertise_url.clone());
+    tracing::info!(listen = %local, advertise = %advertise_url, ca_fingerprint = %ca.fingerprint(), "coordination server running");
+    Server::builder()
+        .tls_config(tls)
+        .context("configuring TLS")?
+        .http2_keepalive_interval(Some(Duration::from_secs(10)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+        .add_service(ControlServer::new(control))
+        .add_service(AdminServer::new(admin))
+        .serve_with_incoming_shutdown(TcpIncoming::from(listener), shutdown)
+        .await
+        .context("serving gRPC")?;
+    Ok(())
+}
+
+/// `https://IP:PORT` for a specific listen address, `https://HOSTNAME:PORT` otherwise.
+pub fn default_advertise_url(listen: SocketAddr) -> String {
+    if listen.ip().is_unspecified() {
+        let host = hostname::get()
+            .ok()
+            .and_then(|h| h.into_string().ok())
+            .unwrap_or_else(|| "localhost".to_owned());
+        format!("https://{host}:{}", listen.port())
+    } else {
+        format!("https://{listen}")
+    }
+}
+
+/// Every name and address the server is reached by: the host name,
+/// localhost, the interface addresses, and the extra `sans`.
+fn server_names(sans: &[String]) -> (Vec<String>, Vec<IpAddr>) {
+    let mut names = vec!["localhost".to_owned()];
+    if let Some(host) = hostname::get().ok().and_then(|h| h.into_string().ok()) {
+        names.push(host);
+    }
+    let mut addresses: Vec<IpAddr> = if_addrs::get_if_addrs()
+        .map(|ifs| ifs.into_iter().map(|i| i.ip()).collect())
+        .unwrap_or_default();
+    addresses.push(IpAddr::from([127, 0, 0, 1]));
+    for san in sans {
+        match san.parse::<IpAddr>() {
+            Ok(ip) => addresses.push(ip),
+            Err(_) => names.push(san.clone()),
+        }
+    }
+    names.sort();
+    names.dedup();
+    addresses.sort();
+    addresses.dedup();
+    (names, addresses)
+}

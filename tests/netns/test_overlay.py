@@ -1,0 +1,292 @@
+#!/usr/bin/env python3
+"""Network-namespace scenario test for ztmesh (root, real TUN devices).
+
+Server + three nodes: n1 (tag client), n2 (tag web), n3 (tag db).
+Prints `PASS name` / `FAIL name: reason` per check and one closing line
+`N passed, N failed`; exits non-zero if any check failed.
+
+When the machine cannot run it (not root, no /dev/net/tun, namespaces
+forbidden) it prints `SKIPPED: network-namespace tests: <reason>` and exits 0,
+or 1 when ZTMESH_REQUIRE_NETNS=1. A missing binary is a failure.
+
+    sudo python3 tests/netns/test_overlay.py        # after `cargo build`
+    ZTMESH_BIN=/path/to/ztmesh ...                   # another binary
+    ZTMESH_LAB_KEEP=1 ...                            # keep logs/state dirs
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import sys
+import time
+import traceback
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from lab import Lab, LabError, Skip, binary_path, wait_for  # noqa: E402
+
+TOTAL_BUDGET = 170  # seconds; the whole test must end well under 3 minutes
+
+POLICY_V1 = """\
+[segments]
+clients = { tags = ["client"] }
+web = { tags = ["web"] }
+db = { tags = ["db"] }
+
+[[rules]]
+name = "clients-to-web"
+from = ["clients"]
+to = ["web"]
+ports = ["tcp/80", "icmp"]
+
+[[rules]]
+name = "web-to-db"
+from = ["web"]
+to = ["db"]
+ports = ["tcp/5432"]
+
+[[tests]]
+from = "tag:client"
+to = "tag:db"
+port = "tcp/5432"
+expect = "deny"
+"""
+
+# Line 14 names a segment that does not exist (rule "bogus" spans lines 12-16).
+POLICY_BAD = """\
+[segments]
+clients = { tags = ["client"] }
+web = { tags = ["web"] }
+db = { tags = ["db"] }
+
+[[rules]]
+name = "clients-to-web"
+from = ["clients"]
+to = ["web"]
+ports = ["tcp/80", "icmp"]
+
+[[rules]]
+name = "bogus"
+from = ["no-such-segment"]
+to = ["db"]
+ports = ["tcp/5432"]
+"""
+
+POLICY_V2 = POLICY_V1.replace(
+    '[[tests]]\nfrom = "tag:client"\nto = "tag:db"\nport = "tcp/5432"\nexpect = "deny"\n',
+    '[[rules]]\nname = "clients-to-db"\nfrom = ["clients"]\nto = ["db"]\nports = ["tcp/5432"]\n\n'
+    '[[tests]]\nfrom = "tag:client"\nto = "tag:db"\nport = "tcp/5432"\nexpect = "allow"\n',
+)
+assert POLICY_V2 != POLICY_V1
+
+
+class Results:
+    def __init__(self) -> None:
+        self.passed = 0
+        self.failed = 0
+
+    def check(self, name: str, ok: bool, reason: str = "") -> bool:
+        if ok:
+            self.passed += 1
+            print(f"PASS {name}", flush=True)
+        else:
+            self.failed += 1
+            print(f"FAIL {name}: {reason or 'check returned false'}", flush=True)
+        return ok
+
+    def run(self, name: str, fn, reason: str = "") -> bool:
+        """fn() -> bool or (bool, reason); an exception is a failure with its message."""
+        try:
+            v = fn()
+        except LabError as e:
+            return self.check(name, False, str(e))
+        if isinstance(v, tuple):
+            return self.check(name, bool(v[0]), v[1] if not v[0] else "")
+        return self.check(name, bool(v), reason)
+
+
+def total_drops(status: dict) -> int:
+    return sum(int(v) for v in (status.get("drops") or {}).values() if isinstance(v, int))
+
+
+def peer(status: dict, name: str) -> dict | None:
+    for p in status.get("peers") or []:
+        if p.get("name") == name:
+            return p
+    return None
+
+
+def scenario(lab: Lab, r: Results) -> None:
+    t = time.monotonic()
+
+    def step(msg: str) -> None:
+        print(f"# [{time.monotonic() - t:5.1f}s] {msg}", flush=True)
+
+    step("starting server")
+    lab.start_server()
+    tags = {"n1": "client", "n2": "web", "n3": "db"}
+    for n, tag in tags.items():
+        lab.start_node(n, lab.create_token([tag]))
+    step("waiting for the nodes to connect")
+    lab.wait_connected(list(tags), timeout=60)
+    ip = {n: lab.overlay_ip(n) for n in tags}
+    step(f"overlay addresses: {ip}")
+
+    def enrolled():
+        devs = {d.get("name"): d for d in lab.devices()}
+        bad = [n for n, tag in tags.items()
+               if n not in devs or devs[n].get("status") != "active"
+               or tag not in (devs[n].get("tags") or [])]
+        return (not bad, f"devices missing/wrong: {bad}; list: {list(devs.values())}")
+    r.run("enrolled: devices list shows n1, n2, n3 active with their tags", enrolled)
+
+    # --- default deny ------------------------------------------------------------
+    r.run("default deny: n1 cannot ping n2 before any policy",
+          lambda: not lab.ping("n1", ip["n2"]), "got an ICMP reply")
+
+    # --- policy v1 ---------------------------------------------------------------
+    step("setting policy v1")
+    p = lab.set_policy(POLICY_V1, check=False)
+    r.check("policy v1 accepted", p.returncode == 0, f"exit {p.returncode}: {p.stderr.strip()}")
+
+    r.run("n1 pings n2 (clients->web icmp)",
+          lambda: wait_for(lambda: lab.ping("n1", ip["n2"]), 20), "no ICMP reply within 20s")
+    r.run("n1 tcp/80 to n2 passes",
+          lambda: wait_for(lambda: lab.tcp_check("n1", "n2", ip["n2"], 80), 10),
+          "no echo within 10s")
+    r.run("n2 tcp/5432 to n3 passes (web->db)",
+          lambda: wait_for(lambda: lab.tcp_check("n2", "n3", ip["n3"], 5432), 15),
+          "no echo within 15s")
+    r.run("n1 tcp/5432 to n3 is dropped (no clients->db rule)",
+          lambda: not lab.tcp_check("n1", "n3", ip["n3"], 5432), "connection succeeded")
+    r.run("stateful: n2 cannot open tcp/80 to n1 (only replies pass)",
+          lambda: not lab.tcp_check("n2", "n1", ip["n1"], 80), "connection succeeded")
+
+    # --- counters at the receiver ---------------------------------------------------
+    before = total_drops(lab.status("n2"))
+    denied = lab.tcp_check("n1", "n2", ip["n2"], 22)
+    r.check("n1 tcp/22 to n2 is dropped (port not in rule)", not denied, "connection succeeded")
+
+    def drops_rose():
+        st = lab.status("n2")
+        after = total_drops(st)
+        return (after > before and after > 0,
+                f"n2 drops did not rise ({before} -> {after}): {st.get('drops')}")
+    r.run("status n2: drop counter rose after the denied attempt",
+          lambda: wait_for(lambda: drops_rose()[0], 5) or drops_rose())
+
+    def handshake():
+        st = lab.status("n2")
+        p1 = peer(st, "n1")
+        return (p1 is not None and p1.get("last_handshake_secs") is not None,
+                f"n2 peers: {st.get('peers')}")
+    r.run("status n2: peer n1 listed with a handshake", handshake)
+
+    # --- rejected policy ------------------------------------------------------------
+    step("submitting a policy with an undefined segment")
+    bad = lab.policy_file(POLICY_BAD, "bad")
+    v = lab.admin("policy", "validate", str(bad), check=False)
+    r.check("policy validate rejects an undefined segment", v.returncode != 0,
+            f"exit 0; stdout: {v.stdout.strip()[:300]}")
+    s = lab.admin("policy", "set", str(bad), check=False)
+    msg = (s.stderr + s.stdout).strip()
+    print(f"# rejected policy message: {msg[:300]}")
+    r.check("policy set refuses it (non-zero exit)", s.returncode != 0, "exit 0")
+    r.check("the error names the line", re.search(r"line\s*:?\s*1[2-6]\b", msg, re.I) is not None
+            or re.search(r":1[2-6]:\d+", msg) is not None,
+            f"no 'line 14' (or :14:col) in: {msg[:300]!r}")
+    g = lab.admin("policy", "get", check=False)
+    r.check("policy get still returns the old policy",
+            g.returncode == 0 and "clients-to-web" in g.stdout and "bogus" not in g.stdout,
+            f"exit {g.returncode}: {g.stdout[:300]!r}")
+    r.run("old policy still works: n1 tcp/80 to n2 passes",
+          lambda: wait_for(lambda: lab.tcp_check("n1", "n2", ip["n2"], 80), 6),
+          "no echo within 6s")
+
+    # --- live policy change ----------------------------------------------------------
+    step("setting policy v2 (adds clients->db tcp/5432)")
+    p = lab.set_policy(POLICY_V2, check=False)
+    r.check("policy v2 accepted", p.returncode == 0, f"exit {p.returncode}: {p.stderr.strip()}")
+    t0 = time.monotonic()
+    ok = wait_for(lambda: lab.tcp_check("n1", "n3", ip["n3"], 5432), 15)
+    r.check("policy change without restart: n1 tcp/5432 to n3 passes",
+            bool(ok), "still dropped after 15s")
+    if ok:
+        print(f"# took effect in {time.monotonic() - t0:.1f}s")
+
+    # --- revocation ---------------------------------------------------------------------
+    step("revoking n1")
+    rv = lab.admin("devices", "revoke", "n1", check=False)
+    r.check("devices revoke n1 succeeds", rv.returncode == 0,
+            f"exit {rv.returncode}: {rv.stderr.strip()}")
+    t0 = time.monotonic()
+    cut = wait_for(lambda: not lab.ping("n1", ip["n2"], count=1, timeout=1.0)
+                   and not lab.tcp_check("n1", "n2", ip["n2"], 80, timeout=1.5), 15)
+    r.check("revoked n1 can no longer reach n2 (ping and tcp/80)", bool(cut),
+            "n1 still reaches n2 after 15s")
+    if cut:
+        print(f"# cut off within {time.monotonic() - t0:.1f}s")
+
+    def revoked_listed():
+        devs = {d.get("name"): d for d in lab.devices()}
+        st = (devs.get("n1") or {}).get("status")
+        return (st == "revoked", f"n1 status is {st!r}")
+    r.run("devices list shows n1 revoked", revoked_listed)
+
+    # --- server down -------------------------------------------------------------------
+    step("killing the server")
+    lab.kill_server()
+    r.run("server down: n2 tcp/5432 to n3 still passes",
+          lambda: wait_for(lambda: lab.tcp_check("n2", "n3", ip["n3"], 5432), 8),
+          "no echo within 8s")
+    r.run("server down: n1 tcp/80 to n2 still dropped",
+          lambda: not lab.tcp_check("n1", "n2", ip["n2"], 80), "connection succeeded")
+    step("done")
+
+
+def main() -> int:
+    require = os.environ.get("ZTMESH_REQUIRE_NETNS") == "1"
+    r = Results()
+
+    def on_alarm(signum, frame):
+        raise TimeoutError(f"test exceeded its {TOTAL_BUDGET}s budget")
+    signal.signal(signal.SIGALRM, on_alarm)
+
+    started = time.monotonic()
+    try:
+        with Lab(nodes=["n1", "n2", "n3"], keep_tmp=os.environ.get("ZTMESH_LAB_KEEP") == "1") as lab:
+            b = binary_path()
+            if not b.is_file():
+                print(f"ERROR: ztmesh binary not found at {b}: run `cargo build` first "
+                      "(or set ZTMESH_BIN)", flush=True)
+                r.check("binary present", False, f"{b} missing")
+            else:
+                signal.alarm(TOTAL_BUDGET)
+                try:
+                    scenario(lab, r)
+                except Exception as e:  # noqa: BLE001 - any error is a failed scenario
+                    r.check("scenario", False, f"aborted: {e}")
+                    traceback.print_exc()
+                finally:
+                    signal.alarm(0)
+                if r.failed:
+                    lab.dump_logs(40)
+    except Skip as e:
+        print(f"SKIPPED: network-namespace tests: {e}", flush=True)
+        if require:
+            print("ZTMESH_REQUIRE_NETNS=1: a skip counts as a failure", flush=True)
+            return 1
+        return 0
+    except KeyboardInterrupt:
+        print("interrupted; lab cleaned up", flush=True)
+        print(f"{r.passed} passed, {r.failed + 1} failed")
+        return 130
+    print(f"# took {time.monotonic() - started:.1f}s", flush=True)
+    print(f"{r.passed} passed, {r.failed} failed", flush=True)
+    return 1 if r.failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,133 @@
+#!/usr/bin/env bash
+# The project's one test command: formatting, lints, unit/integration tests
+# (with a throwaway PostgreSQL), then the network-namespace scenario test.
+#
+#   tests/run-all.sh
+#
+# Every step runs even when an earlier one failed (except the netns test,
+# which needs a successful build); the exit status is non-zero if any step
+# failed. PostgreSQL is always stopped and removed at exit.
+# Env: CI (set -> netns skip is a failure), ZTMESH_SKIP_NETNS=1 (skip that step).
+set -uo pipefail
+
+cd "$(dirname "$0")/.."
+REPO=$(pwd)
+
+if [ ! -t 1 ]; then
+    export CARGO_TERM_COLOR=never
+fi
+export CARGO_INCREMENTAL=${CARGO_INCREMENTAL:-0}
+
+declare -a SUMMARY=()
+FAILED=0
+PG_DIR=""
+
+cleanup() {
+    if [ -n "$PG_DIR" ]; then
+        tests/pg/postgres.sh stop "$PG_DIR" || true
+        PG_DIR=""
+        unset ZTMESH_TEST_DATABASE_URL
+    fi
+}
+trap cleanup EXIT
+trap 'echo "run-all: interrupted" >&2; exit 130' INT TERM
+
+# step NAME CMD...: header, run, time, record
+step() {
+    local name=$1; shift
+    local t0 rc
+    echo
+    echo "==> [$name] $*"
+    t0=$(date +%s)
+    "$@"
+    rc=$?
+    local dt=$(( $(date +%s) - t0 ))
+    if [ "$rc" -eq 0 ]; then
+        echo "<== [$name] ok (${dt}s)"
+        SUMMARY+=("ok      ${dt}s  $name")
+    else
+        echo "<== [$name] FAILED with exit $rc (${dt}s)"
+        SUMMARY+=("FAILED  ${dt}s  $name (exit $rc)")
+        FAILED=1
+    fi
+    return "$rc"
+}
+
+skip_step() {
+    echo
+    echo "==> [$1] skipped: $2"
+    SUMMARY+=("skipped     $1 ($2)")
+}
+
+system_packages() {
+    # The netns test needs only iproute2 and python3 (ICMP is done in Python,
+    # so no `ping`); PostgreSQL is installed on demand by tests/pg/postgres.sh.
+    local missing=()
+    command -v ip >/dev/null 2>&1 || missing+=(iproute2)
+    command -v runuser >/dev/null 2>&1 || missing+=(util-linux)
+    if [ ${#missing[@]} -eq 0 ]; then
+        echo "nothing to install"
+        return 0
+    fi
+    if [ "$(id -u)" != 0 ]; then
+        echo "missing packages ${missing[*]} and not root: install them by hand" >&2
+        return 1
+    fi
+    export DEBIAN_FRONTEND=noninteractive
+    timeout 600 apt-get update -qq && timeout 900 apt-get install -y -qq "${missing[@]}"
+}
+
+start_postgres() {
+    local url dirfile
+    dirfile=$(mktemp)
+    url=$(ZTMESH_PG_DIR_FILE="$dirfile" timeout 1200 tests/pg/postgres.sh start)
+    local rc=$?
+    PG_DIR=$(cat "$dirfile" 2>/dev/null || true)
+    rm -f "$dirfile"
+    if [ "$rc" -ne 0 ] || [ -z "$url" ]; then
+        echo "PostgreSQL did not start; PostgreSQL-backed tests will not run" >&2
+        return 1
+    fi
+    export ZTMESH_TEST_DATABASE_URL=$url
+    echo "ZTMESH_TEST_DATABASE_URL=$url"
+}
+
+netns_test() {
+    if [ -n "${CI:-}" ]; then
+        export ZTMESH_REQUIRE_NETNS=1
+    fi
+    # namespaces left behind by an earlier, killed run (only those whose creator is gone)
+    python3 tests/netns/lab.py cleanup-stale || true
+    # SIGTERM on overrun: the lab's handler tears everything down
+    timeout -k 20 300 python3 tests/netns/test_overlay.py
+}
+
+LOCKED=()
+[ -f Cargo.lock ] && LOCKED=(--locked)
+
+T_START=$(date +%s)
+step "system packages" system_packages
+step "cargo fmt" cargo fmt --all -- --check
+step "cargo clippy" cargo clippy --workspace --all-targets "${LOCKED[@]}" -- -D warnings
+step "postgresql" start_postgres
+step "cargo test" cargo test --workspace "${LOCKED[@]}"
+cleanup
+if step "cargo build" cargo build --workspace "${LOCKED[@]}"; then
+    if [ "${ZTMESH_SKIP_NETNS:-}" = 1 ] && [ -z "${CI:-}" ]; then
+        skip_step "netns test" "ZTMESH_SKIP_NETNS=1"
+    else
+        step "netns test" netns_test
+    fi
+else
+    skip_step "netns test" "the build failed"
+    FAILED=1
+fi
+
+echo
+echo "==> summary ($(( $(date +%s) - T_START ))s in all)"
+printf '    %s\n' "${SUMMARY[@]}"
+if [ "$FAILED" -ne 0 ]; then
+    echo "run-all: FAILED"
+    exit 1
+fi
+echo "run-all: all steps ok"
