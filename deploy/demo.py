@@ -55,8 +55,8 @@ def human_status(st: dict) -> str:
     return "\n".join(out)
 
 
-def verdict(ok: bool, receiver: str) -> str:
-    return "ALLOWED" if ok else f"DENIED (dropped by {receiver}'s filter)"
+def verdict(ok: bool, why_denied: str) -> str:
+    return "ALLOWED" if ok else f"DENIED ({why_denied})"
 
 
 def main() -> int:
@@ -79,14 +79,16 @@ def main() -> int:
             lab.set_policy(POLICY)
 
             ok = wait_for(lambda: lab.tcp_check("n1", "n2", ip["n2"], 80), 20)
-            print(f"n1 -> n2 tcp/80:   {verdict(bool(ok), 'n2')}")
-            ok = lab.tcp_check("n1", "n3", ip["n3"], 5432)
-            print(f"n1 -> n3 tcp/5432: {verdict(ok, 'n3')}")
+            print(f"n1 -> n2 tcp/80:   {verdict(bool(ok), 'unexpected')}")
             ok = wait_for(lambda: lab.tcp_check("n2", "n3", ip["n3"], 5432), 10)
-            print(f"n2 -> n3 tcp/5432: {verdict(bool(ok), 'n3')}")
+            print(f"n2 -> n3 tcp/5432: {verdict(bool(ok), 'unexpected')}")
+            ok = lab.tcp_check("n3", "n2", ip["n2"], 80)
+            print(f"n3 -> n2 tcp/80:   {verdict(ok, 'dropped by n2: no rule lets db open flows to web')}")
+            ok = lab.tcp_check("n1", "n3", ip["n3"], 5432)
+            print(f"n1 -> n3 tcp/5432: {verdict(ok, 'no tunnel: the policy gives clients no path to db')}")
 
-            print("\n==> ztmesh status on n3")
-            print(human_status(lab.status("n3")))
+            print("\n==> ztmesh status on n2 (see its drop counters)")
+            print(human_status(lab.status("n2")))
 
             if args.once:
                 print("\n==> --once: cleaning up")

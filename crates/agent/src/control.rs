@@ -109,8 +109,12 @@ async fn sync_once(
         map.apply(message)
             .map_err(|e| SyncError::Other(anyhow::anyhow!(e)))?;
         connected.store(true, Ordering::Relaxed);
-        tracing::debug!(seq = map.seq, peers = map.peers.len(), policy = map.filter.version, "network map updated");
+        tracing::debug!(
+            seq = map.seq,
+            peers = map.peers.len(),
+            policy = map.filter.version,
+            "network map updated"
+        );
         netmap.send_replace(map.clone());
     }
 }
-

@@ -117,7 +117,7 @@ pub async fn run<T: TunIo>(
             Event::Tick => {
                 ticks += 1;
                 engine.on_tick(&io).await;
-                if ticks % 4 == 0 {
+                if ticks.is_multiple_of(4) {
                     engine.rate_limiter.reset_count();
                     engine.filter.expire(Instant::now());
                 }
@@ -155,7 +155,9 @@ impl Engine {
                     send(&io.udp, datagram, endpoint).await;
                 }
             }
-            TunnResult::Err(e) => tracing::debug!(peer = %peer.info.name, error = ?e, "encapsulate failed"),
+            TunnResult::Err(e) => {
+                tracing::debug!(peer = %peer.info.name, error = ?e, "encapsulate failed")
+            }
             _ => {}
         }
     }
@@ -174,7 +176,10 @@ impl Engine {
             self.filter.record_drop(DropReason::UnknownPeer);
             return;
         };
-        match peer.tunn.decapsulate(Some(from.ip()), datagram, &mut self.out) {
+        match peer
+            .tunn
+            .decapsulate(Some(from.ip()), datagram, &mut self.out)
+        {
             TunnResult::WriteToNetwork(reply) => {
                 peer.endpoint = Some(from);
                 send(&io.udp, reply, from).await;
@@ -187,15 +192,25 @@ impl Engine {
             }
             TunnResult::WriteToTunnelV4(packet, src) => {
                 peer.endpoint = Some(from);
-                let allowed = peer.info.allowed_ips.iter().any(|n| n.contains(&IpAddr::V4(src)));
+                let allowed = peer
+                    .info
+                    .allowed_ips
+                    .iter()
+                    .any(|n| n.contains(&IpAddr::V4(src)));
                 deliver(io, &mut self.filter, allowed, packet).await;
             }
             TunnResult::WriteToTunnelV6(packet, src) => {
                 peer.endpoint = Some(from);
-                let allowed = peer.info.allowed_ips.iter().any(|n| n.contains(&IpAddr::V6(src)));
+                let allowed = peer
+                    .info
+                    .allowed_ips
+                    .iter()
+                    .any(|n| n.contains(&IpAddr::V6(src)));
                 deliver(io, &mut self.filter, allowed, packet).await;
             }
-            TunnResult::Err(e) => tracing::debug!(peer = %peer.info.name, error = ?e, "decapsulate failed"),
+            TunnResult::Err(e) => {
+                tracing::debug!(peer = %peer.info.name, error = ?e, "decapsulate failed")
+            }
             TunnResult::Done => {}
         }
     }
@@ -217,7 +232,11 @@ impl Engine {
         if map.filter != self.filter_config {
             self.filter.apply(map.filter.clone(), Instant::now());
             self.filter_config = map.filter.clone();
-            tracing::info!(version = map.filter.version, rules = map.filter.rules.len(), "filter applied");
+            tracing::info!(
+                version = map.filter.version,
+                rules = map.filter.rules.len(),
+                "filter applied"
+            );
         }
         // Start handshakes with new peers so tunnels are up before traffic.
         for key in added {
@@ -252,7 +271,12 @@ impl Engine {
         peers.sort_by(|a, b| a.name.cmp(&b.name));
         Status {
             name: self.self_node.name.clone(),
-            addresses: self.self_node.addresses.iter().map(ToString::to_string).collect(),
+            addresses: self
+                .self_node
+                .addresses
+                .iter()
+                .map(ToString::to_string)
+                .collect(),
             public_key: STANDARD.encode(self.public.as_bytes()),
             listen_port: io.udp.local_addr().map(|a| a.port()).unwrap_or(0),
             control_connected,

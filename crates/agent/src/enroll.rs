@@ -64,5 +64,9 @@ pub fn default_name() -> String {
         .take(63)
         .collect();
     let name = name.trim_matches('-').to_owned();
-    if name.is_empty() { "device".to_owned() } else { name }
+    if name.is_empty() {
+        "device".to_owned()
+    } else {
+        name
+    }
 }

@@ -50,7 +50,10 @@ impl DeviceKeys {
 
     /// Saves all keys (0600 each).
     pub fn save(&self, state: &StateDir) -> Result<()> {
-        state.write_private(WIREGUARD_KEY, STANDARD.encode(self.wireguard.to_bytes()).as_bytes())?;
+        state.write_private(
+            WIREGUARD_KEY,
+            STANDARD.encode(self.wireguard.to_bytes()).as_bytes(),
+        )?;
         state.write_private(IDENTITY_KEY, self.identity_key_pem.as_bytes())?;
         state.write_private(CLIENT_CERT, self.client_cert_pem.as_bytes())?;
         state.write_private(CA_CERT, self.ca_cert_pem.as_bytes())?;

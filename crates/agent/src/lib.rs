@@ -53,10 +53,15 @@ pub struct UpOptions {
 pub async fn up(options: UpOptions, shutdown: watch::Receiver<bool>) -> Result<()> {
     tunio::check_net_admin()?;
     let state = StateDir::open(&options.state_dir)?;
-    let enrollment = ensure_enrolled(&state, options.join.as_deref(), options.name.as_deref()).await?;
+    let enrollment =
+        ensure_enrolled(&state, options.join.as_deref(), options.name.as_deref()).await?;
     let address = first_ipv4(&enrollment)?;
     let tun = tunio::create_kernel_tun(&options.tun_name, address, options.overlay_prefix)?;
-    let udp = bind_udp(SocketAddr::from((Ipv4Addr::UNSPECIFIED, options.listen_port))).await?;
+    let udp = bind_udp(SocketAddr::from((
+        Ipv4Addr::UNSPECIFIED,
+        options.listen_port,
+    )))
+    .await?;
     tracing::info!(name = %enrollment.name, address = %address, tun = %options.tun_name, port = options.listen_port, "daemon running");
     run(&state, &enrollment, Io { tun, udp }, shutdown).await
 }
@@ -104,8 +109,20 @@ pub async fn run<T: TunIo>(
         key_pem: keys.identity_key_pem.clone(),
         listen_port: io.udp.local_addr()?.port(),
     };
-    let control = tokio::spawn(control::run(control_config, netmap_tx, Arc::clone(&connected)));
-    let result = dataplane::run(io, keys.wireguard, netmap_rx, status_rx, connected, shutdown).await;
+    let control = tokio::spawn(control::run(
+        control_config,
+        netmap_tx,
+        Arc::clone(&connected),
+    ));
+    let result = dataplane::run(
+        io,
+        keys.wireguard,
+        netmap_rx,
+        status_rx,
+        connected,
+        shutdown,
+    )
+    .await;
     control.abort();
     let _ = std::fs::remove_file(state.socket_path());
     result

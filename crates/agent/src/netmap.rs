@@ -137,8 +137,10 @@ impl PeerDiff {
         old: impl IntoIterator<Item = &'a PeerInfo>,
         new: impl IntoIterator<Item = &'a PeerInfo>,
     ) -> PeerDiff {
-        let old: BTreeMap<[u8; 32], &PeerInfo> = old.into_iter().map(|p| (p.public_key, p)).collect();
-        let new: BTreeMap<[u8; 32], &PeerInfo> = new.into_iter().map(|p| (p.public_key, p)).collect();
+        let old: BTreeMap<[u8; 32], &PeerInfo> =
+            old.into_iter().map(|p| (p.public_key, p)).collect();
+        let new: BTreeMap<[u8; 32], &PeerInfo> =
+            new.into_iter().map(|p| (p.public_key, p)).collect();
         let mut diff = PeerDiff::default();
         for (key, peer) in &new {
             match old.get(key) {
@@ -147,7 +149,11 @@ impl PeerDiff {
                 Some(_) => {}
             }
         }
-        diff.removed = old.keys().filter(|k| !new.contains_key(*k)).copied().collect();
+        diff.removed = old
+            .keys()
+            .filter(|k| !new.contains_key(*k))
+            .copied()
+            .collect();
         diff
     }
 }
@@ -200,7 +206,10 @@ mod tests {
                     tags: vec![],
                 }),
                 peers,
-                filter: Some(v1::Filter { version: 1, rules: vec![] }),
+                filter: Some(v1::Filter {
+                    version: 1,
+                    rules: vec![],
+                }),
             })),
         }
     }
@@ -215,23 +224,36 @@ mod tests {
     #[test]
     fn snapshot_then_deltas() {
         let mut map = NetMap::default();
-        map.apply(snapshot(1, vec![peer("a", 2, "10.0.0.2:51820")])).unwrap();
+        map.apply(snapshot(1, vec![peer("a", 2, "10.0.0.2:51820")]))
+            .unwrap();
         let before = map.clone();
-        map.apply(delta(2, v1::Delta {
-            upsert_peers: vec![peer("b", 3, "10.0.0.3:51820"), peer("a", 2, "10.0.0.9:51820")],
-            ..Default::default()
-        }))
+        map.apply(delta(
+            2,
+            v1::Delta {
+                upsert_peers: vec![
+                    peer("b", 3, "10.0.0.3:51820"),
+                    peer("a", 2, "10.0.0.9:51820"),
+                ],
+                ..Default::default()
+            },
+        ))
         .unwrap();
         let diff = PeerDiff::between(before.peers.values(), map.peers.values());
         assert_eq!(diff.added.len(), 1);
         assert_eq!(diff.changed.len(), 1);
         assert!(diff.removed.is_empty());
 
-        map.apply(delta(3, v1::Delta {
-            remove_peers: vec!["a".into()],
-            filter: Some(v1::Filter { version: 2, rules: vec![] }),
-            ..Default::default()
-        }))
+        map.apply(delta(
+            3,
+            v1::Delta {
+                remove_peers: vec!["a".into()],
+                filter: Some(v1::Filter {
+                    version: 2,
+                    rules: vec![],
+                }),
+                ..Default::default()
+            },
+        ))
         .unwrap();
         assert_eq!(map.peers.keys().collect::<Vec<_>>(), ["b"]);
         assert_eq!(map.filter.version, 2);
@@ -249,12 +271,16 @@ mod tests {
         ));
         let mut bad = peer("x", 4, "10.0.0.4:1");
         bad.public_key = vec![1, 2, 3];
-        assert!(map
-            .apply(delta(2, v1::Delta {
-                upsert_peers: vec![peer("ok", 5, "10.0.0.5:1"), bad],
-                ..Default::default()
-            }))
-            .is_err());
+        assert!(
+            map.apply(delta(
+                2,
+                v1::Delta {
+                    upsert_peers: vec![peer("ok", 5, "10.0.0.5:1"), bad],
+                    ..Default::default()
+                }
+            ))
+            .is_err()
+        );
         assert_eq!(map, before, "a rejected delta is not half-applied");
     }
 }

@@ -136,9 +136,14 @@ impl PeerTable {
         self.routes = self
             .peers
             .values()
-            .flat_map(|p| p.info.allowed_ips.iter().map(|net| (*net, p.info.public_key)))
+            .flat_map(|p| {
+                p.info
+                    .allowed_ips
+                    .iter()
+                    .map(|net| (*net, p.info.public_key))
+            })
             .collect();
         self.routes
-            .sort_by(|a, b| b.0.prefix_len().cmp(&a.0.prefix_len()));
+            .sort_by_key(|(net, _)| std::cmp::Reverse(net.prefix_len()));
     }
 }

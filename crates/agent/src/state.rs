@@ -55,7 +55,12 @@ impl StateDir {
 
     /// The status socket `ztmesh status` talks to.
     pub fn socket_path(&self) -> PathBuf {
-        self.root.join("ztmesh.sock")
+        Self::socket_path_in(&self.root)
+    }
+
+    /// The status socket of the state directory `root`, without opening it.
+    pub fn socket_path_in(root: &Path) -> PathBuf {
+        root.join("ztmesh.sock")
     }
 
     /// The enrollment record, if this device was enrolled.
@@ -66,13 +71,19 @@ impl StateDir {
         }
         let text = std::fs::read_to_string(&path)?;
         Ok(Some(serde_json::from_str(&text).with_context(|| {
-            format!("{} is damaged; remove the state directory and enroll again", path.display())
+            format!(
+                "{} is damaged; remove the state directory and enroll again",
+                path.display()
+            )
         })?))
     }
 
     /// Saves the enrollment record.
     pub fn save_enrollment(&self, enrollment: &Enrollment) -> Result<()> {
-        self.write_private("device.json", serde_json::to_string_pretty(enrollment)?.as_bytes())
+        self.write_private(
+            "device.json",
+            serde_json::to_string_pretty(enrollment)?.as_bytes(),
+        )
     }
 
     /// Writes a file readable only by the owner.
@@ -95,7 +106,8 @@ impl StateDir {
     /// Reads a private file, refusing one that others can read.
     pub fn read_private(&self, name: &str) -> Result<String> {
         let path = self.root.join(name);
-        let meta = std::fs::metadata(&path).with_context(|| format!("reading {}", path.display()))?;
+        let meta =
+            std::fs::metadata(&path).with_context(|| format!("reading {}", path.display()))?;
         let mode = meta.permissions().mode() & 0o777;
         if mode & 0o077 != 0 {
             bail!(

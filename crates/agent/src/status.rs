@@ -65,7 +65,8 @@ pub async fn serve(path: &Path, requests: mpsc::Sender<StatusRequest>) -> Result
         );
     }
     let _ = std::fs::remove_file(path);
-    let listener = UnixListener::bind(path).with_context(|| format!("binding {}", path.display()))?;
+    let listener =
+        UnixListener::bind(path).with_context(|| format!("binding {}", path.display()))?;
     {
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
@@ -99,8 +100,11 @@ pub async fn query(path: &Path) -> Result<Status> {
         )
     })?;
     let mut buf = Vec::new();
-    tokio::time::timeout(std::time::Duration::from_secs(5), stream.read_to_end(&mut buf))
-        .await
-        .context("the daemon did not answer within 5 s")??;
+    tokio::time::timeout(
+        std::time::Duration::from_secs(5),
+        stream.read_to_end(&mut buf),
+    )
+    .await
+    .context("the daemon did not answer within 5 s")??;
     serde_json::from_slice(&buf).context("the daemon sent an unreadable status")
 }

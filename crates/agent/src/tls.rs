@@ -39,7 +39,9 @@ pub async fn fetch_pinned_ca(server_url: &str, fingerprint: &str) -> Result<Stri
     )
     .await
     .map_err(|_| anyhow!("timed out connecting to {server_url}"))?
-    .with_context(|| format!("cannot connect to {server_url}; is the server running and reachable?"))?;
+    .with_context(|| {
+        format!("cannot connect to {server_url}; is the server running and reachable?")
+    })?;
     let name = ServerName::try_from(host.clone()).context("server host name")?;
     tokio::time::timeout(Duration::from_secs(10), connector.connect(name, tcp))
         .await
@@ -99,9 +101,11 @@ pub fn host_port(url: &str) -> Result<(String, u16)> {
         .ok_or_else(|| anyhow!("server URL `{url}` must start with https://"))?;
     let authority = rest.split('/').next().unwrap_or(rest);
     let (host, port) = match authority.rsplit_once(':') {
-        Some((h, p)) if !h.ends_with(']') || h.starts_with('[') => {
-            (h, p.parse::<u16>().with_context(|| format!("bad port in `{url}`"))?)
-        }
+        Some((h, p)) if !h.ends_with(']') || h.starts_with('[') => (
+            h,
+            p.parse::<u16>()
+                .with_context(|| format!("bad port in `{url}`"))?,
+        ),
         _ => (authority, 443),
     };
     let host = host.trim_start_matches('[').trim_end_matches(']');
@@ -188,9 +192,18 @@ mod tests {
 
     #[test]
     fn parses_urls() {
-        assert_eq!(host_port("https://10.0.0.1:7443").unwrap(), ("10.0.0.1".into(), 7443));
-        assert_eq!(host_port("https://[::1]:7443").unwrap(), ("::1".into(), 7443));
-        assert_eq!(host_port("https://example.com").unwrap(), ("example.com".into(), 443));
+        assert_eq!(
+            host_port("https://10.0.0.1:7443").unwrap(),
+            ("10.0.0.1".into(), 7443)
+        );
+        assert_eq!(
+            host_port("https://[::1]:7443").unwrap(),
+            ("::1".into(), 7443)
+        );
+        assert_eq!(
+            host_port("https://example.com").unwrap(),
+            ("example.com".into(), 443)
+        );
         assert!(host_port("http://example.com").is_err());
     }
 }

@@ -49,12 +49,17 @@ pub fn create_kernel_tun(name: &str, address: Ipv4Addr, prefix: u8) -> Result<Ke
         Ok(device) => Ok(KernelTun { device }),
         Err(e) => {
             let text = e.to_string();
-            if text.contains("ermission") || text.contains("EPERM") || text.contains("not permitted") {
+            if text.contains("ermission")
+                || text.contains("EPERM")
+                || text.contains("not permitted")
+            {
                 bail!(
                     "cannot create the TUN device `{name}`: permission denied; ztmesh needs root or the CAP_NET_ADMIN capability (and access to /dev/net/tun): run it with sudo, or `setcap cap_net_admin+ep` on the binary"
                 );
             }
-            bail!("cannot create the TUN device `{name}`: {text}; check that /dev/net/tun exists (modprobe tun)")
+            bail!(
+                "cannot create the TUN device `{name}`: {text}; check that /dev/net/tun exists (modprobe tun)"
+            )
         }
     }
 }
@@ -76,7 +81,9 @@ pub fn check_net_admin() -> Result<()> {
         );
     }
     if !std::path::Path::new("/dev/net/tun").exists() {
-        bail!("/dev/net/tun does not exist: load the tun module (`modprobe tun`) or give the container the device");
+        bail!(
+            "/dev/net/tun does not exist: load the tun module (`modprobe tun`) or give the container the device"
+        );
     }
     Ok(())
 }

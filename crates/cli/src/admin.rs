@@ -94,6 +94,13 @@ enum PolicyCommand {
 
 /// Runs an admin command.
 pub async fn run(args: AdminArgs) -> Result<()> {
+    // Local input is checked before anything is sent.
+    let policy_text = match &args.command {
+        AdminCommand::Policy(PolicyCommand::Set { file } | PolicyCommand::Validate { file }) => {
+            Some(read_policy(file)?)
+        }
+        _ => None,
+    };
     let client = connect(&args).await?;
     match args.command {
         AdminCommand::JoinToken(JoinTokenCommand::Create {
@@ -135,7 +142,7 @@ pub async fn run(args: AdminArgs) -> Result<()> {
             println!("device {} revoked", device.name);
         }
         AdminCommand::Policy(PolicyCommand::Set { file }) => {
-            let text = read_policy(&file)?;
+            let text = policy_text.unwrap_or_default();
             let response = client
                 .admin()
                 .set_policy(client.request(v1::SetPolicyRequest { text }))
@@ -145,7 +152,7 @@ pub async fn run(args: AdminArgs) -> Result<()> {
             println!("policy version {} is in force", response.version);
         }
         AdminCommand::Policy(PolicyCommand::Validate { file }) => {
-            let text = read_policy(&file)?;
+            let text = policy_text.unwrap_or_default();
             let response = client
                 .admin()
                 .validate_policy(client.request(v1::ValidatePolicyRequest { text }))
@@ -177,7 +184,10 @@ pub async fn run(args: AdminArgs) -> Result<()> {
             } else if policy.version == 0 {
                 eprintln!("no policy has been set: nothing is allowed (default deny)");
             } else {
-                eprintln!("# policy version {} set by {}", policy.version, policy.author);
+                eprintln!(
+                    "# policy version {} set by {}",
+                    policy.version, policy.author
+                );
                 print!("{}", policy.text);
             }
         }
@@ -205,10 +215,9 @@ impl Client {
 }
 
 async fn connect(args: &AdminArgs) -> Result<Client> {
-    let server = args
-        .server
-        .as_deref()
-        .ok_or_else(|| anyhow!("no server given: pass --server https://HOST:7443 or set ZTMESH_SERVER"))?;
+    let server = args.server.as_deref().ok_or_else(|| {
+        anyhow!("no server given: pass --server https://HOST:7443 or set ZTMESH_SERVER")
+    })?;
     let api_key = args
         .api_key
         .as_deref()
@@ -230,7 +239,8 @@ async fn connect(args: &AdminArgs) -> Result<Client> {
 }
 
 fn read_policy(file: &std::path::Path) -> Result<String> {
-    std::fs::read_to_string(file).with_context(|| format!("reading the policy file {}", file.display()))
+    std::fs::read_to_string(file)
+        .with_context(|| format!("reading the policy file {}", file.display()))
 }
 
 fn status_error(status: tonic::Status) -> anyhow::Error {
@@ -239,7 +249,11 @@ fn status_error(status: tonic::Status) -> anyhow::Error {
 
 fn policy_error(file: &std::path::Path, status: tonic::Status) -> anyhow::Error {
     if status.code() == tonic::Code::InvalidArgument {
-        anyhow!("{}: {}; the policy in force is unchanged", file.display(), status.message())
+        anyhow!(
+            "{}: {}; the policy in force is unchanged",
+            file.display(),
+            status.message()
+        )
     } else {
         status_error(status)
     }

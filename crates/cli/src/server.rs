@@ -16,7 +16,12 @@ pub struct ServerArgs {
     #[arg(long, global = true, default_value = "/var/lib/ztmesh-server")]
     data_dir: PathBuf,
     /// Database URL: postgres://USER:PASSWORD@HOST:PORT/DB (default: SQLite in the data directory).
-    #[arg(long, global = true, env = "ZTMESH_DATABASE_URL", hide_env_values = true)]
+    #[arg(
+        long,
+        global = true,
+        env = "ZTMESH_DATABASE_URL",
+        hide_env_values = true
+    )]
     database_url: Option<String>,
     /// Address to listen on (TLS only).
     #[arg(long, default_value = "0.0.0.0:7443")]
@@ -83,7 +88,12 @@ pub async fn run(args: ServerArgs) -> Result<()> {
     .await
 }
 
-fn print_init(config: &ServerConfig, outcome: &InitOutcome, output: Output, listen: Option<SocketAddr>) {
+fn print_init(
+    config: &ServerConfig,
+    outcome: &InitOutcome,
+    output: Output,
+    listen: Option<SocketAddr>,
+) {
     if output == Output::Json {
         let json = serde_json::json!({
             "admin_key": outcome.admin_key,

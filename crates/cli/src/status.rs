@@ -21,8 +21,8 @@ pub struct StatusArgs {
 
 /// Prints the daemon's status.
 pub async fn run(args: StatusArgs) -> Result<()> {
-    let state = StateDir::open(&args.state_dir)?;
-    let status = ztmesh_agent::status::query(&state.socket_path()).await?;
+    let socket = StateDir::socket_path_in(&args.state_dir);
+    let status = ztmesh_agent::status::query(&socket).await?;
     if args.output == Output::Json {
         println!("{}", serde_json::to_string_pretty(&status)?);
         return Ok(());
@@ -31,26 +31,48 @@ pub async fn run(args: StatusArgs) -> Result<()> {
         "node {}  {}  control: {}  policy: {}",
         status.name,
         status.addresses.join(","),
-        if status.control_connected { "connected" } else { "disconnected (running on the last policy)" },
-        if status.policy_version == 0 { "none (nothing passes)".to_owned() } else { format!("v{}", status.policy_version) },
+        if status.control_connected {
+            "connected"
+        } else {
+            "disconnected (running on the last policy)"
+        },
+        if status.policy_version == 0 {
+            "none (nothing passes)".to_owned()
+        } else {
+            format!("v{}", status.policy_version)
+        },
     );
-    println!("public key {}  udp port {}", status.public_key, status.listen_port);
+    println!(
+        "public key {}  udp port {}",
+        status.public_key, status.listen_port
+    );
     println!();
-    println!("{:<20} {:<18} {:<22} {:<10} {:>10} {:>10}", "PEER", "ADDRESS", "ENDPOINT", "HANDSHAKE", "RX", "TX");
+    println!(
+        "{:<20} {:<18} {:<22} {:<10} {:>10} {:>10}",
+        "PEER", "ADDRESS", "ENDPOINT", "HANDSHAKE", "RX", "TX"
+    );
     for p in &status.peers {
         println!(
             "{:<20} {:<18} {:<22} {:<10} {:>10} {:>10}",
             p.name,
             p.allowed_ips.join(","),
             p.endpoint.as_deref().unwrap_or("-"),
-            p.last_handshake_secs.map_or_else(|| "never".to_owned(), |s| format!("{s}s ago")),
+            p.last_handshake_secs
+                .map_or_else(|| "never".to_owned(), |s| format!("{s}s ago")),
             p.rx_bytes,
             p.tx_bytes
         );
     }
     println!();
-    let drops: Vec<String> = status.drops.iter().map(|(k, v)| format!("{k}={v}")).collect();
-    println!("accepted inbound: {}  tracked flows: {}", status.accepted_inbound, status.flows);
+    let drops: Vec<String> = status
+        .drops
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect();
+    println!(
+        "accepted inbound: {}  tracked flows: {}",
+        status.accepted_inbound, status.flows
+    );
     println!("drops: {}", drops.join(" "));
     Ok(())
 }

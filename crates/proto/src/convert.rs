@@ -115,14 +115,12 @@ pub fn filter_from_proto(filter: &v1::Filter) -> Result<FilterConfig, Conversion
             let ports = rule
                 .ports
                 .iter()
-                .map(|p| {
-                    match (u16::try_from(p.start), u16::try_from(p.end)) {
-                        (Ok(start), Ok(end)) if start <= end => Ok(PortRange { start, end }),
-                        _ => Err(ConversionError::PortRange {
-                            start: p.start,
-                            end: p.end,
-                        }),
-                    }
+                .map(|p| match (u16::try_from(p.start), u16::try_from(p.end)) {
+                    (Ok(start), Ok(end)) if start <= end => Ok(PortRange { start, end }),
+                    _ => Err(ConversionError::PortRange {
+                        start: p.start,
+                        end: p.end,
+                    }),
                 })
                 .collect::<Result<Vec<_>, _>>()?;
             Ok(FilterRule {
@@ -158,7 +156,10 @@ mod tests {
                 ports: vec![PortRange { start: 80, end: 90 }],
             }],
         };
-        assert_eq!(filter_from_proto(&filter_to_proto(&config)).unwrap(), config);
+        assert_eq!(
+            filter_from_proto(&filter_to_proto(&config)).unwrap(),
+            config
+        );
     }
 
     #[test]
@@ -180,7 +181,10 @@ mod tests {
             Err(ConversionError::UnknownEnum { .. })
         ));
         wire.rules[0].protocol = v1::Protocol::Tcp as i32;
-        wire.rules[0].ports = vec![v1::PortRange { start: 9, end: 70000 }];
+        wire.rules[0].ports = vec![v1::PortRange {
+            start: 9,
+            end: 70000,
+        }];
         assert!(matches!(
             filter_from_proto(&wire),
             Err(ConversionError::PortRange { .. })
@@ -191,6 +195,9 @@ mod tests {
             filter_from_proto(&wire),
             Err(ConversionError::Cidr("nonsense".into()))
         );
-        assert_eq!(parse_public_key(&[0; 31]), Err(ConversionError::KeyLength(31)));
+        assert_eq!(
+            parse_public_key(&[0; 31]),
+            Err(ConversionError::KeyLength(31))
+        );
     }
 }

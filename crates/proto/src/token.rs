@@ -26,7 +26,9 @@ pub struct JoinToken {
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum TokenError {
     /// The string does not start with the token prefix.
-    #[error("not a ztmesh join token (it should start with `{PREFIX}`); create one with `ztmesh admin join-token create`")]
+    #[error(
+        "not a ztmesh join token (it should start with `{PREFIX}`); create one with `ztmesh admin join-token create`"
+    )]
     Prefix,
     /// The body is not valid base64url or UTF-8, or lacks a part.
     #[error("the join token is damaged ({0}); copy it again in full")]

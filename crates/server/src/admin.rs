@@ -31,7 +31,12 @@ pub struct AdminService {
 
 impl AdminService {
     /// Wires the service; `advertise_url` goes into every join token.
-    pub fn new(store: Store, hub: Hub, ca: Arc<CertificateAuthority>, advertise_url: String) -> Self {
+    pub fn new(
+        store: Store,
+        hub: Hub,
+        ca: Arc<CertificateAuthority>,
+        advertise_url: String,
+    ) -> Self {
         Self {
             store,
             hub,
@@ -64,7 +69,9 @@ impl AdminService {
             return Err(unauthenticated());
         }
         if role != "owner" {
-            return Err(Status::permission_denied(format!("role `{role}` may not do this")));
+            return Err(Status::permission_denied(format!(
+                "role `{role}` may not do this"
+            )));
         }
         Ok(format!("apikey:{id}"))
     }
@@ -102,13 +109,23 @@ impl Admin for AdminService {
             s => Duration::from_secs(s),
         };
         if lifetime > MAX_TOKEN_LIFETIME {
-            return Err(Status::invalid_argument("a join token may live at most 365 days"));
+            return Err(Status::invalid_argument(
+                "a join token may live at most 365 days",
+            ));
         }
-        let expires_at = unix_now().saturating_add(i64::try_from(lifetime.as_secs()).unwrap_or(i64::MAX));
+        let expires_at =
+            unix_now().saturating_add(i64::try_from(lifetime.as_secs()).unwrap_or(i64::MAX));
         let id = random_token(9);
         let secret = random_token(32);
         self.store
-            .insert_token(&id, &hash_secret(&secret), req.reusable, &req.tags, expires_at, &actor)
+            .insert_token(
+                &id,
+                &hash_secret(&secret),
+                req.reusable,
+                &req.tags,
+                expires_at,
+                &actor,
+            )
             .await
             .map_err(internal)?;
         self.store
@@ -116,7 +133,10 @@ impl Admin for AdminService {
                 &actor,
                 "join_token.create",
                 &id,
-                &format!("reusable={} tags={:?} expires_at={expires_at}", req.reusable, req.tags),
+                &format!(
+                    "reusable={} tags={:?} expires_at={expires_at}",
+                    req.reusable, req.tags
+                ),
             )
             .await
             .map_err(internal)?;

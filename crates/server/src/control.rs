@@ -28,7 +28,12 @@ pub struct ControlService {
 
 impl ControlService {
     /// Wires the service to its store, hub and CA.
-    pub fn new(store: Store, hub: Hub, ca: Arc<CertificateAuthority>, overlay_v4: ipnet::Ipv4Net) -> Self {
+    pub fn new(
+        store: Store,
+        hub: Hub,
+        ca: Arc<CertificateAuthority>,
+        overlay_v4: ipnet::Ipv4Net,
+    ) -> Self {
         Self {
             store,
             hub,
@@ -141,6 +146,7 @@ impl Control for ControlService {
         let (tx, rx) = mpsc::channel(16);
         let guard = self.hub.connect(&device.id);
         let mut states = self.hub.subscribe();
+        let mut closing = self.hub.closing();
         tracing::info!(name = %device.name, remote = ?remote, "device connected");
         tokio::spawn(async move {
             let _online = guard;
@@ -173,6 +179,10 @@ impl Control for ControlService {
                             }
                         }
                         last = view;
+                    }
+                    _ = closing.changed() => {
+                        let _ = tx.send(Err(Status::unavailable("the server is shutting down; reconnect later"))).await;
+                        return;
                     }
                     () = tx.closed() => {
                         tracing::info!(name = %device.name, "device disconnected");
@@ -226,4 +236,3 @@ fn validate_device_name(name: &str) -> Result<(), Status> {
         )))
     }
 }
-

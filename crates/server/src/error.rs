@@ -16,7 +16,9 @@ pub fn status_from_enroll(error: EnrollError) -> Status {
         EnrollError::InvalidToken | EnrollError::Expired | EnrollError::AlreadyUsed => {
             Status::unauthenticated(error.to_string())
         }
-        EnrollError::NameTaken(_) | EnrollError::KeyTaken => Status::already_exists(error.to_string()),
+        EnrollError::NameTaken(_) | EnrollError::KeyTaken => {
+            Status::already_exists(error.to_string())
+        }
         EnrollError::AddressesExhausted(_) => Status::resource_exhausted(error.to_string()),
         EnrollError::Database(e) => internal(e),
     }

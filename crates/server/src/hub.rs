@@ -18,6 +18,7 @@ pub struct Hub {
     sender: Arc<watch::Sender<Arc<NetworkState>>>,
     online: Arc<Mutex<HashMap<String, usize>>>,
     reload_lock: Arc<tokio::sync::Mutex<()>>,
+    closing: Arc<watch::Sender<bool>>,
 }
 
 impl Hub {
@@ -30,6 +31,7 @@ impl Hub {
             sender: Arc::new(sender),
             online: Arc::default(),
             reload_lock: Arc::default(),
+            closing: Arc::new(watch::channel(false).0),
         })
     }
 
@@ -46,6 +48,17 @@ impl Hub {
     /// A receiver that sees every published state.
     pub fn subscribe(&self) -> watch::Receiver<Arc<NetworkState>> {
         self.sender.subscribe()
+    }
+
+    /// Tells every device stream to end (server shutdown), so a graceful
+    /// shutdown does not wait for streams that never finish.
+    pub fn close(&self) {
+        self.closing.send_replace(true);
+    }
+
+    /// Becomes `true` when the server shuts down.
+    pub fn closing(&self) -> watch::Receiver<bool> {
+        self.closing.subscribe()
     }
 
     /// Marks a device online until the returned guard is dropped.

@@ -61,7 +61,10 @@ impl ServerConfig {
 
     fn database_url(&self) -> String {
         self.database_url.clone().unwrap_or_else(|| {
-            format!("sqlite://{}?mode=rwc", self.data_dir.join("ztmesh.db").display())
+            format!(
+                "sqlite://{}?mode=rwc",
+                self.data_dir.join("ztmesh.db").display()
+            )
         })
     }
 }
@@ -110,7 +113,10 @@ pub async fn init(config: &ServerConfig, sans: &[String]) -> Result<InitOutcome>
     let identity = ca.issue_server(&names, &addresses)?;
     std::fs::write(config.data_dir.join("server.pem"), &identity.chain_pem)
         .context("writing server.pem")?;
-    write_private(&config.data_dir.join("server.key"), identity.key_pem.as_bytes())?;
+    write_private(
+        &config.data_dir.join("server.key"),
+        identity.key_pem.as_bytes(),
+    )?;
     let key_id = random_token(6);
     let secret = random_token(32);
     store
@@ -148,8 +154,14 @@ pub async fn run(
         .identity(Identity::from_pem(chain, key))
         .client_ca_root(Certificate::from_pem(ca.cert_pem()))
         .client_auth_optional(true);
-    let control = control::ControlService::new(store.clone(), hub.clone(), Arc::clone(&ca), config.overlay_v4);
-    let admin = admin::AdminService::new(store, hub, Arc::clone(&ca), advertise_url.clone());
+    let control = control::ControlService::new(
+        store.clone(),
+        hub.clone(),
+        Arc::clone(&ca),
+        config.overlay_v4,
+    );
+    let admin =
+        admin::AdminService::new(store, hub.clone(), Arc::clone(&ca), advertise_url.clone());
     tracing::info!(listen = %local, advertise = %advertise_url, ca_fingerprint = %ca.fingerprint(), "coordination server running");
     Server::builder()
         .tls_config(tls)
@@ -158,7 +170,10 @@ pub async fn run(
         .http2_keepalive_timeout(Some(Duration::from_secs(10)))
         .add_service(ControlServer::new(control))
         .add_service(AdminServer::new(admin))
-        .serve_with_incoming_shutdown(TcpIncoming::from(listener), shutdown)
+        .serve_with_incoming_shutdown(TcpIncoming::from(listener), async move {
+            shutdown.await;
+            hub.close();
+        })
         .await
         .context("serving gRPC")?;
     Ok(())

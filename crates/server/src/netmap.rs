@@ -108,7 +108,10 @@ impl DeviceView {
             .collect();
         let filter = (self.filter != old.filter).then(|| self.filter.clone());
         let self_node = (self.self_node != old.self_node).then(|| self.self_node.clone());
-        if upsert_peers.is_empty() && remove_peers.is_empty() && filter.is_none() && self_node.is_none()
+        if upsert_peers.is_empty()
+            && remove_peers.is_empty()
+            && filter.is_none()
+            && self_node.is_none()
         {
             return None;
         }
@@ -151,7 +154,10 @@ mod tests {
         DeviceRecord {
             id: id.into(),
             name: id.into(),
-            public_key: base64::Engine::encode(&base64::engine::general_purpose::STANDARD, [last; 32]),
+            public_key: base64::Engine::encode(
+                &base64::engine::general_purpose::STANDARD,
+                [last; 32],
+            ),
             address: std::net::Ipv4Addr::new(100, 64, 0, last),
             tags: vec![tag.into()],
             owner: None,
@@ -177,7 +183,11 @@ ports = ["tcp/5432"]
     #[test]
     fn views_follow_policy_and_revocation() {
         let policy = Policy::parse(POLICY).unwrap();
-        let devices = vec![device("a", "web", 1), device("b", "db", 2), device("c", "other", 3)];
+        let devices = vec![
+            device("a", "web", 1),
+            device("b", "db", 2),
+            device("c", "other", 3),
+        ];
         let state = NetworkState::new(devices.clone(), policy.clone(), 1);
         let a = state.view("a").unwrap();
         assert_eq!(a.peers.keys().collect::<Vec<_>>(), ["b"]);
@@ -194,12 +204,22 @@ ports = ["tcp/5432"]
         let delta = after.view("b").unwrap().delta_from(&b).unwrap();
         assert_eq!(delta.remove_peers, ["a"]);
         assert!(delta.filter.is_some());
-        assert!(after.view("c").unwrap().delta_from(&state.view("c").unwrap()).is_none());
+        assert!(
+            after
+                .view("c")
+                .unwrap()
+                .delta_from(&state.view("c").unwrap())
+                .is_none()
+        );
     }
 
     #[test]
     fn no_policy_means_no_peers_and_no_rules() {
-        let state = NetworkState::new(vec![device("a", "web", 1), device("b", "db", 2)], Policy::empty(), 0);
+        let state = NetworkState::new(
+            vec![device("a", "web", 1), device("b", "db", 2)],
+            Policy::empty(),
+            0,
+        );
         let view = state.view("a").unwrap();
         assert!(view.peers.is_empty());
         assert!(view.filter.rules.is_empty());

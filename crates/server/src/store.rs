@@ -243,12 +243,17 @@ impl Store {
     ) -> Result<(TokenRecord, DeviceRecord), EnrollError> {
         let mut last_error = None;
         for _attempt in 0..5 {
-            match self.try_enroll(token_id, token_secret, &device, range).await {
+            match self
+                .try_enroll(token_id, token_secret, &device, range)
+                .await
+            {
                 Err(EnrollError::Database(e)) if is_unique_violation(&e) => last_error = Some(e),
                 other => return other,
             }
         }
-        Err(EnrollError::Database(last_error.unwrap_or_else(|| anyhow!("enrollment conflict"))))
+        Err(EnrollError::Database(
+            last_error.unwrap_or_else(|| anyhow!("enrollment conflict")),
+        ))
     }
 
     async fn try_enroll(
@@ -273,12 +278,13 @@ impl Store {
         .execute(&mut *tx)
         .await
         .map_err(db)?;
-        let row = sqlx::query("SELECT secret_hash, tags, expires_at FROM join_tokens WHERE id = $1")
-            .bind(token_id)
-            .fetch_optional(&mut *tx)
-            .await
-            .map_err(db)?
-            .ok_or(EnrollError::InvalidToken)?;
+        let row =
+            sqlx::query("SELECT secret_hash, tags, expires_at FROM join_tokens WHERE id = $1")
+                .bind(token_id)
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(db)?
+                .ok_or(EnrollError::InvalidToken)?;
         let secret_hash: String = row.try_get("secret_hash").map_err(db)?;
         if !verify_secret(token_secret, &secret_hash) {
             return Err(EnrollError::InvalidToken);
@@ -290,14 +296,16 @@ impl Store {
         if consumed.rows_affected() != 1 {
             return Err(EnrollError::AlreadyUsed);
         }
-        let tags: Vec<String> = serde_json::from_str(&row.try_get::<String, _>("tags").map_err(db)?)
-            .map_err(|e| db(anyhow::Error::from(e)))?;
-        let taken = sqlx::query("SELECT name, public_key FROM devices WHERE name = $1 OR public_key = $2")
-            .bind(device.name)
-            .bind(device.public_key)
-            .fetch_all(&mut *tx)
-            .await
-            .map_err(db)?;
+        let tags: Vec<String> =
+            serde_json::from_str(&row.try_get::<String, _>("tags").map_err(db)?)
+                .map_err(|e| db(anyhow::Error::from(e)))?;
+        let taken =
+            sqlx::query("SELECT name, public_key FROM devices WHERE name = $1 OR public_key = $2")
+                .bind(device.name)
+                .bind(device.public_key)
+                .fetch_all(&mut *tx)
+                .await
+                .map_err(db)?;
         if let Some(row) = taken.first() {
             let name: String = row.try_get("name").map_err(db)?;
             if name == device.name {
@@ -353,13 +361,15 @@ impl Store {
 
     /// Stores an API key (hash only).
     pub async fn insert_api_key(&self, id: &str, key_hash: &str, role: &str) -> Result<()> {
-        sqlx::query("INSERT INTO api_keys (id, key_hash, role, created_at) VALUES ($1, $2, $3, $4)")
-            .bind(id)
-            .bind(key_hash)
-            .bind(role)
-            .bind(unix_now())
-            .execute(&self.pool)
-            .await?;
+        sqlx::query(
+            "INSERT INTO api_keys (id, key_hash, role, created_at) VALUES ($1, $2, $3, $4)",
+        )
+        .bind(id)
+        .bind(key_hash)
+        .bind(role)
+        .bind(unix_now())
+        .execute(&self.pool)
+        .await?;
         Ok(())
     }
 
@@ -383,9 +393,11 @@ impl Store {
 
     /// The newest policy, if any was ever set.
     pub async fn latest_policy(&self) -> Result<Option<PolicyRecord>> {
-        let row = sqlx::query("SELECT version, text, author, created_at FROM policies ORDER BY version DESC LIMIT 1")
-            .fetch_optional(&self.pool)
-            .await?;
+        let row = sqlx::query(
+            "SELECT version, text, author, created_at FROM policies ORDER BY version DESC LIMIT 1",
+        )
+        .fetch_optional(&self.pool)
+        .await?;
         row.map(|r| {
             Ok(PolicyRecord {
                 version: u64::try_from(r.try_get::<i64, _>("version")?)?,
@@ -405,13 +417,15 @@ impl Store {
                 .fetch_one(&mut *tx)
                 .await?;
             let version: i64 = row.try_get::<i64, _>("v")? + 1;
-            let inserted = sqlx::query("INSERT INTO policies (version, text, author, created_at) VALUES ($1, $2, $3, $4)")
-                .bind(version)
-                .bind(text)
-                .bind(author)
-                .bind(unix_now())
-                .execute(&mut *tx)
-                .await;
+            let inserted = sqlx::query(
+                "INSERT INTO policies (version, text, author, created_at) VALUES ($1, $2, $3, $4)",
+            )
+            .bind(version)
+            .bind(text)
+            .bind(author)
+            .bind(unix_now())
+            .execute(&mut *tx)
+            .await;
             match inserted {
                 Ok(_) => {
                     tx.commit().await?;
@@ -425,7 +439,9 @@ impl Store {
                 }
             }
         }
-        Err(anyhow!("another policy was being stored at the same time; try again"))
+        Err(anyhow!(
+            "another policy was being stored at the same time; try again"
+        ))
     }
 
     /// Appends to the audit log.
@@ -448,9 +464,35 @@ impl Store {
             .fetch_all(&self.pool)
             .await?;
         rows.iter()
-            .map(|r| Ok((r.try_get("actor")?, r.try_get("action")?, r.try_get("target")?)))
+            .map(|r| {
+                Ok((
+                    r.try_get("actor")?,
+                    r.try_get("action")?,
+                    r.try_get("target")?,
+                ))
+            })
             .collect()
     }
+}
+
+/// Creates database `name` on the server `url` points at (PostgreSQL; used
+/// by tests to get a fresh database each).
+pub async fn create_database(url: &str, name: &str) -> Result<()> {
+    if !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
+        return Err(anyhow!(
+            "database name `{name}` must be letters, digits and '_'"
+        ));
+    }
+    sqlx::any::install_default_drivers();
+    let pool = AnyPoolOptions::new()
+        .max_connections(1)
+        .connect(url)
+        .await?;
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+        .execute(&pool)
+        .await?;
+    pool.close().await;
+    Ok(())
 }
 
 fn device_from_row(row: &AnyRow) -> Result<DeviceRecord> {

@@ -1,0 +1,252 @@
+//! Store tests, run on SQLite and, when `ZTMESH_TEST_DATABASE_URL` points at
+//! a PostgreSQL server (tests/run-all.sh starts a throwaway one), on
+//! PostgreSQL too, each in a fresh database.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::sync::Arc;
+
+use sqlx::Row;
+use ztmesh_server::secrets::{hash_secret, random_token};
+use ztmesh_server::store::{DeviceStatus, EnrollError, NewDevice, Store, unix_now};
+
+fn overlay() -> ipnet::Ipv4Net {
+    "100.64.0.0/10".parse().unwrap()
+}
+
+/// Fresh databases: one SQLite file, and one PostgreSQL database if configured.
+async fn backends() -> Vec<(String, String)> {
+    let dir = std::env::temp_dir().join(format!(
+        "ztmesh-store-{}-{}",
+        std::process::id(),
+        random_token(6)
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut urls = vec![(
+        "sqlite".to_owned(),
+        format!("sqlite://{}/t.db?mode=rwc", dir.display()),
+    )];
+    match std::env::var("ZTMESH_TEST_DATABASE_URL") {
+        Ok(base) if !base.is_empty() => {
+            let name = format!(
+                "ztmesh_test_{}_{}",
+                std::process::id(),
+                random_token(6)
+                    .to_ascii_lowercase()
+                    .replace(['-', '_'], "x")
+            );
+            ztmesh_server::store::create_database(&base, &name)
+                .await
+                .expect("creating a test database");
+            let (prefix, _) = base.rsplit_once('/').unwrap();
+            urls.push(("postgres".to_owned(), format!("{prefix}/{name}")));
+        }
+        _ if std::env::var_os("CI").is_some() => {
+            panic!(
+                "CI must run the store tests on PostgreSQL: set ZTMESH_TEST_DATABASE_URL (tests/run-all.sh does)"
+            )
+        }
+        _ => eprintln!(
+            "SKIPPED on PostgreSQL: ZTMESH_TEST_DATABASE_URL is not set (tests/run-all.sh sets it)"
+        ),
+    }
+    urls
+}
+
+async fn token(store: &Store, reusable: bool, expires_at: i64) -> (String, String) {
+    let id = random_token(9);
+    let secret = random_token(32);
+    store
+        .insert_token(
+            &id,
+            &hash_secret(&secret),
+            reusable,
+            &["web".into()],
+            expires_at,
+            "test",
+        )
+        .await
+        .unwrap();
+    (id, secret)
+}
+
+fn device<'a>(id: &'a str, key: &'a str) -> NewDevice<'a> {
+    NewDevice {
+        id,
+        name: id,
+        public_key: key,
+        cert_fingerprint: key,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn single_use_token_under_50_concurrent_enrollments() {
+    for (backend, url) in backends().await {
+        let store = Store::connect(&url).await.unwrap();
+        let (id, secret) = token(&store, false, unix_now() + 3600).await;
+        let mut tasks = Vec::new();
+        for n in 0..50 {
+            let store = store.clone();
+            let (id, secret) = (id.clone(), secret.clone());
+            tasks.push(tokio::spawn(async move {
+                let name = format!("dev{n}");
+                store
+                    .enroll(&id, &secret, device(&name, &name), overlay())
+                    .await
+            }));
+        }
+        let mut ok = 0;
+        for task in tasks {
+            match task.await.unwrap() {
+                Ok(_) => ok += 1,
+                Err(EnrollError::AlreadyUsed) => {}
+                Err(e) => panic!("{backend}: unexpected error {e:#}"),
+            }
+        }
+        assert_eq!(ok, 1, "{backend}: a single-use token enrolls exactly once");
+        assert_eq!(store.devices().await.unwrap().len(), 1, "{backend}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn enrollment_rules_policies_and_audit() {
+    for (backend, url) in backends().await {
+        let store = Arc::new(Store::connect(&url).await.unwrap());
+        // Reusable token: unique addresses, lowest first.
+        let (id, secret) = token(&store, true, unix_now() + 3600).await;
+        let (_, a) = store
+            .enroll(&id, &secret, device("a", "ka"), overlay())
+            .await
+            .unwrap();
+        let (_, b) = store
+            .enroll(&id, &secret, device("b", "kb"), overlay())
+            .await
+            .unwrap();
+        assert_eq!(a.address.to_string(), "100.64.0.1", "{backend}");
+        assert_eq!(b.address.to_string(), "100.64.0.2", "{backend}");
+        assert_eq!(a.tags, ["web"], "{backend}: tags come from the token");
+
+        // Refusals.
+        let dup = store
+            .enroll(&id, &secret, device("a", "kz"), overlay())
+            .await;
+        assert!(matches!(dup, Err(EnrollError::NameTaken(_))), "{backend}");
+        let key = store
+            .enroll(&id, &secret, device("z", "ka"), overlay())
+            .await;
+        assert!(matches!(key, Err(EnrollError::KeyTaken)), "{backend}");
+        let wrong = store
+            .enroll(&id, "wrong", device("y", "ky"), overlay())
+            .await;
+        assert!(matches!(wrong, Err(EnrollError::InvalidToken)), "{backend}");
+        let unknown = store
+            .enroll("nope", &secret, device("y", "ky"), overlay())
+            .await;
+        assert!(
+            matches!(unknown, Err(EnrollError::InvalidToken)),
+            "{backend}"
+        );
+        let (old_id, old_secret) = token(&store, false, unix_now() - 1).await;
+        let expired = store
+            .enroll(&old_id, &old_secret, device("y", "ky"), overlay())
+            .await;
+        assert!(matches!(expired, Err(EnrollError::Expired)), "{backend}");
+
+        // A refused single-use enrollment does not burn the token.
+        let (once_id, once_secret) = token(&store, false, unix_now() + 3600).await;
+        let taken = store
+            .enroll(&once_id, &once_secret, device("a", "kq"), overlay())
+            .await;
+        assert!(matches!(taken, Err(EnrollError::NameTaken(_))), "{backend}");
+        store
+            .enroll(&once_id, &once_secret, device("c", "kc"), overlay())
+            .await
+            .unwrap();
+
+        // Revocation and lookups.
+        store
+            .set_status(&a.id, DeviceStatus::Revoked)
+            .await
+            .unwrap();
+        let found = store.device_by_fingerprint("ka").await.unwrap().unwrap();
+        assert_eq!(found.status, DeviceStatus::Revoked, "{backend}");
+        assert!(store.set_endpoint(&b.id, "10.0.0.2:51820").await.unwrap());
+        assert!(
+            !store.set_endpoint(&b.id, "10.0.0.2:51820").await.unwrap(),
+            "{backend}: unchanged"
+        );
+
+        // Policy versions.
+        assert!(store.latest_policy().await.unwrap().is_none());
+        assert_eq!(store.insert_policy("one", "apikey:x").await.unwrap(), 1);
+        assert_eq!(store.insert_policy("two", "apikey:x").await.unwrap(), 2);
+        let latest = store.latest_policy().await.unwrap().unwrap();
+        assert_eq!(
+            (latest.version, latest.text.as_str()),
+            (2, "two"),
+            "{backend}"
+        );
+
+        // Audit.
+        store
+            .audit("apikey:x", "device.revoke", "a", "")
+            .await
+            .unwrap();
+        let entries = store.audit_entries().await.unwrap();
+        assert_eq!(entries.last().unwrap().1, "device.revoke", "{backend}");
+
+        // No secret is stored in clear: dump every text column.
+        store
+            .insert_api_key("k1", &hash_secret("api-secret-value"), "owner")
+            .await
+            .unwrap();
+        let dump = dump_text(&url).await;
+        assert!(
+            !dump.contains(&secret),
+            "{backend}: join token secret stored in clear"
+        );
+        assert!(
+            !dump.contains(&once_secret),
+            "{backend}: join token secret stored in clear"
+        );
+        assert!(
+            !dump.contains("api-secret-value"),
+            "{backend}: API key stored in clear"
+        );
+        assert!(
+            dump.contains(&hash_secret(&secret)),
+            "{backend}: the dump did read the tokens"
+        );
+    }
+}
+
+async fn dump_text(url: &str) -> String {
+    sqlx::any::install_default_drivers();
+    let pool = sqlx::AnyPool::connect(url).await.unwrap();
+    let mut out = String::new();
+    for (table, columns) in [
+        (
+            "devices",
+            "id, name, public_key, address, tags, cert_fingerprint, status",
+        ),
+        ("join_tokens", "id, secret_hash, tags, created_by"),
+        ("api_keys", "id, key_hash, role"),
+        ("policies", "text, author"),
+        ("audit_log", "actor, action, target, detail"),
+    ] {
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {columns} FROM {table}"
+        )))
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+        for row in rows {
+            for i in 0..columns.split(',').count() {
+                let value: String = row.try_get(i).unwrap();
+                out.push_str(&value);
+                out.push('\n');
+            }
+        }
+    }
+    out
+}

@@ -1,0 +1,331 @@
+//! In-process end-to-end tests: a coordination server and several daemons
+//! in one process, over loopback gRPC/TLS and real UDP, with in-memory TUN
+//! devices. Every packet goes through boringtun, cryptokey routing and the
+//! stateful filter exactly as on a real node.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::time::Duration;
+
+use ztmesh_e2e::packets::{SYN, SYN_ACK, ping, tcp};
+use ztmesh_e2e::{TestAgent, TestServer};
+use ztmesh_proto::JoinToken;
+
+const POLICY: &str = r#"
+[segments]
+clients = { tags = ["client"] }
+web = { tags = ["web"] }
+db = { tags = ["db"] }
+
+[[rules]]
+name = "clients-to-web"
+from = ["clients"]
+to = ["web"]
+ports = ["tcp/80", "icmp"]
+
+[[rules]]
+name = "web-to-db"
+from = ["web"]
+to = ["db"]
+ports = ["tcp/5432"]
+
+[[tests]]
+from = "tag:client"
+to = "tag:db"
+port = "tcp/5432"
+expect = "deny"
+"#;
+
+const SHORT: Duration = Duration::from_millis(400);
+const DELIVERY: Duration = Duration::from_secs(3);
+const PROPAGATION_BAR: Duration = Duration::from_secs(1);
+
+fn drops(status: &ztmesh_agent::status::Status, reason: &str) -> u64 {
+    status.drops.get(reason).copied().unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn overlay_enforces_policy_end_to_end() {
+    let mut server = TestServer::start(None).await;
+    let mut n1 = TestAgent::join(&server.token(&["client"], false, 0).await, "n1")
+        .await
+        .unwrap();
+    let mut n2 = TestAgent::join(&server.token(&["web"], false, 0).await, "n2")
+        .await
+        .unwrap();
+    let mut n3 = TestAgent::join(&server.token(&["db"], false, 0).await, "n3")
+        .await
+        .unwrap();
+    for agent in [&n1, &n2, &n3] {
+        agent
+            .wait_status("connected", DELIVERY, |s| s.control_connected)
+            .await;
+    }
+
+    // Before any policy: no peers, nothing passes.
+    assert!(n1.status().await.peers.is_empty());
+    n1.send(tcp(n1.address, n2.address, 40000, 80, SYN)).await;
+    assert_eq!(
+        n2.receive(SHORT).await,
+        None,
+        "default deny before the first policy"
+    );
+
+    // A policy reaches every affected daemon within a second.
+    server.set_policy(POLICY).await.unwrap();
+    let took = n1
+        .wait_status("peer n2 and policy v1", PROPAGATION_BAR, |s| {
+            s.policy_version == 1 && s.peers.iter().any(|p| p.name == "n2")
+        })
+        .await;
+    eprintln!("policy propagation to n1: {took:?}");
+    n2.wait_status("policy v1", PROPAGATION_BAR, |s| s.policy_version == 1)
+        .await;
+    n3.wait_status("policy v1", PROPAGATION_BAR, |s| s.policy_version == 1)
+        .await;
+    assert!(
+        n1.status().await.peers.iter().all(|p| p.name != "n3"),
+        "least privilege: n1 has no tunnel to n3"
+    );
+
+    // Allowed flow and its return traffic.
+    let syn = tcp(n1.address, n2.address, 40001, 80, SYN);
+    n1.send(syn.clone()).await;
+    assert_eq!(
+        n2.receive(DELIVERY).await,
+        Some(syn),
+        "clients -> web tcp/80 passes"
+    );
+    let syn_ack = tcp(n2.address, n1.address, 80, 40001, SYN_ACK);
+    n2.send(syn_ack.clone()).await;
+    assert_eq!(
+        n1.receive(DELIVERY).await,
+        Some(syn_ack),
+        "return traffic passes"
+    );
+    let echo = ping(n1.address, n2.address, 7);
+    n1.send(echo.clone()).await;
+    assert_eq!(n2.receive(DELIVERY).await, Some(echo), "icmp allowed");
+
+    // Unsolicited traffic in the other direction is dropped at the receiver.
+    let before = drops(&n1.status().await, "no_rule");
+    n2.send(tcp(n2.address, n1.address, 40002, 22, SYN)).await;
+    assert_eq!(
+        n1.receive(SHORT).await,
+        None,
+        "web -> clients is not allowed"
+    );
+    n1.wait_status("no_rule drop counted", DELIVERY, |s| {
+        drops(s, "no_rule") > before
+    })
+    .await;
+
+    // A denied port between peers is dropped by the receiver's filter.
+    let before = drops(&n2.status().await, "no_rule");
+    n3.send(tcp(n3.address, n2.address, 40003, 80, SYN)).await;
+    assert_eq!(
+        n2.receive(SHORT).await,
+        None,
+        "db -> web tcp/80 is not allowed"
+    );
+    n2.wait_status("no_rule drop counted", DELIVERY, |s| {
+        drops(s, "no_rule") > before
+    })
+    .await;
+    let allowed = tcp(n2.address, n3.address, 40004, 5432, SYN);
+    n2.send(allowed.clone()).await;
+    assert_eq!(
+        n3.receive(DELIVERY).await,
+        Some(allowed),
+        "web -> db tcp/5432 passes"
+    );
+
+    // A spoofed inner source is caught by cryptokey routing.
+    let before = drops(&n2.status().await, "cryptokey_routing");
+    n1.send(tcp(n3.address, n2.address, 40005, 80, SYN)).await;
+    // n1 routes by destination (n2) but claims n3's address as source.
+    assert_eq!(n2.receive(SHORT).await, None, "spoofed source dropped");
+    n2.wait_status("cryptokey drop counted", DELIVERY, |s| {
+        drops(s, "cryptokey_routing") > before
+    })
+    .await;
+
+    // A new device reaches the affected daemons within a second.
+    let n4 = TestAgent::join(&server.token(&["client"], false, 0).await, "n4")
+        .await
+        .unwrap();
+    let took = n2
+        .wait_status("peer n4", PROPAGATION_BAR, |s| {
+            s.peers.iter().any(|p| p.name == "n4")
+        })
+        .await;
+    eprintln!("join propagation to n2: {took:?}");
+
+    // With the server down, established tunnels keep working.
+    server.halt().await;
+    n1.wait_status("control disconnected", DELIVERY, |s| !s.control_connected)
+        .await;
+    let syn = tcp(n1.address, n2.address, 40006, 80, SYN);
+    n1.send(syn.clone()).await;
+    assert_eq!(
+        n2.receive(DELIVERY).await,
+        Some(syn),
+        "traffic flows without the server"
+    );
+    // ... and daemons reconnect by themselves when it returns.
+    server.restart().await;
+    for agent in [&n1, &n2, &n3] {
+        agent
+            .wait_status("reconnected", Duration::from_secs(15), |s| {
+                s.control_connected
+            })
+            .await;
+    }
+
+    // Revocation: removed from every peer within a second, then cut off.
+    server.revoke("n1").await.unwrap();
+    let took = n2
+        .wait_status("n1 removed", PROPAGATION_BAR, |s| {
+            s.peers.iter().all(|p| p.name != "n1")
+        })
+        .await;
+    eprintln!("revocation propagation to n2: {took:?}");
+    n2.drain();
+    n1.send(tcp(n1.address, n2.address, 40007, 80, SYN)).await;
+    assert_eq!(
+        n2.receive(SHORT).await,
+        None,
+        "a revoked device reaches nobody"
+    );
+    let devices = server.devices().await;
+    let n1_record = devices.iter().find(|d| d.name == "n1").unwrap();
+    assert_eq!(n1_record.status, "revoked");
+
+    for agent in [n1, n2, n3, n4] {
+        agent.stop().await;
+    }
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_policies_are_rejected_whole() {
+    let server = TestServer::start(None).await;
+    server.set_policy(POLICY).await.unwrap();
+    let broken = POLICY.replace("to = [\"db\"]", "to = [\"dbs\"]");
+    let err = server.set_policy(&broken).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    assert!(err.message().contains("line 16"), "{}", err.message());
+    assert!(err.message().contains("`dbs`"), "{}", err.message());
+    let failing_test = POLICY.replace("expect = \"deny\"", "expect = \"allow\"");
+    let err = server.set_policy(&failing_test).await.unwrap_err();
+    assert!(err.message().contains("test #1"), "{}", err.message());
+    // The old version stays in force.
+    let current = server
+        .admin()
+        .get_policy({
+            let mut r = tonic::Request::new(ztmesh_proto::v1::GetPolicyRequest {});
+            r.metadata_mut()
+                .insert("authorization", "Bearer nope.nope".parse().unwrap());
+            r
+        })
+        .await;
+    assert_eq!(current.unwrap_err().code(), tonic::Code::Unauthenticated);
+    assert_eq!(server.set_policy(POLICY).await.unwrap(), 2);
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn enrollment_refusals_are_clear_and_lose_nothing() {
+    let server = TestServer::start(None).await;
+
+    // A single-use token works once.
+    let token = server.token(&["web"], false, 0).await;
+    let first = TestAgent::join(&token, "first").await.unwrap();
+    let err = TestAgent::join(&token, "second").await.err().unwrap();
+    assert!(format!("{err:#}").contains("already used"), "{err:#}");
+
+    // A refused enrollment leaves the token usable (name taken: nothing burnt).
+    let token = server.token(&["web"], false, 0).await;
+    let err = TestAgent::join(&token, "first").await.err().unwrap();
+    assert!(format!("{err:#}").contains("already taken"), "{err:#}");
+    let ok = TestAgent::join(&token, "third").await.unwrap();
+
+    // An expired token.
+    let token = server.token(&[], false, 1).await;
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    let err = TestAgent::join(&token, "late").await.err().unwrap();
+    assert!(format!("{err:#}").contains("expired"), "{err:#}");
+
+    // A token naming another CA: the device refuses the server.
+    let mut forged = JoinToken::decode(&server.token(&[], true, 0).await).unwrap();
+    forged.ca_fingerprint = "00".repeat(32);
+    let err = TestAgent::join(&forged.encode(), "victim")
+        .await
+        .err()
+        .unwrap();
+    assert!(
+        format!("{err:#}").contains("did not present the CA"),
+        "{err:#}"
+    );
+
+    // A wrong secret and garbage.
+    let mut wrong = JoinToken::decode(&server.token(&[], true, 0).await).unwrap();
+    wrong.secret.push('x');
+    let err = TestAgent::join(&wrong.encode(), "guess")
+        .await
+        .err()
+        .unwrap();
+    assert!(format!("{err:#}").contains("not valid"), "{err:#}");
+    let err = TestAgent::join("hello", "garbage").await.err().unwrap();
+    assert!(
+        format!("{err:#}").contains("not a ztmesh join token"),
+        "{err:#}"
+    );
+
+    assert_eq!(server.devices().await.len(), 2);
+    first.stop().await;
+    ok.stop().await;
+    server.stop().await;
+}
+
+/// The same end-to-end path with the server on PostgreSQL.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn overlay_on_postgresql() {
+    let Some(url) = std::env::var("ZTMESH_TEST_DATABASE_URL")
+        .ok()
+        .filter(|u| !u.is_empty())
+    else {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI must run this test on PostgreSQL: set ZTMESH_TEST_DATABASE_URL (tests/run-all.sh does)"
+        );
+        eprintln!(
+            "SKIPPED overlay_on_postgresql: ZTMESH_TEST_DATABASE_URL is not set (tests/run-all.sh sets it)"
+        );
+        return;
+    };
+    let url = ztmesh_e2e::fresh_postgres_database(&url).await;
+    let server = TestServer::start(Some(url)).await;
+    let n1 = TestAgent::join(&server.token(&["client"], false, 0).await, "n1")
+        .await
+        .unwrap();
+    let mut n2 = TestAgent::join(&server.token(&["web"], false, 0).await, "n2")
+        .await
+        .unwrap();
+    server.set_policy(POLICY).await.unwrap();
+    n1.wait_status("peer n2", DELIVERY, |s| {
+        s.peers.iter().any(|p| p.name == "n2")
+    })
+    .await;
+    let syn = tcp(n1.address, n2.address, 41000, 80, SYN);
+    n1.send(syn.clone()).await;
+    assert_eq!(n2.receive(DELIVERY).await, Some(syn));
+    n1.send(tcp(n1.address, n2.address, 41001, 443, SYN)).await;
+    assert_eq!(n2.receive(SHORT).await, None, "denied port");
+    server.revoke("n1").await.unwrap();
+    n2.wait_status("n1 removed", PROPAGATION_BAR, |s| s.peers.is_empty())
+        .await;
+    n1.stop().await;
+    n2.stop().await;
+    server.stop().await;
+}
