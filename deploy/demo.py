@@ -11,24 +11,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "netns"))
 from lab import Lab, LabError, Skip, wait_for  # noqa: E402
 
-POLICY = """\
-[segments]
-clients = { tags = ["client"] }
-web = { tags = ["web"] }
-db = { tags = ["db"] }
-
-[[rules]]
-name = "clients-to-web"
-from = ["clients"]
-to = ["web"]
-ports = ["tcp/80", "icmp"]
-
-[[rules]]
-name = "web-to-db"
-from = ["web"]
-to = ["db"]
-ports = ["tcp/5432"]
-"""
+POLICY = (Path(__file__).resolve().parent / "example-policy.toml").read_text()
 
 TAGS = {"n1": "client", "n2": "web", "n3": "db"}
 
@@ -52,6 +35,8 @@ def human_status(st: dict) -> str:
     drops = st.get("drops") or {}
     nz = {k: v for k, v in drops.items() if v}
     out.append("  drops: " + (", ".join(f"{k}={v}" for k, v in nz.items()) if nz else "none"))
+    hits = st.get("rule_hits") or {}
+    out.append("  new flows by rule: " + (", ".join(f"{k}={v}" for k, v in hits.items()) if hits else "none"))
     return "\n".join(out)
 
 

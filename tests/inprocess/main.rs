@@ -11,30 +11,8 @@ use ztmesh_e2e::packets::{SYN, SYN_ACK, ping, tcp};
 use ztmesh_e2e::{TestAgent, TestServer};
 use ztmesh_proto::JoinToken;
 
-const POLICY: &str = r#"
-[segments]
-clients = { tags = ["client"] }
-web = { tags = ["web"] }
-db = { tags = ["db"] }
-
-[[rules]]
-name = "clients-to-web"
-from = ["clients"]
-to = ["web"]
-ports = ["tcp/80", "icmp"]
-
-[[rules]]
-name = "web-to-db"
-from = ["web"]
-to = ["db"]
-ports = ["tcp/5432"]
-
-[[tests]]
-from = "tag:client"
-to = "tag:db"
-port = "tcp/5432"
-expect = "deny"
-"#;
+/// The example policy shared with the demo and the namespace test.
+const POLICY: &str = include_str!("../../deploy/example-policy.toml");
 
 const SHORT: Duration = Duration::from_millis(400);
 const DELIVERY: Duration = Duration::from_secs(3);
@@ -150,6 +128,28 @@ async fn overlay_enforces_policy_end_to_end() {
     })
     .await;
 
+    // Junk handshakes from a stranger are dropped before any key work, and
+    // do not disturb the tunnels.
+    let before = drops(&n2.status().await, "unknown_peer");
+    let stranger = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let target = ("127.0.0.1", n2.status().await.listen_port);
+    for n in 0..20u8 {
+        let mut junk = vec![n; 148];
+        junk[..4].copy_from_slice(&[1, 0, 0, 0]);
+        stranger.send_to(&junk, target).await.unwrap();
+    }
+    n2.wait_status("junk counted", DELIVERY, |s| {
+        drops(s, "unknown_peer") >= before + 20
+    })
+    .await;
+    let syn = tcp(n1.address, n2.address, 40010, 80, SYN);
+    n1.send(syn.clone()).await;
+    assert_eq!(
+        n2.receive(DELIVERY).await,
+        Some(syn),
+        "tunnels unaffected by junk"
+    );
+
     // A new device reaches the affected daemons within a second.
     let n4 = TestAgent::join(&server.token(&["client"], false, 0).await, "n4")
         .await
@@ -197,6 +197,11 @@ async fn overlay_enforces_policy_end_to_end() {
         None,
         "a revoked device reaches nobody"
     );
+    // The revoked daemon is refused by the server and keeps nothing.
+    n1.wait_status("refused and emptied", DELIVERY, |s| {
+        !s.control_connected && s.peers.is_empty() && s.policy_version == 0
+    })
+    .await;
     let devices = server.devices().await;
     let n1_record = devices.iter().find(|d| d.name == "n1").unwrap();
     assert_eq!(n1_record.status, "revoked");
@@ -214,7 +219,12 @@ async fn bad_policies_are_rejected_whole() {
     let broken = POLICY.replace("to = [\"db\"]", "to = [\"dbs\"]");
     let err = server.set_policy(&broken).await.unwrap_err();
     assert_eq!(err.code(), tonic::Code::InvalidArgument);
-    assert!(err.message().contains("line 16"), "{}", err.message());
+    let line = POLICY.lines().position(|l| l == "to = [\"db\"]").unwrap() + 1;
+    assert!(
+        err.message().contains(&format!("line {line},")),
+        "{}",
+        err.message()
+    );
     assert!(err.message().contains("`dbs`"), "{}", err.message());
     let failing_test = POLICY.replace("expect = \"deny\"", "expect = \"allow\"");
     let err = server.set_policy(&failing_test).await.unwrap_err();
@@ -328,4 +338,61 @@ async fn overlay_on_postgresql() {
     n1.stop().await;
     n2.stop().await;
     server.stop().await;
+}
+
+/// With the server gone, tunnels keep working past WireGuard's session
+/// lifetime: the initiator rekeys after 120 s, and by 180 s (reject-after
+/// time) every session has been replaced; traffic never stops.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tunnels_rekey_while_the_server_is_down() {
+    let server = TestServer::start(None).await;
+    let n1 = TestAgent::join(&server.token(&["client"], false, 0).await, "n1")
+        .await
+        .unwrap();
+    let mut n2 = TestAgent::join(&server.token(&["web"], false, 0).await, "n2")
+        .await
+        .unwrap();
+    server.set_policy(POLICY).await.unwrap();
+    n1.wait_status("peer n2", DELIVERY, |s| {
+        s.peers.iter().any(|p| p.name == "n2")
+    })
+    .await;
+    server.stop().await;
+    n1.wait_status("control disconnected", DELIVERY, |s| !s.control_connected)
+        .await;
+
+    let start = std::time::Instant::now();
+    let mut port = 42000;
+    while start.elapsed() < Duration::from_secs(200) {
+        let syn = tcp(n1.address, n2.address, port, 80, SYN);
+        n1.send(syn.clone()).await;
+        assert_eq!(
+            n2.receive(DELIVERY).await,
+            Some(syn),
+            "packet {port} lost {:?} after the server went down",
+            start.elapsed()
+        );
+        port += 1;
+        tokio::time::sleep(Duration::from_secs(5)).await;
+    }
+    for agent in [&n1, &n2] {
+        let status = agent.status().await;
+        let age = status.peers[0].last_handshake_secs.unwrap();
+        assert!(
+            age < 60,
+            "{}: no new handshake after the session lifetime: last one {age}s ago",
+            agent.name
+        );
+        eprintln!(
+            "{}: rekeyed without the server, last handshake {age}s ago",
+            agent.name
+        );
+    }
+    eprintln!(
+        "{} packets delivered over {:?} without the server",
+        port - 42000,
+        start.elapsed()
+    );
+    n1.stop().await;
+    n2.stop().await;
 }

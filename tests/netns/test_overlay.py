@@ -29,30 +29,7 @@ from lab import Lab, LabError, Skip, binary_path, wait_for  # noqa: E402
 
 TOTAL_BUDGET = 170  # seconds; the whole test must end well under 3 minutes
 
-POLICY_V1 = """\
-[segments]
-clients = { tags = ["client"] }
-web = { tags = ["web"] }
-db = { tags = ["db"] }
-
-[[rules]]
-name = "clients-to-web"
-from = ["clients"]
-to = ["web"]
-ports = ["tcp/80", "icmp"]
-
-[[rules]]
-name = "web-to-db"
-from = ["web"]
-to = ["db"]
-ports = ["tcp/5432"]
-
-[[tests]]
-from = "tag:client"
-to = "tag:db"
-port = "tcp/5432"
-expect = "deny"
-"""
+POLICY_V1 = (Path(__file__).resolve().parents[2] / "deploy" / "example-policy.toml").read_text()
 
 # Line 14 names a segment that does not exist (rule "bogus" spans lines 12-16).
 POLICY_BAD = """\

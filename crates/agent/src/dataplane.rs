@@ -12,7 +12,7 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use boringtun::noise::handshake::parse_handshake_anon;
 use boringtun::noise::rate_limiter::RateLimiter;
-use boringtun::noise::{Packet, Tunn, TunnResult};
+use boringtun::noise::{Packet, TunnResult};
 use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, watch};
 use x25519_dalek::{PublicKey, StaticSecret};
@@ -27,6 +27,8 @@ use crate::tunio::TunIo;
 const BUF_SIZE: usize = 65_536 + 256;
 /// How often boringtun's timers run.
 const TIMER_TICK: Duration = Duration::from_millis(250);
+/// WireGuard message type of a cookie reply.
+const COOKIE_REPLY: u8 = 3;
 /// Handshakes per second before the rate limiter answers with cookies.
 const HANDSHAKE_RATE_LIMIT: u64 = 100;
 
@@ -163,14 +165,30 @@ impl Engine {
     }
 
     async fn on_udp<T: TunIo>(&mut self, io: &Io<T>, from: SocketAddr, datagram: &[u8]) {
-        let key = match Tunn::parse_incoming_packet(datagram) {
-            Ok(Packet::HandshakeInit(p)) => parse_handshake_anon(&self.private, &self.public, &p)
+        // MAC and load check before any expensive work (the X25519 in
+        // parse_handshake_anon): under a handshake flood this answers with
+        // cookies instead of spending a DH per junk packet.
+        let packet = match self
+            .rate_limiter
+            .verify_packet(Some(from.ip()), datagram, &mut self.out)
+        {
+            Ok(packet) => packet,
+            Err(TunnResult::WriteToNetwork(cookie)) => {
+                send(&io.udp, cookie, from).await;
+                return;
+            }
+            Err(_) => {
+                self.filter.record_drop(DropReason::UnknownPeer);
+                return;
+            }
+        };
+        let key = match packet {
+            Packet::HandshakeInit(p) => parse_handshake_anon(&self.private, &self.public, &p)
                 .ok()
                 .map(|h| h.peer_static_public),
-            Ok(Packet::HandshakeResponse(p)) => self.peers.key_by_receiver_index(p.receiver_idx),
-            Ok(Packet::PacketCookieReply(p)) => self.peers.key_by_receiver_index(p.receiver_idx),
-            Ok(Packet::PacketData(p)) => self.peers.key_by_receiver_index(p.receiver_idx),
-            Err(_) => None,
+            Packet::HandshakeResponse(p) => self.peers.key_by_receiver_index(p.receiver_idx),
+            Packet::PacketCookieReply(p) => self.peers.key_by_receiver_index(p.receiver_idx),
+            Packet::PacketData(p) => self.peers.key_by_receiver_index(p.receiver_idx),
         };
         let Some(peer) = key.and_then(|k| self.peers.get_mut(&k)) else {
             self.filter.record_drop(DropReason::UnknownPeer);
@@ -180,7 +198,13 @@ impl Engine {
             .tunn
             .decapsulate(Some(from.ip()), datagram, &mut self.out)
         {
+            TunnResult::WriteToNetwork(reply) if reply.first() == Some(&COOKIE_REPLY) => {
+                // An unauthenticated answer: send it, but do not let it move
+                // the peer's endpoint.
+                send(&io.udp, reply, from).await;
+            }
             TunnResult::WriteToNetwork(reply) => {
+                // A handshake message that decrypted: the peer proved its key.
                 peer.endpoint = Some(from);
                 send(&io.udp, reply, from).await;
                 // Flush packets queued while the handshake was in progress.
@@ -287,6 +311,10 @@ impl Engine {
                 .map(|(reason, n)| (reason.as_str().to_owned(), n))
                 .collect(),
             accepted_inbound: counters.accepted_inbound(),
+            rule_hits: counters
+                .rule_hits()
+                .map(|(rule, n)| (rule.to_owned(), n))
+                .collect(),
             flows: self.filter.flow_count(),
         }
     }

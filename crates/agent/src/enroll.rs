@@ -31,7 +31,16 @@ pub async fn enroll(state: &StateDir, token: &str, name: &str) -> Result<Enrollm
             csr_pem: csr,
         })
         .await
-        .map_err(|status| anyhow!("enrollment refused: {}", status.message()))?
+        .map_err(|status| match status.code() {
+            tonic::Code::Unauthenticated
+            | tonic::Code::AlreadyExists
+            | tonic::Code::InvalidArgument
+            | tonic::Code::ResourceExhausted => anyhow!("enrollment refused: {}", status.message()),
+            code => anyhow!(
+                "enrollment failed ({code}): {}; try again",
+                status.message()
+            ),
+        })?
         .into_inner();
     let keys = DeviceKeys {
         wireguard,

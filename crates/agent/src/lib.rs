@@ -56,6 +56,7 @@ pub async fn up(options: UpOptions, shutdown: watch::Receiver<bool>) -> Result<(
     let enrollment =
         ensure_enrolled(&state, options.join.as_deref(), options.name.as_deref()).await?;
     let address = first_ipv4(&enrollment)?;
+    status::ensure_not_running(&state.socket_path()).await?;
     let tun = tunio::create_kernel_tun(&options.tun_name, address, options.overlay_prefix)?;
     let udp = bind_udp(SocketAddr::from((
         Ipv4Addr::UNSPECIFIED,

@@ -30,6 +30,8 @@ pub struct Status {
     pub drops: BTreeMap<String, u64>,
     /// Inbound packets accepted.
     pub accepted_inbound: u64,
+    /// New flows decided by each policy rule (allow and deny), by rule name.
+    pub rule_hits: BTreeMap<String, u64>,
     /// Tracked flows.
     pub flows: usize,
 }
@@ -56,14 +58,20 @@ pub struct PeerStatus {
 /// A status request to the data plane.
 pub type StatusRequest = oneshot::Sender<Status>;
 
-/// Serves status on the Unix socket `path` (mode 0600) until dropped.
-pub async fn serve(path: &Path, requests: mpsc::Sender<StatusRequest>) -> Result<()> {
+/// Fails when a daemon already answers on `path`.
+pub async fn ensure_not_running(path: &Path) -> Result<()> {
     if UnixStream::connect(path).await.is_ok() {
         bail!(
             "another ztmesh daemon is already running with this state directory ({}); stop it first or use another --state-dir",
             path.display()
         );
     }
+    Ok(())
+}
+
+/// Serves status on the Unix socket `path` (mode 0600) until dropped.
+pub async fn serve(path: &Path, requests: mpsc::Sender<StatusRequest>) -> Result<()> {
+    ensure_not_running(path).await?;
     let _ = std::fs::remove_file(path);
     let listener =
         UnixListener::bind(path).with_context(|| format!("binding {}", path.display()))?;

@@ -57,6 +57,11 @@ pub fn create_kernel_tun(name: &str, address: Ipv4Addr, prefix: u8) -> Result<Ke
                     "cannot create the TUN device `{name}`: permission denied; ztmesh needs root or the CAP_NET_ADMIN capability (and access to /dev/net/tun): run it with sudo, or `setcap cap_net_admin+ep` on the binary"
                 );
             }
+            if text.contains("busy") || text.contains("EBUSY") {
+                bail!(
+                    "cannot create the TUN device `{name}`: it is in use by another daemon or program; stop that one, or choose another interface with --tun"
+                );
+            }
             bail!(
                 "cannot create the TUN device `{name}`: {text}; check that /dev/net/tun exists (modprobe tun)"
             )

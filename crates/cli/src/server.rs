@@ -75,7 +75,15 @@ pub async fn run(args: ServerArgs) -> Result<()> {
         anyhow::bail!("--advertise-url must be an https:// URL (the server speaks TLS only)");
     }
     if !ztmesh_server::is_initialised(&config.data_dir) {
-        let outcome = ztmesh_server::init(&config, &[]).await?;
+        // The certificate must name what devices will dial.
+        let mut sans = Vec::new();
+        if !args.listen.ip().is_unspecified() {
+            sans.push(args.listen.ip().to_string());
+        }
+        if let Some(url) = &config.advertise_url {
+            sans.push(ztmesh_agent::tls::host_port(url)?.0);
+        }
+        let outcome = ztmesh_server::init(&config, &sans).await?;
         print_init(&config, &outcome, Output::Text, Some(args.listen));
     }
     let listener = tokio::net::TcpListener::bind(args.listen)

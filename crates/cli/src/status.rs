@@ -74,5 +74,18 @@ pub async fn run(args: StatusArgs) -> Result<()> {
         status.accepted_inbound, status.flows
     );
     println!("drops: {}", drops.join(" "));
+    let hits: Vec<String> = status
+        .rule_hits
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect();
+    println!(
+        "rule hits (new flows): {}",
+        if hits.is_empty() {
+            "none".to_owned()
+        } else {
+            hits.join(" ")
+        }
+    );
     Ok(())
 }

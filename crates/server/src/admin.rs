@@ -189,9 +189,11 @@ impl Admin for AdminService {
                 .await
                 .map_err(internal)?;
             device.status = DeviceStatus::Revoked;
-            self.hub.reload().await.map_err(internal)?;
             tracing::info!(name = %device.name, "device revoked");
         }
+        // Always publish, also when the device was already revoked: a retry
+        // after a failed publish must still cut the device off.
+        self.hub.reload().await.map_err(internal)?;
         Ok(Response::new(v1::RevokeDeviceResponse {
             device: Some(self.device_message(&device)),
         }))

@@ -85,17 +85,12 @@ impl Control for ControlService {
                 tracing::info!(name = %req.name, peer = ?peer, reason = %e, "enrollment refused");
                 status_from_enroll(e)
             })?;
-        self.store
-            .audit(
-                &format!("token:{}", token.id),
-                "device.enroll",
-                &device.name,
-                &format!("address {} tags {:?}", device.address, device.tags),
-            )
-            .await
-            .map_err(internal)?;
-        tracing::info!(name = %device.name, address = %device.address, "device enrolled");
-        self.hub.reload().await.map_err(internal)?;
+        tracing::info!(name = %device.name, address = %device.address, token = %token.id, "device enrolled");
+        // The enrollment is committed; a failed publish must not make the
+        // device believe it failed. Its first sync publishes again.
+        if let Err(e) = self.hub.reload().await {
+            tracing::warn!(error = %format!("{e:#}"), "publishing the new device failed; it will be published on its first sync");
+        }
         Ok(Response::new(v1::EnrollResponse {
             device_id: device.id,
             device_name: device.name,

@@ -85,9 +85,13 @@ pub struct InitOutcome {
     pub ca_cert_pem: String,
 }
 
-/// Whether `data_dir` was already initialised.
+/// Written last by `init`: a data directory without it was never fully
+/// initialised (an interrupted init may be run again).
+const INIT_MARKER: &str = "initialised";
+
+/// Whether `data_dir` was completely initialised.
 pub fn is_initialised(data_dir: &Path) -> bool {
-    data_dir.join("ca.pem").exists() && data_dir.join("server.pem").exists()
+    data_dir.join(INIT_MARKER).exists()
 }
 
 /// Creates the data directory, database, CA, server certificate and the
@@ -125,6 +129,8 @@ pub async fn init(config: &ServerConfig, sans: &[String]) -> Result<InitOutcome>
     store
         .audit("server", "api_key.create", &key_id, "bootstrap owner key")
         .await?;
+    std::fs::write(config.data_dir.join(INIT_MARKER), "")
+        .context("writing the initialisation marker")?;
     Ok(InitOutcome {
         admin_key: format!("ztk_{key_id}.{secret}"),
         ca_fingerprint: ca.fingerprint(),

@@ -136,7 +136,7 @@ impl Store {
     pub async fn connect(url: &str) -> Result<Store> {
         sqlx::any::install_default_drivers();
         let memory = url.starts_with("sqlite::memory:");
-        let mut options = AnyPoolOptions::new().acquire_timeout(std::time::Duration::from_secs(10));
+        let mut options = AnyPoolOptions::new().acquire_timeout(std::time::Duration::from_secs(5));
         if memory {
             options = options
                 .max_connections(1)
@@ -176,13 +176,22 @@ impl Store {
         row.as_ref().map(device_from_row).transpose()
     }
 
-    /// The device with this name or id.
+    /// The device with this name, or else with this id. Names win, so a
+    /// device cannot take over lookups by naming itself after another's id.
     pub async fn device_by_name(&self, name_or_id: &str) -> Result<Option<DeviceRecord>> {
-        let row = sqlx::query("SELECT * FROM devices WHERE name = $1 OR id = $1")
-            .bind(name_or_id)
-            .fetch_optional(&self.pool)
-            .await?;
-        row.as_ref().map(device_from_row).transpose()
+        for query in [
+            "SELECT * FROM devices WHERE name = $1",
+            "SELECT * FROM devices WHERE id = $1",
+        ] {
+            let row = sqlx::query(query)
+                .bind(name_or_id)
+                .fetch_optional(&self.pool)
+                .await?;
+            if let Some(row) = row {
+                return device_from_row(&row).map(Some);
+            }
+        }
+        Ok(None)
     }
 
     /// Sets a device's status.
@@ -349,6 +358,16 @@ impl Store {
             .execute(&mut *tx)
             .await
             .map_err(db)?;
+        // Audited in the same transaction: no enrollment without its record.
+        insert_audit(
+            &mut *tx,
+            &format!("token:{token_id}"),
+            "device.enroll",
+            &record.name,
+            &format!("address {} tags {:?}", record.address, record.tags),
+        )
+        .await
+        .map_err(EnrollError::Database)?;
         tx.commit().await.map_err(db)?;
         Ok((
             TokenRecord {
@@ -446,21 +465,12 @@ impl Store {
 
     /// Appends to the audit log.
     pub async fn audit(&self, actor: &str, action: &str, target: &str, detail: &str) -> Result<()> {
-        sqlx::query("INSERT INTO audit_log (id, at, actor, action, target, detail) VALUES ($1, $2, $3, $4, $5, $6)")
-            .bind(random_token(12))
-            .bind(unix_now())
-            .bind(actor)
-            .bind(action)
-            .bind(target)
-            .bind(detail)
-            .execute(&self.pool)
-            .await?;
-        Ok(())
+        insert_audit(&self.pool, actor, action, target, detail).await
     }
 
     /// Audit entries, oldest first: (actor, action, target).
     pub async fn audit_entries(&self) -> Result<Vec<(String, String, String)>> {
-        let rows = sqlx::query("SELECT actor, action, target FROM audit_log ORDER BY at, id")
+        let rows = sqlx::query("SELECT actor, action, target FROM audit_log ORDER BY id")
             .fetch_all(&self.pool)
             .await?;
         rows.iter()
@@ -492,6 +502,34 @@ pub async fn create_database(url: &str, name: &str) -> Result<()> {
         .execute(&pool)
         .await?;
     pool.close().await;
+    Ok(())
+}
+
+async fn insert_audit<'e, E>(
+    executor: E,
+    actor: &str,
+    action: &str,
+    target: &str,
+    detail: &str,
+) -> Result<()>
+where
+    E: sqlx::Executor<'e, Database = sqlx::Any>,
+{
+    // Ids sort in time order (nanoseconds, zero-padded), so entries written
+    // within one second keep their order on every backend.
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    sqlx::query("INSERT INTO audit_log (id, at, actor, action, target, detail) VALUES ($1, $2, $3, $4, $5, $6)")
+        .bind(format!("{nanos:024}-{}", random_token(6)))
+        .bind(unix_now())
+        .bind(actor)
+        .bind(action)
+        .bind(target)
+        .bind(detail)
+        .execute(executor)
+        .await?;
     Ok(())
 }
 

@@ -250,3 +250,20 @@ async fn dump_text(url: &str) -> String {
     }
     out
 }
+
+#[tokio::test]
+async fn unreachable_database_is_a_clear_error() {
+    let err = Store::connect("postgres://ztmesh:hunter2@127.0.0.1:1/ztmesh")
+        .await
+        .err()
+        .expect("port 1 has no database");
+    let text = format!("{err:#}");
+    assert!(
+        text.contains("cannot open the database at postgres://ztmesh:***@127.0.0.1:1/ztmesh"),
+        "{text}"
+    );
+    assert!(
+        !text.contains("hunter2"),
+        "the password must not be shown: {text}"
+    );
+}
