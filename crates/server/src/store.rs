@@ -430,26 +430,24 @@ impl Store {
 
     /// Stores a new policy version and returns its number.
     pub async fn insert_policy(&self, text: &str, author: &str) -> Result<u64> {
+        // One statement that writes first: a read-then-write transaction
+        // can fail at once with "database is locked" on SQLite while another
+        // connection writes (the lock upgrade would deadlock). Two
+        // concurrent inserts on PostgreSQL can pick the same number; the
+        // loser hits the primary key and retries.
         for _attempt in 0..5 {
-            let mut tx = self.pool.begin().await?;
-            let row = sqlx::query("SELECT COALESCE(MAX(version), 0) AS v FROM policies")
-                .fetch_one(&mut *tx)
-                .await?;
-            let version: i64 = row.try_get::<i64, _>("v")? + 1;
             let inserted = sqlx::query(
-                "INSERT INTO policies (version, text, author, created_at) VALUES ($1, $2, $3, $4)",
+                "INSERT INTO policies (version, text, author, created_at) \
+                 SELECT COALESCE(MAX(version), 0) + 1, $1, $2, $3 FROM policies \
+                 RETURNING version",
             )
-            .bind(version)
             .bind(text)
             .bind(author)
             .bind(unix_now())
-            .execute(&mut *tx)
+            .fetch_one(&self.pool)
             .await;
             match inserted {
-                Ok(_) => {
-                    tx.commit().await?;
-                    return Ok(u64::try_from(version)?);
-                }
+                Ok(row) => return Ok(u64::try_from(row.try_get::<i64, _>("version")?)?),
                 Err(e) => {
                     let e = anyhow::Error::from(e);
                     if !is_unique_violation(&e) {

@@ -267,3 +267,44 @@ async fn unreachable_database_is_a_clear_error() {
         "the password must not be shown: {text}"
     );
 }
+
+/// Policy versions and endpoint updates written at the same time all
+/// succeed, with distinct versions (SQLite must not answer "locked").
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_writes_all_succeed() {
+    for (backend, url) in backends().await {
+        let store = Store::connect(&url).await.unwrap();
+        let (id, secret) = token(&store, true, unix_now() + 3600).await;
+        let (_, dev) = store
+            .enroll(&id, &secret, device("w", "kw"), overlay())
+            .await
+            .unwrap();
+        let mut tasks = Vec::new();
+        for n in 0..20 {
+            let writer = store.clone();
+            let dev_id = dev.id.clone();
+            tasks.push(tokio::spawn(async move {
+                writer
+                    .set_endpoint(&dev_id, &format!("10.0.0.{n}:51820"))
+                    .await
+                    .map(|_| 0)
+            }));
+            let store = store.clone();
+            tasks.push(tokio::spawn(
+                async move { store.insert_policy("p", "t").await },
+            ));
+        }
+        let mut versions = Vec::new();
+        for task in tasks {
+            let v = task
+                .await
+                .unwrap()
+                .unwrap_or_else(|e| panic!("{backend}: {e:#}"));
+            if v > 0 {
+                versions.push(v);
+            }
+        }
+        versions.sort_unstable();
+        assert_eq!(versions, (1..=20).collect::<Vec<u64>>(), "{backend}");
+    }
+}
