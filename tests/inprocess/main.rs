@@ -22,6 +22,40 @@ fn drops(status: &ztmesh_agent::status::Status, reason: &str) -> u64 {
     status.drops.get(reason).copied().unwrap_or(0)
 }
 
+/// A client `n1` and a web server `n2` under the example policy, connected.
+async fn client_and_web(server: &TestServer) -> (TestAgent, TestAgent) {
+    let n1 = TestAgent::join(&server.token(&["client"], false, 0).await, "n1")
+        .await
+        .unwrap();
+    let n2 = TestAgent::join(&server.token(&["web"], false, 0).await, "n2")
+        .await
+        .unwrap();
+    server.set_policy(POLICY).await.unwrap();
+    n1.wait_status("peer n2", DELIVERY, |s| {
+        s.peers.iter().any(|p| p.name == "n2")
+    })
+    .await;
+    (n1, n2)
+}
+
+/// `from` sends `packet`; `to` must not deliver it and must count one more
+/// drop for `reason`.
+async fn assert_dropped(from: &TestAgent, to: &mut TestAgent, packet: Vec<u8>, reason: &str) {
+    let before = drops(&to.status().await, reason);
+    from.send(packet).await;
+    assert_eq!(
+        to.receive(SHORT).await,
+        None,
+        "{} -> {}: must be dropped ({reason})",
+        from.name,
+        to.name
+    );
+    to.wait_status(&format!("{reason} drop counted"), DELIVERY, |s| {
+        drops(s, reason) > before
+    })
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn overlay_enforces_policy_end_to_end() {
     let mut server = TestServer::start(None).await;
@@ -86,30 +120,12 @@ async fn overlay_enforces_policy_end_to_end() {
     assert_eq!(n2.receive(DELIVERY).await, Some(echo), "icmp allowed");
 
     // Unsolicited traffic in the other direction is dropped at the receiver.
-    let before = drops(&n1.status().await, "no_rule");
-    n2.send(tcp(n2.address, n1.address, 40002, 22, SYN)).await;
-    assert_eq!(
-        n1.receive(SHORT).await,
-        None,
-        "web -> clients is not allowed"
-    );
-    n1.wait_status("no_rule drop counted", DELIVERY, |s| {
-        drops(s, "no_rule") > before
-    })
-    .await;
+    let unsolicited = tcp(n2.address, n1.address, 40002, 22, SYN);
+    assert_dropped(&n2, &mut n1, unsolicited, "no_rule").await;
 
     // A denied port between peers is dropped by the receiver's filter.
-    let before = drops(&n2.status().await, "no_rule");
-    n3.send(tcp(n3.address, n2.address, 40003, 80, SYN)).await;
-    assert_eq!(
-        n2.receive(SHORT).await,
-        None,
-        "db -> web tcp/80 is not allowed"
-    );
-    n2.wait_status("no_rule drop counted", DELIVERY, |s| {
-        drops(s, "no_rule") > before
-    })
-    .await;
+    let denied_port = tcp(n3.address, n2.address, 40003, 80, SYN);
+    assert_dropped(&n3, &mut n2, denied_port, "no_rule").await;
     let allowed = tcp(n2.address, n3.address, 40004, 5432, SYN);
     n2.send(allowed.clone()).await;
     assert_eq!(
@@ -119,14 +135,9 @@ async fn overlay_enforces_policy_end_to_end() {
     );
 
     // A spoofed inner source is caught by cryptokey routing.
-    let before = drops(&n2.status().await, "cryptokey_routing");
-    n1.send(tcp(n3.address, n2.address, 40005, 80, SYN)).await;
     // n1 routes by destination (n2) but claims n3's address as source.
-    assert_eq!(n2.receive(SHORT).await, None, "spoofed source dropped");
-    n2.wait_status("cryptokey drop counted", DELIVERY, |s| {
-        drops(s, "cryptokey_routing") > before
-    })
-    .await;
+    let spoofed = tcp(n3.address, n2.address, 40005, 80, SYN);
+    assert_dropped(&n1, &mut n2, spoofed, "cryptokey_routing").await;
 
     // Junk handshakes from a stranger are dropped before any key work, and
     // do not disturb the tunnels.
@@ -316,22 +327,12 @@ async fn overlay_on_postgresql() {
     };
     let url = ztmesh_e2e::fresh_postgres_database(&url).await;
     let server = TestServer::start(Some(url)).await;
-    let n1 = TestAgent::join(&server.token(&["client"], false, 0).await, "n1")
-        .await
-        .unwrap();
-    let mut n2 = TestAgent::join(&server.token(&["web"], false, 0).await, "n2")
-        .await
-        .unwrap();
-    server.set_policy(POLICY).await.unwrap();
-    n1.wait_status("peer n2", DELIVERY, |s| {
-        s.peers.iter().any(|p| p.name == "n2")
-    })
-    .await;
+    let (n1, mut n2) = client_and_web(&server).await;
     let syn = tcp(n1.address, n2.address, 41000, 80, SYN);
     n1.send(syn.clone()).await;
     assert_eq!(n2.receive(DELIVERY).await, Some(syn));
-    n1.send(tcp(n1.address, n2.address, 41001, 443, SYN)).await;
-    assert_eq!(n2.receive(SHORT).await, None, "denied port");
+    let denied_port = tcp(n1.address, n2.address, 41001, 443, SYN);
+    assert_dropped(&n1, &mut n2, denied_port, "no_rule").await;
     server.revoke("n1").await.unwrap();
     n2.wait_status("n1 removed", PROPAGATION_BAR, |s| s.peers.is_empty())
         .await;
@@ -346,17 +347,7 @@ async fn overlay_on_postgresql() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tunnels_rekey_while_the_server_is_down() {
     let server = TestServer::start(None).await;
-    let n1 = TestAgent::join(&server.token(&["client"], false, 0).await, "n1")
-        .await
-        .unwrap();
-    let mut n2 = TestAgent::join(&server.token(&["web"], false, 0).await, "n2")
-        .await
-        .unwrap();
-    server.set_policy(POLICY).await.unwrap();
-    n1.wait_status("peer n2", DELIVERY, |s| {
-        s.peers.iter().any(|p| p.name == "n2")
-    })
-    .await;
+    let (n1, mut n2) = client_and_web(&server).await;
     server.stop().await;
     n1.wait_status("control disconnected", DELIVERY, |s| !s.control_connected)
         .await;

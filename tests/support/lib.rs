@@ -90,10 +90,7 @@ impl TestServer {
 
     /// Stops the server and waits for it.
     pub async fn stop(mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        let _ = tokio::time::timeout(Duration::from_secs(5), &mut self.task).await;
+        self.halt().await;
     }
 
     /// Starts the stopped server again on the same address and data.

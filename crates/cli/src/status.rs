@@ -64,28 +64,22 @@ pub async fn run(args: StatusArgs) -> Result<()> {
         );
     }
     println!();
-    let drops: Vec<String> = status
-        .drops
-        .iter()
-        .map(|(k, v)| format!("{k}={v}"))
-        .collect();
     println!(
         "accepted inbound: {}  tracked flows: {}",
         status.accepted_inbound, status.flows
     );
-    println!("drops: {}", drops.join(" "));
-    let hits: Vec<String> = status
-        .rule_hits
-        .iter()
-        .map(|(k, v)| format!("{k}={v}"))
-        .collect();
-    println!(
-        "rule hits (new flows): {}",
-        if hits.is_empty() {
-            "none".to_owned()
-        } else {
-            hits.join(" ")
-        }
-    );
+    println!("drops: {}", counts(&status.drops));
+    println!("rule hits (new flows): {}", counts(&status.rule_hits));
     Ok(())
+}
+
+/// `name=count` pairs, or `none`.
+fn counts(map: &std::collections::BTreeMap<String, u64>) -> String {
+    if map.is_empty() {
+        return "none".to_owned();
+    }
+    map.iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(" ")
 }
