@@ -111,6 +111,8 @@ step "cargo fmt" cargo fmt --all -- --check
 step "cargo clippy" cargo clippy --workspace --all-targets "${LOCKED[@]}" -- -D warnings
 step "postgresql" start_postgres
 step "cargo test" cargo test --workspace "${LOCKED[@]}"
+# Figures, not pass/fail: revocation latency over 50 daemons (p50/p99).
+step "revocation benchmark" timeout -k 10 300 cargo run -q -p ztmesh-e2e "${LOCKED[@]}" --example revocation_latency 50 10
 cleanup
 if step "cargo build" cargo build --workspace "${LOCKED[@]}"; then
     if [ "${ZTMESH_SKIP_NETNS:-}" = 1 ] && [ -z "${CI:-}" ]; then

@@ -7,19 +7,23 @@ pub mod packets;
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use tokio::sync::watch;
 use tonic::Request;
 use tonic::transport::Channel;
+use ztmesh_agent::PostureOptions;
 use ztmesh_agent::dataplane::Io;
+use ztmesh_agent::posture::PostureReport;
 use ztmesh_agent::state::{Enrollment, StateDir};
 use ztmesh_agent::status::Status;
 use ztmesh_agent::tunio::{ChannelTun, ChannelTunHandle};
 use ztmesh_proto::v1;
 use ztmesh_rpc::v1::admin_client::AdminClient;
 use ztmesh_server::ServerConfig;
+pub use ztmesh_server::auth::totp::TotpSecret;
 
 /// A private temporary directory removed on drop.
 pub struct TempDir(pub PathBuf);
@@ -109,7 +113,18 @@ impl TestServer {
         let _ = tokio::time::timeout(Duration::from_secs(5), &mut self.task).await;
     }
 
-    fn request<T>(&self, message: T) -> Request<T> {
+    /// The owner API key (for the secrets test).
+    pub fn admin_key(&self) -> &str {
+        &self.admin_key
+    }
+
+    /// The server's data directory.
+    pub fn data_dir(&self) -> PathBuf {
+        self.config.data_dir.clone()
+    }
+
+    /// A request carrying the owner API key.
+    pub fn request<T>(&self, message: T) -> Request<T> {
         let mut request = Request::new(message);
         request.metadata_mut().insert(
             "authorization",
@@ -128,6 +143,7 @@ impl TestServer {
                 reusable,
                 expires_in_seconds,
                 tags: tags.iter().map(|t| t.to_string()).collect(),
+                pre_approved: false,
             }))
             .await
             .unwrap()
@@ -149,6 +165,52 @@ impl TestServer {
             }))
             .await
             .map(|_| ())
+    }
+
+    /// Creates a user; returns its TOTP secret (decoded from the URI).
+    pub async fn create_user(&self, name: &str, groups: &[&str], password: &str) -> TotpSecret {
+        let response = self
+            .admin()
+            .create_user(self.request(v1::CreateUserRequest {
+                name: name.into(),
+                groups: groups.iter().map(|g| g.to_string()).collect(),
+                password: password.into(),
+            }))
+            .await
+            .unwrap()
+            .into_inner();
+        totp_from_uri(&response.totp_uri)
+    }
+
+    /// Changes the network settings.
+    pub async fn settings(&self, device_approval: Option<bool>, key_expiry_seconds: Option<u64>) {
+        self.admin()
+            .update_settings(self.request(v1::UpdateSettingsRequest {
+                device_approval,
+                key_expiry_seconds,
+            }))
+            .await
+            .unwrap();
+    }
+
+    /// One device as the admin API shows it.
+    pub async fn device(&self, name: &str) -> v1::Device {
+        self.devices()
+            .await
+            .into_iter()
+            .find(|d| d.name == name)
+            .unwrap_or_else(|| panic!("no device {name}"))
+    }
+
+    /// `ztmesh admin devices show`.
+    pub async fn show(&self, name: &str) -> v1::DeviceDetail {
+        self.admin()
+            .show_device(self.request(v1::DeviceRef {
+                device: name.into(),
+            }))
+            .await
+            .unwrap()
+            .into_inner()
     }
 
     pub async fn devices(&self) -> Vec<v1::Device> {
@@ -174,6 +236,57 @@ fn spawn_server(config: ServerConfig, listener: tokio::net::TcpListener) -> Serv
     (stop, task)
 }
 
+/// The TOTP secret inside an `otpauth://` URI.
+pub fn totp_from_uri(uri: &str) -> TotpSecret {
+    let secret = uri
+        .split(['?', '&'])
+        .find_map(|part| part.strip_prefix("secret="))
+        .expect("secret in the otpauth URI");
+    TotpSecret::from_base32(secret).unwrap()
+}
+
+/// The current TOTP code of `secret`.
+pub fn totp_now(secret: &TotpSecret) -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    format!("{:06}", secret.code_at(now))
+}
+
+/// A posture probe the test controls.
+#[derive(Clone)]
+pub struct FakePosture(pub Arc<Mutex<PostureReport>>);
+
+impl FakePosture {
+    /// A compliant Linux laptop with an encrypted disk and a firewall.
+    pub fn compliant() -> FakePosture {
+        FakePosture(Arc::new(Mutex::new(PostureReport {
+            os: "linux".into(),
+            os_version: "12".into(),
+            os_name: "Debian GNU/Linux 12 (bookworm)".into(),
+            kernel: "6.1.0-test".into(),
+            daemon_version: ztmesh_agent::VERSION.into(),
+            hostname: "test-host".into(),
+            disk_encrypted: Some(true),
+            firewall: Some(true),
+        })))
+    }
+
+    pub fn set(&self, change: impl FnOnce(&mut PostureReport)) {
+        change(&mut self.0.lock().unwrap());
+    }
+
+    /// Options that read this probe every 100 ms.
+    pub fn options(&self) -> PostureOptions {
+        let shared = Arc::clone(&self.0);
+        PostureOptions {
+            source: Arc::new(move || shared.lock().unwrap().clone()),
+            interval: Duration::from_millis(100),
+        }
+    }
+}
+
 /// A daemon running in this process with an in-memory TUN.
 pub struct TestAgent {
     pub name: String,
@@ -188,16 +301,65 @@ pub struct TestAgent {
 impl TestAgent {
     /// Enrolls with `token` and starts the daemon.
     pub async fn join(token: &str, name: &str) -> Result<TestAgent> {
+        Self::join_with(token, name, FakePosture::compliant()).await
+    }
+
+    /// Enrolls with `token` and starts the daemon with a posture probe.
+    pub async fn join_with(token: &str, name: &str, posture: FakePosture) -> Result<TestAgent> {
         let dir = TempDir::new(name);
         let state = StateDir::open(dir.0.join("state"))?;
         let enrollment = ztmesh_agent::ensure_enrolled(&state, Some(token), Some(name)).await?;
+        Self::start(dir, state, enrollment, name, posture).await
+    }
+
+    /// Logs in as `user` (password and current TOTP code) and starts the daemon.
+    pub async fn login(
+        server: &TestServer,
+        user: &str,
+        password: &str,
+        code: &str,
+        name: &str,
+        posture: FakePosture,
+    ) -> Result<TestAgent> {
+        let dir = TempDir::new(name);
+        let state = StateDir::open(dir.0.join("state"))?;
+        let enrollment = ztmesh_agent::login::login(
+            &state,
+            ztmesh_agent::login::LoginRequest {
+                server_url: server.url.clone(),
+                ca_fingerprint: server.ca_fingerprint.clone(),
+                user: user.into(),
+                password: password.into(),
+                totp_code: code.into(),
+                device_name: name.into(),
+                force: false,
+            },
+        )
+        .await?;
+        Self::start(dir, state, enrollment, name, posture).await
+    }
+
+    async fn start(
+        dir: TempDir,
+        state: StateDir,
+        enrollment: Enrollment,
+        name: &str,
+        posture: FakePosture,
+    ) -> Result<TestAgent> {
         let address = address_of(&enrollment)?;
         let (tun, handle) = ChannelTun::pair();
         let udp = ztmesh_agent::bind_udp(SocketAddr::from(([127, 0, 0, 1], 0))).await?;
         let (stop, stopped) = watch::channel(false);
         let task_state = state.clone();
         let task = tokio::spawn(async move {
-            ztmesh_agent::run(&task_state, &enrollment, Io { tun, udp }, stopped).await
+            ztmesh_agent::run_with(
+                &task_state,
+                &enrollment,
+                Io { tun, udp },
+                posture.options(),
+                stopped,
+            )
+            .await
         });
         Ok(TestAgent {
             name: name.into(),

@@ -2,8 +2,8 @@
 //! itself. Every applied message publishes a whole new [`NetMap`]; with the
 //! server away the last one stays in force.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use anyhow::Result;
@@ -22,20 +22,51 @@ pub struct ControlConfig {
     pub server_url: String,
     /// Pinned CA (PEM).
     pub ca_pem: String,
-    /// Client certificate (PEM).
-    pub cert_pem: String,
-    /// Identity key (PEM).
-    pub key_pem: String,
+    /// Client certificate and identity key; replaced by key rotation.
+    pub credentials: Arc<RwLock<Credentials>>,
     /// Our WireGuard UDP port, reported to the server.
     pub listen_port: u16,
 }
 
+/// The device's mutual-TLS credentials (PEM).
+#[derive(Clone)]
+pub struct Credentials {
+    /// Client certificate.
+    pub cert_pem: String,
+    /// Identity key.
+    pub key_pem: String,
+}
+
+impl ControlConfig {
+    /// A mutual-TLS channel to the server with the current credentials.
+    pub async fn channel(&self) -> Result<tonic::transport::Channel> {
+        let credentials = self
+            .credentials
+            .read()
+            .map(|c| c.clone())
+            .map_err(|_| anyhow::anyhow!("credentials lock poisoned"))?;
+        tls::channel(
+            &self.server_url,
+            &self.ca_pem,
+            Some((&credentials.cert_pem, &credentials.key_pem)),
+        )
+        .await
+    }
+}
+
 /// Runs forever: connect, apply the stream, reconnect with backoff.
 /// `connected` tells status whether a stream is live.
-pub async fn run(config: ControlConfig, netmap: watch::Sender<NetMap>, connected: Arc<AtomicBool>) {
+/// `sessions` counts established streams, so posture can be reported on
+/// every (re)connect.
+pub async fn run(
+    config: ControlConfig,
+    netmap: watch::Sender<NetMap>,
+    connected: Arc<AtomicBool>,
+    sessions: watch::Sender<u64>,
+) {
     let mut backoff = Duration::from_millis(250);
     loop {
-        let result = sync_once(&config, &netmap, &connected).await;
+        let result = sync_once(&config, &netmap, &connected, &sessions).await;
         connected.store(false, Ordering::Relaxed);
         match result {
             Ok(()) => {
@@ -82,13 +113,9 @@ async fn sync_once(
     config: &ControlConfig,
     netmap: &watch::Sender<NetMap>,
     connected: &AtomicBool,
+    sessions: &watch::Sender<u64>,
 ) -> Result<(), SyncError> {
-    let channel = tls::channel(
-        &config.server_url,
-        &config.ca_pem,
-        Some((&config.cert_pem, &config.key_pem)),
-    )
-    .await?;
+    let channel = config.channel().await?;
     let mut stream = ControlClient::new(channel)
         .sync(v1::SyncRequest {
             listen_port: u32::from(config.listen_port),
@@ -98,6 +125,7 @@ async fn sync_once(
         .map_err(classify)?
         .into_inner();
     let mut map = NetMap::default();
+    sessions.send_modify(|n| *n += 1);
     loop {
         let message = match stream.message().await {
             Ok(Some(message)) => message,

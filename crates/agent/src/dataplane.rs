@@ -19,7 +19,7 @@ use x25519_dalek::{PublicKey, StaticSecret};
 use ztmesh_filter::{DropReason, Filter, FilterConfig, FilterLimits, Verdict};
 
 use crate::netmap::{NetMap, PeerDiff, SelfNode};
-use crate::peers::PeerTable;
+use crate::peers::{PeerTable, Slot};
 use crate::status::{PeerStatus, Status, StatusRequest};
 use crate::tunio::TunIo;
 
@@ -31,6 +31,8 @@ const TIMER_TICK: Duration = Duration::from_millis(250);
 const COOKIE_REPLY: u8 = 3;
 /// Handshakes per second before the rate limiter answers with cookies.
 const HANDSHAKE_RATE_LIMIT: u64 = 100;
+/// How long our previous static key still answers handshakes after a rotation.
+const OLD_KEY_LIFETIME: Duration = Duration::from_secs(120);
 
 /// The I/O endpoints, kept apart from the state so the loop can borrow both.
 pub struct Io<T> {
@@ -49,7 +51,17 @@ struct Engine {
     filter_config: FilterConfig,
     self_node: SelfNode,
     rate_limiter: Arc<RateLimiter>,
+    /// Our previous static key for a while after a rotation: peers that
+    /// have not yet heard of the new key still reach us.
+    old_keys: Option<OldKeys>,
     out: Vec<u8>,
+}
+
+struct OldKeys {
+    private: StaticSecret,
+    public: PublicKey,
+    rate_limiter: Arc<RateLimiter>,
+    since: Instant,
 }
 
 enum Event {
@@ -57,6 +69,7 @@ enum Event {
     Udp(std::io::Result<(usize, SocketAddr)>),
     Tick,
     NetMap,
+    Rekey(StaticSecret),
     Status(StatusRequest),
     Stop,
 }
@@ -67,6 +80,7 @@ pub async fn run<T: TunIo>(
     private: StaticSecret,
     mut netmap: watch::Receiver<NetMap>,
     mut status_requests: mpsc::Receiver<StatusRequest>,
+    mut rekeys: mpsc::Receiver<StaticSecret>,
     connected: Arc<AtomicBool>,
     mut shutdown: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
@@ -80,6 +94,7 @@ pub async fn run<T: TunIo>(
         filter_config: FilterConfig::default(),
         self_node: SelfNode::default(),
         rate_limiter,
+        old_keys: None,
         out: vec![0; BUF_SIZE],
     };
     let initial = netmap.borrow_and_update().clone();
@@ -98,6 +113,7 @@ pub async fn run<T: TunIo>(
             _ = tick.tick() => Event::Tick,
             r = netmap.changed() => if r.is_ok() { Event::NetMap } else { Event::Stop },
             Some(reply) = status_requests.recv() => Event::Status(reply),
+            Some(key) = rekeys.recv() => Event::Rekey(key),
             _ = shutdown.changed() => Event::Stop,
         };
         match event {
@@ -121,6 +137,9 @@ pub async fn run<T: TunIo>(
                 engine.on_tick(&io).await;
                 if ticks.is_multiple_of(4) {
                     engine.rate_limiter.reset_count();
+                    if let Some(old) = &engine.old_keys {
+                        old.rate_limiter.reset_count();
+                    }
                     engine.filter.expire(Instant::now());
                 }
             }
@@ -128,6 +147,7 @@ pub async fn run<T: TunIo>(
                 let map = netmap.borrow_and_update().clone();
                 engine.apply_netmap(&io, &map).await;
             }
+            Event::Rekey(key) => engine.rekey(&io, key).await,
             Event::Status(reply) => {
                 let _ = reply.send(engine.status(&io, connected.load(Ordering::Relaxed)));
             }
@@ -151,7 +171,7 @@ impl Engine {
         let Some(peer) = self.peers.get_mut(&key) else {
             return;
         };
-        match peer.tunn.encapsulate(packet, &mut self.out) {
+        match peer.sending_tunn().encapsulate(packet, &mut self.out) {
             TunnResult::WriteToNetwork(datagram) => {
                 if let Some(endpoint) = peer.endpoint {
                     send(&io.udp, datagram, endpoint).await;
@@ -168,10 +188,19 @@ impl Engine {
         // MAC and load check before any expensive work (the X25519 in
         // parse_handshake_anon): under a handshake flood this answers with
         // cookies instead of spending a DH per junk packet.
-        let packet = match self
+        let mut packet = self
             .rate_limiter
-            .verify_packet(Some(from.ip()), datagram, &mut self.out)
+            .verify_packet(Some(from.ip()), datagram, &mut self.out);
+        if matches!(packet, Err(TunnResult::Err(_)))
+            && let Some(old) = &self.old_keys
         {
+            // Sent to our previous public key by a peer that has not heard
+            // of the rotation yet.
+            packet = old
+                .rate_limiter
+                .verify_packet(Some(from.ip()), datagram, &mut self.out);
+        }
+        let packet = match packet {
             Ok(packet) => packet,
             Err(TunnResult::WriteToNetwork(cookie)) => {
                 send(&io.udp, cookie, from).await;
@@ -182,22 +211,40 @@ impl Engine {
                 return;
             }
         };
-        let key = match packet {
-            Packet::HandshakeInit(p) => parse_handshake_anon(&self.private, &self.public, &p)
-                .ok()
-                .map(|h| h.peer_static_public),
-            Packet::HandshakeResponse(p) => self.peers.key_by_receiver_index(p.receiver_idx),
-            Packet::PacketCookieReply(p) => self.peers.key_by_receiver_index(p.receiver_idx),
-            Packet::PacketData(p) => self.peers.key_by_receiver_index(p.receiver_idx),
+        let target = match packet {
+            Packet::HandshakeInit(p) => {
+                match parse_handshake_anon(&self.private, &self.public, &p) {
+                    Ok(h) => Some((h.peer_static_public, Slot::Current)),
+                    Err(_) => self.old_keys.as_ref().and_then(|old| {
+                        parse_handshake_anon(&old.private, &old.public, &p)
+                            .ok()
+                            .map(|h| (h.peer_static_public, Slot::Retiring))
+                    }),
+                }
+            }
+            Packet::HandshakeResponse(p) => self.peers.by_receiver_index(p.receiver_idx),
+            Packet::PacketCookieReply(p) => self.peers.by_receiver_index(p.receiver_idx),
+            Packet::PacketData(p) => self.peers.by_receiver_index(p.receiver_idx),
         };
-        let Some(peer) = key.and_then(|k| self.peers.get_mut(&k)) else {
+        let Some((peer, slot)) = target.and_then(|(k, slot)| Some((self.peers.get_mut(&k)?, slot)))
+        else {
             self.filter.record_drop(DropReason::UnknownPeer);
             return;
         };
-        match peer
-            .tunn
-            .decapsulate(Some(from.ip()), datagram, &mut self.out)
-        {
+        let allowed_ips = &peer.info.allowed_ips;
+        let name = &peer.info.name;
+        let endpoint = &mut peer.endpoint;
+        let tunn = match slot {
+            Slot::Current => &mut peer.tunn,
+            Slot::Retiring => match &mut peer.retiring {
+                Some(old) => &mut old.tunn,
+                None => {
+                    self.filter.record_drop(DropReason::UnknownPeer);
+                    return;
+                }
+            },
+        };
+        match tunn.decapsulate(Some(from.ip()), datagram, &mut self.out) {
             TunnResult::WriteToNetwork(reply) if reply.first() == Some(&COOKIE_REPLY) => {
                 // An unauthenticated answer: send it, but do not let it move
                 // the peer's endpoint.
@@ -205,41 +252,42 @@ impl Engine {
             }
             TunnResult::WriteToNetwork(reply) => {
                 // A handshake message that decrypted: the peer proved its key.
-                peer.endpoint = Some(from);
+                *endpoint = Some(from);
                 send(&io.udp, reply, from).await;
                 // Flush packets queued while the handshake was in progress.
                 while let TunnResult::WriteToNetwork(queued) =
-                    peer.tunn.decapsulate(None, &[], &mut self.out)
+                    tunn.decapsulate(None, &[], &mut self.out)
                 {
                     send(&io.udp, queued, from).await;
                 }
             }
             TunnResult::WriteToTunnelV4(packet, src) => {
-                peer.endpoint = Some(from);
-                let allowed = peer
-                    .info
-                    .allowed_ips
-                    .iter()
-                    .any(|n| n.contains(&IpAddr::V4(src)));
+                *endpoint = Some(from);
+                let allowed = allowed_ips.iter().any(|n| n.contains(&IpAddr::V4(src)));
                 deliver(io, &mut self.filter, allowed, packet).await;
             }
             TunnResult::WriteToTunnelV6(packet, src) => {
-                peer.endpoint = Some(from);
-                let allowed = peer
-                    .info
-                    .allowed_ips
-                    .iter()
-                    .any(|n| n.contains(&IpAddr::V6(src)));
+                *endpoint = Some(from);
+                let allowed = allowed_ips.iter().any(|n| n.contains(&IpAddr::V6(src)));
                 deliver(io, &mut self.filter, allowed, packet).await;
             }
             TunnResult::Err(e) => {
-                tracing::debug!(peer = %peer.info.name, error = ?e, "decapsulate failed")
+                tracing::debug!(peer = %name, error = ?e, "decapsulate failed")
             }
             TunnResult::Done => {}
         }
     }
 
     async fn on_tick<T: TunIo>(&mut self, io: &Io<T>) {
+        let now = Instant::now();
+        self.peers.expire_retiring(now);
+        if self
+            .old_keys
+            .as_ref()
+            .is_some_and(|old| now.duration_since(old.since) >= OLD_KEY_LIFETIME)
+        {
+            self.old_keys = None;
+        }
         for peer in self.peers.iter_mut() {
             if let TunnResult::WriteToNetwork(datagram) = peer.tunn.update_timers(&mut self.out)
                 && let Some(endpoint) = peer.endpoint
@@ -263,8 +311,12 @@ impl Engine {
             );
         }
         // Start handshakes with new peers so tunnels are up before traffic.
-        for key in added {
-            if let Some(peer) = self.peers.get_mut(&key)
+        self.start_handshakes(io, &added).await;
+    }
+
+    async fn start_handshakes<T: TunIo>(&mut self, io: &Io<T>, keys: &[[u8; 32]]) {
+        for key in keys {
+            if let Some(peer) = self.peers.get_mut(key)
                 && let Some(endpoint) = peer.endpoint
                 && let TunnResult::WriteToNetwork(init) =
                     peer.tunn.format_handshake_initiation(&mut self.out, false)
@@ -272,6 +324,26 @@ impl Engine {
                 send(&io.udp, init, endpoint).await;
             }
         }
+    }
+
+    /// Switches to a new static key (key rotation). Sessions of the old
+    /// key carry traffic until the new handshakes complete; the old key
+    /// keeps answering handshakes for a while.
+    async fn rekey<T: TunIo>(&mut self, io: &Io<T>, private: StaticSecret) {
+        let public = PublicKey::from(&private);
+        let rate_limiter = Arc::new(RateLimiter::new(&public, HANDSHAKE_RATE_LIMIT));
+        let old_private = std::mem::replace(&mut self.private, private.clone());
+        let old_public = std::mem::replace(&mut self.public, public);
+        let old_limiter = std::mem::replace(&mut self.rate_limiter, Arc::clone(&rate_limiter));
+        self.old_keys = Some(OldKeys {
+            private: old_private,
+            public: old_public,
+            rate_limiter: old_limiter,
+            since: Instant::now(),
+        });
+        let keys = self.peers.set_private(private, rate_limiter);
+        tracing::info!(peers = keys.len(), "switched to the rotated WireGuard key");
+        self.start_handshakes(io, &keys).await;
     }
 
     fn status<T: TunIo>(&self, io: &Io<T>, control_connected: bool) -> Status {

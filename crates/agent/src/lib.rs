@@ -9,8 +9,11 @@ pub mod control;
 pub mod dataplane;
 pub mod enroll;
 pub mod keys;
+pub mod lifecycle;
+pub mod login;
 pub mod netmap;
 pub mod peers;
+pub mod posture;
 pub mod state;
 pub mod status;
 pub mod tls;
@@ -18,16 +21,18 @@ pub mod tunio;
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, watch};
 
-use crate::control::ControlConfig;
+use crate::control::{ControlConfig, Credentials};
 use crate::dataplane::Io;
 use crate::keys::DeviceKeys;
+use crate::lifecycle::PostureSource;
 use crate::netmap::NetMap;
 use crate::state::{Enrollment, StateDir};
 use crate::tunio::TunIo;
@@ -91,6 +96,27 @@ pub async fn ensure_enrolled(
     Ok(enrollment)
 }
 
+/// The daemon version, reported in posture.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// How the daemon learns its posture and how often it looks again.
+#[derive(Clone)]
+pub struct PostureOptions {
+    /// The probe.
+    pub source: PostureSource,
+    /// How often posture is collected and, when changed, reported.
+    pub interval: Duration,
+}
+
+impl Default for PostureOptions {
+    fn default() -> Self {
+        Self {
+            source: Arc::new(|| posture::collect(VERSION)),
+            interval: Duration::from_secs(10),
+        }
+    }
+}
+
 /// Runs control client, status socket and data plane over the given I/O.
 pub async fn run<T: TunIo>(
     state: &StateDir,
@@ -98,33 +124,67 @@ pub async fn run<T: TunIo>(
     io: Io<T>,
     shutdown: watch::Receiver<bool>,
 ) -> Result<()> {
+    run_with(state, enrollment, io, PostureOptions::default(), shutdown).await
+}
+
+/// [`run`] with a chosen posture probe.
+pub async fn run_with<T: TunIo>(
+    state: &StateDir,
+    enrollment: &Enrollment,
+    io: Io<T>,
+    posture: PostureOptions,
+    shutdown: watch::Receiver<bool>,
+) -> Result<()> {
     let keys = DeviceKeys::load(state)?;
+    enrollment.check_not_expired()?;
     let (status_tx, status_rx) = mpsc::channel(8);
     status::serve(&state.socket_path(), status_tx).await?;
     let (netmap_tx, netmap_rx) = watch::channel(NetMap::default());
+    let (sessions_tx, sessions_rx) = watch::channel(0u64);
+    let (rekey_tx, rekey_rx) = mpsc::channel(2);
     let connected = Arc::new(AtomicBool::new(false));
     let control_config = ControlConfig {
         server_url: enrollment.server_url.clone(),
         ca_pem: keys.ca_cert_pem.clone(),
-        cert_pem: keys.client_cert_pem.clone(),
-        key_pem: keys.identity_key_pem.clone(),
+        credentials: Arc::new(RwLock::new(Credentials {
+            cert_pem: keys.client_cert_pem.clone(),
+            key_pem: keys.identity_key_pem.clone(),
+        })),
         listen_port: io.udp.local_addr()?.port(),
     };
-    let control = tokio::spawn(control::run(
-        control_config,
-        netmap_tx,
-        Arc::clone(&connected),
-    ));
+    let tasks = [
+        tokio::spawn(control::run(
+            control_config.clone(),
+            netmap_tx,
+            Arc::clone(&connected),
+            sessions_tx,
+        )),
+        tokio::spawn(lifecycle::rotation_loop(
+            state.clone(),
+            control_config.clone(),
+            netmap_rx.clone(),
+            rekey_tx,
+        )),
+        tokio::spawn(lifecycle::posture_loop(
+            control_config,
+            posture.source,
+            posture.interval,
+            sessions_rx,
+        )),
+    ];
     let result = dataplane::run(
         io,
         keys.wireguard,
         netmap_rx,
         status_rx,
+        rekey_rx,
         connected,
         shutdown,
     )
     .await;
-    control.abort();
+    for task in tasks {
+        task.abort();
+    }
     let _ = std::fs::remove_file(state.socket_path());
     result
 }

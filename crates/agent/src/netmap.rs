@@ -32,6 +32,14 @@ pub struct SelfNode {
     pub name: String,
     /// Overlay addresses.
     pub addresses: Vec<IpNet>,
+    /// Node key expiry and issue time, Unix seconds (expiry 0 = never).
+    pub key_expires_at: i64,
+    /// When the current node key was issued.
+    pub key_issued_at: i64,
+    /// Waiting for an admin's approval (no peers meanwhile).
+    pub pending_approval: bool,
+    /// Owner for user devices, empty for tagged devices.
+    pub user: String,
 }
 
 /// Everything the data plane enforces.
@@ -164,6 +172,10 @@ fn convert_node(node: Option<&v1::Node>) -> Result<SelfNode, NetMapError> {
         id: node.id.clone(),
         name: node.name.clone(),
         addresses: parse_cidrs(&node.addresses)?,
+        key_expires_at: node.key_expires_at,
+        key_issued_at: node.key_issued_at,
+        pending_approval: node.pending_approval,
+        user: node.user.clone(),
     })
 }
 
@@ -204,6 +216,7 @@ mod tests {
                     name: "me".into(),
                     addresses: vec!["100.64.0.1/32".into()],
                     tags: vec![],
+                    ..Default::default()
                 }),
                 peers,
                 filter: Some(v1::Filter {

@@ -4,6 +4,7 @@
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use boringtun::noise::Tunn;
 use boringtun::noise::rate_limiter::RateLimiter;
@@ -14,6 +15,34 @@ use crate::netmap::{PeerDiff, PeerInfo};
 
 /// Seconds between keepalives; keeps NAT mappings and handshakes fresh.
 const PERSISTENT_KEEPALIVE: u16 = 25;
+/// How long a replaced tunnel still decrypts after its successor has a
+/// session (packets already in flight on the old session).
+const RETIRE_GRACE: Duration = Duration::from_secs(5);
+/// A replaced tunnel goes after this long in any case.
+const RETIRE_MAX: Duration = Duration::from_secs(120);
+
+/// Which of a peer's tunnels a session index belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Slot {
+    /// The tunnel with the current keys.
+    Current,
+    /// The tunnel from before a key change, kept so that no packet is lost.
+    Retiring,
+}
+
+/// The tunnel from before a key change (ours or the peer's). It keeps
+/// carrying traffic until the new tunnel has a session, then decrypts
+/// stragglers for a short grace.
+pub struct Retiring {
+    /// The old session state machine.
+    pub tunn: Tunn,
+    /// Its local index.
+    pub index: u32,
+    /// When it was replaced.
+    pub since: Instant,
+    /// When it goes; set once the new tunnel has a session.
+    pub until: Option<Instant>,
+}
 
 /// One peer and its tunnel state.
 pub struct Peer {
@@ -25,6 +54,42 @@ pub struct Peer {
     pub index: u32,
     /// Where to send; learnt from the server, then from authenticated packets.
     pub endpoint: Option<SocketAddr>,
+    /// The tunnel being replaced after a key change, if any.
+    pub retiring: Option<Retiring>,
+}
+
+impl Peer {
+    /// The tunnel to encrypt with: the current one once it has a session,
+    /// the retiring one while the new handshake is still in flight.
+    pub fn sending_tunn(&mut self) -> &mut Tunn {
+        let current_ready = self.tunn.time_since_last_handshake().is_some();
+        match &mut self.retiring {
+            Some(old) if !current_ready && old.tunn.time_since_last_handshake().is_some() => {
+                &mut old.tunn
+            }
+            _ => &mut self.tunn,
+        }
+    }
+
+    /// What to keep when this peer's tunnel is replaced: the current
+    /// tunnel if it has a session, else the tunnel it was itself replacing
+    /// (two key changes close together: the newer handshake may still be in
+    /// flight while the older session carries the traffic).
+    fn into_retiring(self, now: Instant) -> Option<Retiring> {
+        if self.tunn.time_since_last_handshake().is_some() {
+            return retire(self.tunn, self.index, now);
+        }
+        self.retiring
+            .filter(|old| old.tunn.time_since_last_handshake().is_some())
+    }
+
+    /// The tunnel owning `slot`.
+    pub fn tunn_in(&mut self, slot: Slot) -> Option<&mut Tunn> {
+        match slot {
+            Slot::Current => Some(&mut self.tunn),
+            Slot::Retiring => self.retiring.as_mut().map(|r| &mut r.tunn),
+        }
+    }
 }
 
 /// All peers with their lookup tables, rebuilt from the peer set on each change.
@@ -32,7 +97,7 @@ pub struct PeerTable {
     private: StaticSecret,
     rate_limiter: Arc<RateLimiter>,
     peers: HashMap<[u8; 32], Peer>,
-    by_index: HashMap<u32, [u8; 32]>,
+    by_index: HashMap<u32, ([u8; 32], Slot)>,
     routes: Vec<(IpNet, [u8; 32])>,
     next_index: u32,
 }
@@ -51,10 +116,17 @@ impl PeerTable {
     }
 
     /// Applies a diff; returns the keys of added peers (to start handshakes).
+    /// A peer whose key changed (same id, new key) keeps its old tunnel as
+    /// retiring, so traffic flows on until the new handshake completes.
     pub fn apply(&mut self, diff: PeerDiff) -> Vec<[u8; 32]> {
+        let mut replaced: HashMap<String, Peer> = HashMap::new();
         for key in diff.removed {
             if let Some(peer) = self.peers.remove(&key) {
                 self.by_index.remove(&peer.index);
+                if let Some(old) = &peer.retiring {
+                    self.by_index.remove(&old.index);
+                }
+                replaced.insert(peer.info.id.clone(), peer);
             }
         }
         for info in diff.changed {
@@ -67,26 +139,32 @@ impl PeerTable {
                 peer.info = info;
             }
         }
+        let now = Instant::now();
         let mut added = Vec::with_capacity(diff.added.len());
         for info in diff.added {
             let index = self.allocate_index();
-            let tunn = Tunn::new(
-                self.private.clone(),
-                PublicKey::from(info.public_key),
-                None,
-                Some(PERSISTENT_KEEPALIVE),
-                index,
-                Some(Arc::clone(&self.rate_limiter)),
-            );
-            self.by_index.insert(index, info.public_key);
+            let tunn = self.new_tunn(info.public_key, index);
+            self.by_index
+                .insert(index, (info.public_key, Slot::Current));
             added.push(info.public_key);
+            let previous = replaced.remove(&info.id);
+            let endpoint = previous
+                .as_ref()
+                .and_then(|p| p.endpoint)
+                .or_else(|| info.endpoints.first().copied());
+            let retiring = previous.and_then(|p| p.into_retiring(now));
+            if let Some(old) = &retiring {
+                self.by_index
+                    .insert(old.index, (info.public_key, Slot::Retiring));
+            }
             self.peers.insert(
                 info.public_key,
                 Peer {
-                    endpoint: info.endpoints.first().copied(),
+                    endpoint,
                     info,
                     tunn,
                     index,
+                    retiring,
                 },
             );
         }
@@ -94,13 +172,84 @@ impl PeerTable {
         added
     }
 
+    /// Switches to a new static key of our own: every peer gets a new
+    /// tunnel and keeps its old one as retiring. Returns the keys of all
+    /// peers (to start handshakes with the new key).
+    pub fn set_private(
+        &mut self,
+        private: StaticSecret,
+        rate_limiter: Arc<RateLimiter>,
+    ) -> Vec<[u8; 32]> {
+        self.private = private;
+        self.rate_limiter = rate_limiter;
+        let now = Instant::now();
+        let keys: Vec<[u8; 32]> = self.peers.keys().copied().collect();
+        for key in &keys {
+            let index = self.allocate_index();
+            let tunn = self.new_tunn(*key, index);
+            let Some(peer) = self.peers.get_mut(key) else {
+                continue;
+            };
+            let old_tunn = std::mem::replace(&mut peer.tunn, tunn);
+            let old_index = std::mem::replace(&mut peer.index, index);
+            let previous = Peer {
+                info: peer.info.clone(),
+                tunn: old_tunn,
+                index: old_index,
+                endpoint: peer.endpoint,
+                retiring: peer.retiring.take(),
+            };
+            self.by_index.remove(&old_index);
+            if let Some(old) = &previous.retiring {
+                self.by_index.remove(&old.index);
+            }
+            peer.retiring = previous.into_retiring(now);
+            if let Some(old) = &peer.retiring {
+                self.by_index.insert(old.index, (*key, Slot::Retiring));
+            }
+            self.by_index.insert(index, (*key, Slot::Current));
+        }
+        keys
+    }
+
+    /// Drops retiring tunnels whose successor has had a session for the
+    /// grace period (or that are too old).
+    pub fn expire_retiring(&mut self, now: Instant) {
+        for peer in self.peers.values_mut() {
+            let current_ready = peer.tunn.time_since_last_handshake().is_some();
+            let Some(old) = &mut peer.retiring else {
+                continue;
+            };
+            if current_ready && old.until.is_none() {
+                old.until = Some(now + RETIRE_GRACE);
+            }
+            let done = old.until.is_some_and(|until| now >= until)
+                || now.duration_since(old.since) >= RETIRE_MAX;
+            if done {
+                self.by_index.remove(&old.index);
+                peer.retiring = None;
+            }
+        }
+    }
+
+    fn new_tunn(&self, peer_key: [u8; 32], index: u32) -> Tunn {
+        Tunn::new(
+            self.private.clone(),
+            PublicKey::from(peer_key),
+            None,
+            Some(PERSISTENT_KEEPALIVE),
+            index,
+            Some(Arc::clone(&self.rate_limiter)),
+        )
+    }
+
     /// Peer by public key.
     pub fn get_mut(&mut self, key: &[u8; 32]) -> Option<&mut Peer> {
         self.peers.get_mut(key)
     }
 
-    /// Public key of the peer owning a session index from a received packet.
-    pub fn key_by_receiver_index(&self, receiver_index: u32) -> Option<[u8; 32]> {
+    /// The peer and tunnel owning a session index from a received packet.
+    pub fn by_receiver_index(&self, receiver_index: u32) -> Option<([u8; 32], Slot)> {
         self.by_index.get(&(receiver_index >> 8)).copied()
     }
 
@@ -146,4 +295,16 @@ impl PeerTable {
         self.routes
             .sort_by_key(|(net, _)| std::cmp::Reverse(net.prefix_len()));
     }
+}
+
+/// Keeps an old tunnel only if it has a session worth keeping.
+fn retire(tunn: Tunn, index: u32, now: Instant) -> Option<Retiring> {
+    tunn.time_since_last_handshake()
+        .is_some()
+        .then_some(Retiring {
+            tunn,
+            index,
+            since: now,
+            until: None,
+        })
 }

@@ -20,6 +20,29 @@ pub struct Enrollment {
     pub addresses: Vec<String>,
     /// Coordination server URL.
     pub server_url: String,
+    /// Node key expiry, Unix seconds; 0 = never.
+    #[serde(default)]
+    pub key_expires_at: i64,
+}
+
+impl Enrollment {
+    /// Refuses to start with a node key past its expiry: the device must
+    /// re-authenticate (its certificate ends then too).
+    pub fn check_not_expired(&self) -> Result<()> {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+            .unwrap_or(0);
+        if self.key_expires_at != 0 && self.key_expires_at <= now {
+            bail!(
+                "the node key of `{}` expired {} s ago; re-authenticate: `ztmesh login --server {} --force` for a user's device, or a new join token and state directory for a server",
+                self.name,
+                now - self.key_expires_at,
+                self.server_url
+            );
+        }
+        Ok(())
+    }
 }
 
 /// Paths inside a state directory.

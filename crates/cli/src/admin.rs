@@ -10,6 +10,7 @@ use tonic::transport::Channel;
 use ztmesh_proto::v1;
 use ztmesh_rpc::v1::admin_client::AdminClient;
 
+use crate::identity::{DeviceTrust, GroupsCommand, SettingsCommand, UsersCommand};
 use crate::server::Output;
 
 /// `ztmesh admin` arguments.
@@ -39,6 +40,15 @@ enum AdminCommand {
     /// The segment policy.
     #[command(subcommand)]
     Policy(PolicyCommand),
+    /// Users (password + TOTP) who log in on their laptops.
+    #[command(subcommand)]
+    Users(UsersCommand),
+    /// Directory groups of users, usable in policy segments.
+    #[command(subcommand)]
+    Groups(GroupsCommand),
+    /// Network settings: device approval, node key lifetime.
+    #[command(subcommand)]
+    Settings(SettingsCommand),
 }
 
 #[derive(Subcommand)]
@@ -54,6 +64,9 @@ enum JoinTokenCommand {
         /// Tag given to every device enrolled with it (repeatable).
         #[arg(long = "tag")]
         tags: Vec<String>,
+        /// Devices enrolled with it need no admin approval.
+        #[arg(long)]
+        pre_approved: bool,
     },
 }
 
@@ -69,6 +82,31 @@ enum DevicesCommand {
     Revoke {
         /// Device name or id.
         name: String,
+    },
+    /// Approve a device waiting for approval.
+    Approve {
+        /// Device name or id.
+        name: String,
+    },
+    /// Show a device: posture, key expiry, segments and which posture checks pass or fail.
+    Show {
+        /// Device name or id.
+        name: String,
+        /// Output format.
+        #[arg(long, value_enum, default_value = "text")]
+        output: Output,
+    },
+    /// Expire a device's node key now: it drops out until it re-authenticates.
+    Expire {
+        /// Device name or id.
+        name: String,
+    },
+    /// Set a device's node key lifetime from now: a duration (30d), `never` (tagged devices only) or `default`.
+    SetExpiry {
+        /// Device name or id.
+        name: String,
+        /// Lifetime.
+        lifetime: String,
     },
 }
 
@@ -107,6 +145,7 @@ pub async fn run(args: AdminArgs) -> Result<()> {
             reusable,
             expires,
             tags,
+            pre_approved,
         }) => {
             let response = client
                 .admin()
@@ -114,6 +153,7 @@ pub async fn run(args: AdminArgs) -> Result<()> {
                     reusable,
                     expires_in_seconds: expires.map_or(0, |d| d.as_secs().max(1)),
                     tags,
+                    pre_approved,
                 }))
                 .await
                 .map_err(status_error)?
@@ -141,6 +181,21 @@ pub async fn run(args: AdminArgs) -> Result<()> {
                 .ok_or_else(|| anyhow!("the server returned no device"))?;
             println!("device {} revoked", device.name);
         }
+        AdminCommand::Devices(DevicesCommand::Approve { name }) => {
+            crate::identity::device_trust(&client, DeviceTrust::Approve(name)).await?;
+        }
+        AdminCommand::Devices(DevicesCommand::Show { name, output }) => {
+            crate::identity::device_trust(&client, DeviceTrust::Show(name, output)).await?;
+        }
+        AdminCommand::Devices(DevicesCommand::Expire { name }) => {
+            crate::identity::device_trust(&client, DeviceTrust::Expire(name)).await?;
+        }
+        AdminCommand::Devices(DevicesCommand::SetExpiry { name, lifetime }) => {
+            crate::identity::device_trust(&client, DeviceTrust::SetExpiry(name, lifetime)).await?;
+        }
+        AdminCommand::Users(command) => crate::identity::users(&client, command).await?,
+        AdminCommand::Groups(command) => crate::identity::groups(&client, command).await?,
+        AdminCommand::Settings(command) => crate::identity::settings(&client, command).await?,
         AdminCommand::Policy(PolicyCommand::Set { file }) => {
             let text = policy_text.unwrap_or_default();
             let response = client
@@ -195,17 +250,17 @@ pub async fn run(args: AdminArgs) -> Result<()> {
     Ok(())
 }
 
-struct Client {
+pub(crate) struct Client {
     channel: Channel,
     bearer: tonic::metadata::MetadataValue<tonic::metadata::Ascii>,
 }
 
 impl Client {
-    fn admin(&self) -> AdminClient<Channel> {
+    pub(crate) fn admin(&self) -> AdminClient<Channel> {
         AdminClient::new(self.channel.clone())
     }
 
-    fn request<T>(&self, message: T) -> Request<T> {
+    pub(crate) fn request<T>(&self, message: T) -> Request<T> {
         let mut request = Request::new(message);
         request
             .metadata_mut()
@@ -243,7 +298,7 @@ fn read_policy(file: &std::path::Path) -> Result<String> {
         .with_context(|| format!("reading the policy file {}", file.display()))
 }
 
-fn status_error(status: tonic::Status) -> anyhow::Error {
+pub(crate) fn status_error(status: tonic::Status) -> anyhow::Error {
     anyhow!("{}", status.message())
 }
 
@@ -275,6 +330,9 @@ fn print_devices(devices: &[v1::Device], output: Output) -> Result<()> {
                     "public_key": base64::engine::general_purpose::STANDARD.encode(&d.public_key),
                     "endpoints": d.endpoints,
                     "created_at": d.created_at,
+                    "user": d.user,
+                    "approved": d.approved,
+                    "key_expires_at": d.key_expires_at,
                 })
             })
             .collect();
@@ -282,15 +340,20 @@ fn print_devices(devices: &[v1::Device], output: Output) -> Result<()> {
         return Ok(());
     }
     println!(
-        "{:<20} {:<18} {:<20} {:<8} {:<7} ENDPOINT",
-        "NAME", "ADDRESS", "TAGS", "STATUS", "ONLINE"
+        "{:<20} {:<18} {:<24} {:<16} {:<7} ENDPOINT",
+        "NAME", "ADDRESS", "OWNER", "STATUS", "ONLINE"
     );
     for d in devices {
+        let owner = if d.user.is_empty() {
+            format!("tag:{}", d.tags.join(","))
+        } else {
+            d.user.clone()
+        };
         println!(
-            "{:<20} {:<18} {:<20} {:<8} {:<7} {}",
+            "{:<20} {:<18} {:<24} {:<16} {:<7} {}",
             d.name,
             d.addresses.join(","),
-            d.tags.join(","),
+            owner,
             d.status,
             if d.online { "yes" } else { "no" },
             d.endpoints.join(",")

@@ -1,6 +1,8 @@
 //! `ztmesh`: the one binary. Thin glue over `ztmesh-server` and `ztmesh-agent`.
 
 mod admin;
+mod identity;
+mod login;
 mod server;
 mod status;
 
@@ -25,6 +27,8 @@ enum Command {
     Admin(admin::AdminArgs),
     /// Enroll this device (first time) and run the daemon in the foreground.
     Up(UpArgs),
+    /// Enroll this device as your own: user name, password and TOTP code.
+    Login(login::LoginArgs),
     /// Show the local daemon's node, peers and drop counters.
     Status(status::StatusArgs),
 }
@@ -69,6 +73,7 @@ fn main() -> ExitCode {
             Command::Server(args) => server::run(args).await,
             Command::Admin(args) => admin::run(args).await,
             Command::Up(args) => up(args).await,
+            Command::Login(args) => login::run(args).await,
             Command::Status(args) => status::run(args).await,
         }
     });

@@ -1,15 +1,18 @@
 //! Segment membership and first-match evaluation of single flows. Real
 //! devices and hypothetical endpoints share one membership test
-//! ([`Segment::contains`]), which keeps `evaluate` and `compile` consistent.
+//! ([`Segment::contains`]), which keeps `evaluate` and `compile` consistent;
+//! they differ only in posture, which hypothetical endpoints are assumed to
+//! pass.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::slice;
 
 use ztmesh_filter::{Action, PortRange, Protocol};
 
 use crate::ports::{PortSpec, RulePort};
 use crate::portset::PortSet;
-use crate::{Device, Endpoint, Policy};
+use crate::posture::Requirement;
+use crate::{Device, Endpoint, Policy, Posture};
 
 /// The outcome of evaluating one flow.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -25,6 +28,12 @@ impl Policy {
     /// what-if queries): the first rule whose `from` segments contain `from`,
     /// whose `to` segments contain `to` and whose ports match `port` decides;
     /// no match means deny.
+    ///
+    /// Hypothetical endpoints have no posture report: they are assumed to
+    /// pass every posture, so segments are matched on selectors alone. A real
+    /// device failing a segment's posture is left out of that segment by
+    /// [`Policy::segments_of`], [`Policy::compile`] and [`Policy::peers_of`]
+    /// (see [`Policy::posture_checks`] for why).
     pub fn evaluate(&self, from: &Endpoint, to: &Endpoint, port: &PortSpec) -> Decision {
         let from = Subject::of_endpoint(from);
         let to = Subject::of_endpoint(to);
@@ -46,7 +55,8 @@ impl Policy {
         }
     }
 
-    /// Names of the segments `device` belongs to, sorted.
+    /// Names of the segments `device` belongs to, sorted: a selector matches
+    /// it and it passes every posture the segment requires.
     pub fn segments_of(&self, device: &Device) -> Vec<String> {
         self.segment_set(&Subject::of_device(device))
             .into_iter()
@@ -64,23 +74,36 @@ impl Policy {
     }
 }
 
-/// The attributes of a device, real or hypothetical, that selectors match.
+/// The attributes of a device, real or hypothetical, that segments match.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Subject<'a> {
     tags: &'a [String],
     user: Option<&'a str>,
     device: Option<&'a str>,
-    group: Option<&'a str>,
+    /// Directory groups (or the one group of a `group:` endpoint).
+    groups: &'a [String],
+    compliance: Compliance<'a>,
+}
+
+/// How a subject fares against posture requirements.
+#[derive(Debug, Clone, Copy)]
+enum Compliance<'a> {
+    /// A hypothetical endpoint: passes every posture.
+    Assumed,
+    /// A real device, with its last report (`None`: never reported, fails
+    /// every posture).
+    Reported(Option<&'a Posture>),
 }
 
 impl<'a> Subject<'a> {
-    /// A real device: its tags, owner and name.
+    /// A real device: its tags, owner, directory groups, name and posture.
     pub(crate) fn of_device(device: &'a Device) -> Subject<'a> {
         Subject {
             tags: &device.tags,
             user: device.user.as_deref(),
             device: Some(&device.name),
-            group: None,
+            groups: &device.groups,
+            compliance: Compliance::Reported(device.posture.as_ref()),
         }
     }
 
@@ -90,36 +113,53 @@ impl<'a> Subject<'a> {
             tags: &[],
             user: None,
             device: None,
-            group: None,
+            groups: &[],
+            compliance: Compliance::Assumed,
         };
         match endpoint {
             Endpoint::Tag(tag) => subject.tags = slice::from_ref(tag),
             Endpoint::User(user) => subject.user = Some(user),
             Endpoint::Device(name) => subject.device = Some(name),
-            Endpoint::Group(group) => subject.group = Some(group),
+            Endpoint::Group(group) => subject.groups = slice::from_ref(group),
         }
         subject
     }
 }
 
-/// A segment with its selectors resolved: groups are expanded to their users.
+/// A segment with its selectors resolved: groups are expanded to their
+/// listed users, posture names to their requirements.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub(crate) struct Segment {
     /// Device tags.
     pub tags: BTreeSet<String>,
     /// Device owners.
     pub users: BTreeSet<String>,
-    /// Group names (matched by `group:` endpoints).
+    /// Group names, matched by directory groups and `group:` endpoints.
     pub groups: BTreeSet<String>,
-    /// Users of every group in `groups` (matched by owners).
+    /// Users listed in `[groups]` for every group in `groups` (matched by owners).
     pub group_users: BTreeSet<String>,
     /// Device names.
     pub devices: BTreeSet<String>,
+    /// Posture name -> requirement; a real device must pass them all.
+    pub postures: BTreeMap<String, Requirement>,
 }
 
 impl Segment {
-    /// Whether any selector matches `subject`.
+    /// Whether `subject` is in the segment: a selector matches and it
+    /// passes every posture.
     pub(crate) fn contains(&self, subject: &Subject<'_>) -> bool {
+        self.selects(subject)
+            && match subject.compliance {
+                Compliance::Assumed => true,
+                Compliance::Reported(posture) => self
+                    .postures
+                    .values()
+                    .all(|requirement| requirement.passes(posture)),
+            }
+    }
+
+    /// Whether any selector matches `subject`, posture aside.
+    pub(crate) fn selects(&self, subject: &Subject<'_>) -> bool {
         subject.tags.iter().any(|tag| self.tags.contains(tag))
             || subject
                 .user
@@ -128,8 +168,9 @@ impl Segment {
                 .device
                 .is_some_and(|name| self.devices.contains(name))
             || subject
-                .group
-                .is_some_and(|group| self.groups.contains(group))
+                .groups
+                .iter()
+                .any(|group| self.groups.contains(group))
     }
 }
 
@@ -284,6 +325,8 @@ ports = ["any"]
             user: user.map(str::to_string),
             tags: tags.iter().map(|t| t.to_string()).collect(),
             addresses: Vec::new(),
+            groups: Vec::new(),
+            posture: None,
         };
         assert_eq!(
             policy.segments_of(&device("a", Some("alice@example.com"), &[])),

@@ -10,6 +10,24 @@
 //! and whose ports match the flow decides; when none matches the flow is
 //! denied.
 //!
+//! Segments select devices by `tags`, `users` (owners), `devices` (names) and
+//! `groups`. A group matches a device whose owner is listed under the group
+//! in `[groups]`, or whose [`Device::groups`] (the owner's groups in the
+//! server's user directory) contain it. Every group a segment names must be
+//! declared in `[groups]`, which catches typos; an empty member list
+//! (`eng = []`) declares a group whose members come only from the directory.
+//!
+//! A segment may also require postures: `posture = ["hardened", "firewall"]`
+//! keeps a device out of the segment unless it passes every one. Postures are
+//! declared in `[postures]` (`[postures.hardened]` with any of
+//! `min_daemon_version = "0.1.0"`, `os = ["linux", "macos"]`,
+//! `disk_encrypted = true`, `firewall = true`,
+//! `locations = ["203.0.113.0/24"]`); `disk-encrypted` and `firewall` are
+//! built in. A device that never reported its [`Posture`], or whose report
+//! leaves a required value unknown, fails (fail closed). Hypothetical
+//! endpoints ([`Policy::evaluate`], the policy's `[[tests]]`) are assumed to
+//! pass every posture.
+//!
 //! ```
 //! use ztmesh_policy::{Endpoint, Policy, PortSpec};
 //!
@@ -41,16 +59,21 @@ mod eval;
 mod model;
 mod ports;
 mod portset;
+mod posture;
 mod validate;
+mod version;
 
 use std::collections::BTreeMap;
+use std::net::IpAddr;
 
 pub use endpoint::Endpoint;
 pub use error::PolicyError;
 pub use eval::Decision;
 pub use ports::PortSpec;
+pub use posture::PostureCheck;
 
 use eval::{Rule, Segment};
+use posture::Requirement;
 
 /// A device as the policy sees it (the server builds these from its database).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -67,6 +90,33 @@ pub struct Device {
     pub tags: Vec<String>,
     /// The device's overlay addresses, e.g. `100.64.0.5/32`.
     pub addresses: Vec<ipnet::IpNet>,
+    /// Groups of the owner in the server's user directory, matched by a
+    /// segment's `groups` selector; empty for tagged devices.
+    pub groups: Vec<String>,
+    /// The device's last posture report; `None` if it never reported, which
+    /// fails every posture requirement.
+    pub posture: Option<Posture>,
+}
+
+/// What a device reports about itself, checked against a segment's postures.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Posture {
+    /// Operating system, lowercase: `linux`, `macos`, `windows`, ...
+    pub os: String,
+    /// OS version, e.g. `12` or `24.04`.
+    pub os_version: String,
+    /// Kernel release, e.g. `6.1.0-18-amd64`.
+    pub kernel: String,
+    /// Version of the ztmesh daemon, e.g. `0.1.0`.
+    pub daemon_version: String,
+    /// Host name as the device sees it.
+    pub hostname: String,
+    /// Whether the system disk is encrypted; `None`: could not be determined.
+    pub disk_encrypted: Option<bool>,
+    /// Whether a host firewall is on; `None`: could not be determined.
+    pub firewall: Option<bool>,
+    /// The address the server observed the device connecting from.
+    pub public_ip: Option<IpAddr>,
 }
 
 /// A validated policy whose own tests pass: segments and rules, ready to
@@ -77,6 +127,8 @@ pub struct Policy {
     pub(crate) text: String,
     /// Segment name -> resolved selectors.
     pub(crate) segments: BTreeMap<String, Segment>,
+    /// Posture name -> requirement, built-ins included.
+    pub(crate) postures: BTreeMap<String, Requirement>,
     /// Rules in evaluation order.
     pub(crate) rules: Vec<Rule>,
 }
@@ -94,6 +146,7 @@ impl Policy {
         Policy {
             text: String::new(),
             segments: BTreeMap::new(),
+            postures: posture::builtin_postures(),
             rules: Vec::new(),
         }
     }

@@ -14,9 +14,13 @@ pub(crate) type Text = Spanned<String>;
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct PolicyFile {
-    /// Group name -> member users.
+    /// Group name -> member users (may be empty: members come from the
+    /// server's user directory).
     #[serde(default)]
     pub groups: BTreeMap<Text, Vec<Text>>,
+    /// Posture name -> requirements.
+    #[serde(default)]
+    pub postures: BTreeMap<Text, PostureFile>,
     /// Segment name -> selectors.
     #[serde(default)]
     pub segments: BTreeMap<Text, SegmentFile>,
@@ -44,9 +48,30 @@ pub(crate) struct SegmentFile {
     /// Device names.
     #[serde(default)]
     pub devices: Vec<Text>,
-    /// Posture conditions: parsed only to reject them with a clear message.
+    /// Postures a selected device must pass to be in the segment.
     #[serde(default)]
-    pub posture: Option<Spanned<toml::Value>>,
+    pub posture: Vec<Text>,
+}
+
+/// One `[postures]` entry: every field is optional, at least one is required.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct PostureFile {
+    /// Lowest daemon version, dotted numbers such as `0.1.0`.
+    #[serde(default)]
+    pub min_daemon_version: Option<Text>,
+    /// Operating systems allowed (case-insensitive).
+    #[serde(default)]
+    pub os: Option<Spanned<Vec<Text>>>,
+    /// `true`: the disk must be reported encrypted.
+    #[serde(default)]
+    pub disk_encrypted: Option<Spanned<bool>>,
+    /// `true`: the firewall must be reported on.
+    #[serde(default)]
+    pub firewall: Option<Spanned<bool>>,
+    /// Networks the device's public address must be in.
+    #[serde(default)]
+    pub locations: Option<Spanned<Vec<Text>>>,
 }
 
 /// One `[[rules]]` entry.

@@ -12,7 +12,10 @@ use crate::eval::{Rule, Segment, action_word};
 use crate::model::{PolicyFile, RuleFile, SegmentFile, TestFile, Text};
 use crate::ports::{PortSpec, RulePort, group_by_protocol};
 use crate::portset::PortSet;
+use crate::posture::Requirement;
 use crate::{Endpoint, Policy};
+
+mod postures;
 
 /// Parses, validates and tests `text`.
 pub(crate) fn parse_policy(text: &str) -> Result<Policy, PolicyError> {
@@ -22,13 +25,15 @@ pub(crate) fn parse_policy(text: &str) -> Result<Policy, PolicyError> {
     })?;
     let mut problems = Problems::new(text);
     let groups = check_groups(&file.groups, &mut problems);
-    let segments = check_segments(&file.segments, &groups, &mut problems);
+    let postures = postures::check_postures(&file.postures, &mut problems);
+    let segments = check_segments(&file.segments, &groups, &postures, &mut problems);
     let rules = check_rules(&file.rules, &segments, &mut problems);
     let tests = check_tests(&file.tests, &groups, &mut problems);
     problems.finish()?;
     let policy = Policy {
         text: text.to_string(),
         segments,
+        postures,
         rules,
     };
     run_tests(&policy, &tests, text)?;
@@ -70,7 +75,8 @@ fn run_tests(policy: &Policy, tests: &[PolicyTest], text: &str) -> Result<(), Po
     Ok(())
 }
 
-/// Checks group names and members; returns group -> users.
+/// Checks group names and members; returns group -> users. An empty member
+/// list is valid: the group's members come from the user directory.
 fn check_groups(
     groups: &BTreeMap<Text, Vec<Text>>,
     problems: &mut Problems<'_>,
@@ -95,28 +101,25 @@ fn check_groups(
     checked
 }
 
-/// Checks segment names and selectors; resolves groups to their users.
+/// Checks segment names and selectors; resolves groups to their listed
+/// users and postures to their requirements.
 fn check_segments(
     segments: &BTreeMap<Text, SegmentFile>,
     groups: &BTreeMap<String, BTreeSet<String>>,
+    postures: &BTreeMap<String, Requirement>,
     problems: &mut Problems<'_>,
 ) -> BTreeMap<String, Segment> {
     let mut checked = BTreeMap::new();
     for (name, file) in segments {
         check_name("segment", name, problems);
         let segment_name = name.get_ref();
-        if let Some(posture) = &file.posture {
-            problems.add(
-                posture.span(),
-                format!(
-                    "segment `{segment_name}`: `posture` is not supported yet; remove it and select devices by tags, users, groups or devices"
-                ),
-            );
-        }
         for tag in &file.tags {
             check_name("tag", tag, problems);
         }
-        let mut segment = Segment::default();
+        let mut segment = Segment {
+            postures: postures::segment_postures(&file.posture, postures, problems),
+            ..Segment::default()
+        };
         for group in &file.groups {
             match groups.get(group.get_ref()) {
                 Some(users) => segment.group_users.extend(users.iter().cloned()),

@@ -13,12 +13,14 @@ pub fn internal(error: anyhow::Error) -> Status {
 /// Maps an enrollment refusal to the status the device sees.
 pub fn status_from_enroll(error: EnrollError) -> Status {
     match error {
-        EnrollError::InvalidToken | EnrollError::Expired | EnrollError::AlreadyUsed => {
-            Status::unauthenticated(error.to_string())
-        }
+        EnrollError::InvalidToken
+        | EnrollError::Expired
+        | EnrollError::AlreadyUsed
+        | EnrollError::LoginRefused => Status::unauthenticated(error.to_string()),
         EnrollError::NameTaken(_) | EnrollError::KeyTaken => {
             Status::already_exists(error.to_string())
         }
+        EnrollError::Invalid(_) => Status::invalid_argument(error.to_string()),
         EnrollError::AddressesExhausted(_) => Status::resource_exhausted(error.to_string()),
         EnrollError::Database(e) => internal(e),
     }

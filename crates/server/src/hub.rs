@@ -45,6 +45,34 @@ impl Hub {
         Ok(())
     }
 
+    /// The state in force.
+    pub fn current(&self) -> Arc<NetworkState> {
+        Arc::clone(&self.sender.borrow())
+    }
+
+    /// Rebuilds the state whenever a node key expires, so expired devices
+    /// leave every peer list within about a second. Runs until the server closes.
+    pub fn spawn_expiry_timer(&self) {
+        let hub = self.clone();
+        let mut closing = self.closing();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(std::time::Duration::from_millis(500));
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => {}
+                    _ = closing.changed() => return,
+                }
+                let due = hub
+                    .current()
+                    .next_expiry()
+                    .is_some_and(|at| at <= crate::store::unix_now());
+                if due && let Err(e) = hub.reload().await {
+                    tracing::warn!(error = %format!("{e:#}"), "rebuilding the network after a key expiry failed; retrying");
+                }
+            }
+        });
+    }
+
     /// A receiver that sees every published state.
     pub fn subscribe(&self) -> watch::Receiver<Arc<NetworkState>> {
         self.sender.subscribe()
@@ -114,5 +142,12 @@ async fn load(store: &Store) -> Result<Arc<NetworkState>> {
         }
         None => (Policy::empty(), 0),
     };
-    Ok(NetworkState::new(devices, policy, version))
+    let users = store.users().await.context("loading users")?;
+    Ok(NetworkState::new(
+        devices,
+        users,
+        policy,
+        version,
+        crate::store::unix_now(),
+    ))
 }

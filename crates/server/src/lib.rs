@@ -6,10 +6,12 @@
 //! its peers and compiled filter as a snapshot followed by deltas.
 
 mod admin;
+pub mod auth;
 mod control;
 mod error;
 pub mod files;
 mod hub;
+pub mod identity;
 mod netmap;
 pub mod pki;
 pub mod secrets;
@@ -151,6 +153,8 @@ pub async fn run(
     let key = read_private(&config.data_dir.join("server.key"))?;
     let store = Store::connect(&config.database_url()).await?;
     let hub = Hub::new(store.clone()).await?;
+    hub.spawn_expiry_timer();
+    let identity = Arc::new(identity::Identity::load(&config.data_dir)?);
     let local = listener.local_addr()?;
     let advertise_url = config
         .advertise_url
@@ -164,10 +168,16 @@ pub async fn run(
         store.clone(),
         hub.clone(),
         Arc::clone(&ca),
+        Arc::clone(&identity),
         config.overlay_v4,
     );
-    let admin =
-        admin::AdminService::new(store, hub.clone(), Arc::clone(&ca), advertise_url.clone());
+    let admin = admin::AdminService::new(
+        store,
+        hub.clone(),
+        Arc::clone(&ca),
+        identity,
+        advertise_url.clone(),
+    );
     tracing::info!(listen = %local, advertise = %advertise_url, ca_fingerprint = %ca.fingerprint(), "coordination server running");
     Server::builder()
         .tls_config(tls)

@@ -1,21 +1,99 @@
 //! What each device should see: its own node, its peers and its compiled
 //! filter, computed from the source of truth, and the delta between two views.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use ipnet::{IpNet, Ipv4Net};
-use ztmesh_policy::{Device, Policy};
+use ztmesh_policy::{Device, Policy, Posture};
 use ztmesh_proto::{filter_to_proto, v1};
 
-use crate::store::{DeviceRecord, DeviceStatus};
+use crate::store::{DeviceRecord, DeviceStatus, UserRecord};
 
 /// The whole network at one moment: built once per change, shared by every stream.
 pub struct NetworkState {
     devices: Vec<DeviceRecord>,
+    users: HashMap<String, UserRecord>,
     policy_devices: Vec<Device>,
     policy: Policy,
     policy_version: u64,
+    now: i64,
+}
+
+/// Where a device stands, from the records alone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Standing {
+    /// Takes part in the network.
+    Active,
+    /// Enrolled, waiting for an admin; no peers, nobody reaches it.
+    PendingApproval,
+    /// Revoked by an admin (or its user was deleted).
+    Revoked,
+    /// Its node key expired; it must re-authenticate.
+    Expired,
+    /// Its owner is disabled.
+    UserDisabled,
+}
+
+impl Standing {
+    /// Short name, as shown by `ztmesh admin devices list`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Standing::Active => "active",
+            Standing::PendingApproval => "pending-approval",
+            Standing::Revoked => "revoked",
+            Standing::Expired => "expired",
+            Standing::UserDisabled => "user-disabled",
+        }
+    }
+}
+
+/// Where `device` stands at `now`, given the users by name.
+pub fn standing(device: &DeviceRecord, users: &HashMap<String, UserRecord>, now: i64) -> Standing {
+    if device.status == DeviceStatus::Revoked {
+        return Standing::Revoked;
+    }
+    if let Some(owner) = &device.owner {
+        match users.get(owner) {
+            None => return Standing::Revoked,
+            Some(user) if user.disabled => return Standing::UserDisabled,
+            Some(_) => {}
+        }
+    }
+    if device.is_expired(now) {
+        return Standing::Expired;
+    }
+    if !device.approved {
+        return Standing::PendingApproval;
+    }
+    Standing::Active
+}
+
+/// The policy's view of a device: identity, directory groups and posture.
+pub fn policy_device(device: &DeviceRecord, users: &HashMap<String, UserRecord>) -> Device {
+    Device {
+        id: device.id.clone(),
+        name: device.name.clone(),
+        user: device.owner.clone(),
+        groups: device
+            .owner
+            .as_ref()
+            .and_then(|owner| users.get(owner))
+            .map(|user| user.groups.clone())
+            .unwrap_or_default(),
+        tags: device.tags.clone(),
+        addresses: vec![IpNet::V4(Ipv4Net::from(device.address))],
+        posture: device.posture.as_ref().map(|p| Posture {
+            os: p.os.to_ascii_lowercase(),
+            os_version: p.os_version.clone(),
+            kernel: p.kernel.clone(),
+            daemon_version: p.daemon_version.clone(),
+            hostname: p.hostname.clone(),
+            disk_encrypted: p.disk_encrypted,
+            firewall: p.firewall,
+            public_ip: device.public_ip.as_deref().and_then(|ip| ip.parse().ok()),
+        }),
+    }
 }
 
 /// One device's view of the network.
@@ -30,24 +108,29 @@ pub struct DeviceView {
 }
 
 impl NetworkState {
-    /// Builds the state from the stored devices and the policy in force.
-    pub fn new(devices: Vec<DeviceRecord>, policy: Policy, policy_version: u64) -> Arc<Self> {
+    /// Builds the state from the stored devices and users and the policy in
+    /// force, as of `now` (Unix seconds).
+    pub fn new(
+        devices: Vec<DeviceRecord>,
+        users: Vec<UserRecord>,
+        policy: Policy,
+        policy_version: u64,
+        now: i64,
+    ) -> Arc<Self> {
+        let users: HashMap<String, UserRecord> =
+            users.into_iter().map(|u| (u.name.clone(), u)).collect();
         let policy_devices = devices
             .iter()
-            .filter(|d| d.status == DeviceStatus::Active)
-            .map(|d| Device {
-                id: d.id.clone(),
-                name: d.name.clone(),
-                user: d.owner.clone(),
-                tags: d.tags.clone(),
-                addresses: vec![IpNet::V4(Ipv4Net::from(d.address))],
-            })
+            .filter(|d| standing(d, &users, now) == Standing::Active)
+            .map(|d| policy_device(d, &users))
             .collect();
         Arc::new(Self {
             devices,
+            users,
             policy_devices,
             policy,
             policy_version,
+            now,
         })
     }
 
@@ -56,26 +139,63 @@ impl NetworkState {
         self.policy_version
     }
 
-    /// The view of an active device; `None` when it is unknown or revoked
-    /// (its stream must then be closed).
-    pub fn view(&self, device_id: &str) -> Option<DeviceView> {
+    /// The policy in force.
+    pub fn policy(&self) -> &Policy {
+        &self.policy
+    }
+
+    /// The users by name.
+    pub fn users(&self) -> &HashMap<String, UserRecord> {
+        &self.users
+    }
+
+    /// The earliest future moment (Unix seconds) at which a node key
+    /// expires, so the state must be rebuilt then.
+    pub fn next_expiry(&self) -> Option<i64> {
+        self.devices
+            .iter()
+            .filter(|d| d.status == DeviceStatus::Active)
+            .filter_map(|d| d.key_expires_at)
+            .filter(|at| *at > self.now)
+            .min()
+    }
+
+    /// The view of a device; `Err` with its standing when it must get
+    /// nothing (its stream is then closed). A device waiting for approval
+    /// gets its own node and nothing else.
+    pub fn view(&self, device_id: &str) -> Result<DeviceView, Standing> {
         let me = self
             .devices
             .iter()
-            .find(|d| d.id == device_id && d.status == DeviceStatus::Active)?;
+            .find(|d| d.id == device_id)
+            .ok_or(Standing::Revoked)?;
+        let standing = standing(me, &self.users, self.now);
+        match standing {
+            Standing::Active => {}
+            Standing::PendingApproval => {
+                return Ok(DeviceView {
+                    self_node: node_message(me, true),
+                    peers: BTreeMap::new(),
+                    filter: v1::Filter {
+                        version: self.policy_version,
+                        rules: Vec::new(),
+                    },
+                });
+            }
+            refused => return Err(refused),
+        }
         let peers = self
             .policy
             .peers_of(&self.policy_devices, device_id)
             .iter()
             .filter_map(|id| self.devices.iter().find(|d| &d.id == id))
-            .filter(|d| d.status == DeviceStatus::Active)
             .map(|d| (d.id.clone(), peer_message(d)))
             .collect();
         let filter = self
             .policy
             .compile(&self.policy_devices, device_id, self.policy_version);
-        Some(DeviceView {
-            self_node: node_message(me),
+        Ok(DeviceView {
+            self_node: node_message(me, false),
             peers,
             filter: filter_to_proto(&filter),
         })
@@ -124,12 +244,16 @@ impl DeviceView {
     }
 }
 
-fn node_message(d: &DeviceRecord) -> v1::Node {
+fn node_message(d: &DeviceRecord, pending_approval: bool) -> v1::Node {
     v1::Node {
         id: d.id.clone(),
         name: d.name.clone(),
         addresses: vec![format!("{}/32", d.address)],
         tags: d.tags.clone(),
+        key_expires_at: d.key_expires_at.unwrap_or(0),
+        key_issued_at: d.key_issued_at,
+        pending_approval,
+        user: d.owner.clone().unwrap_or_default(),
     }
 }
 
@@ -165,6 +289,13 @@ mod tests {
             status: DeviceStatus::Active,
             endpoint: Some(format!("10.0.0.{last}:51820")),
             created_at: 0,
+            approved: true,
+            key_issued_at: 0,
+            key_expires_at: None,
+            key_expiry_override: None,
+            posture: None,
+            posture_at: None,
+            public_ip: None,
         }
     }
 
@@ -188,7 +319,7 @@ ports = ["tcp/5432"]
             device("b", "db", 2),
             device("c", "other", 3),
         ];
-        let state = NetworkState::new(devices.clone(), policy.clone(), 1);
+        let state = NetworkState::new(devices.clone(), vec![], policy.clone(), 1, 100);
         let a = state.view("a").unwrap();
         assert_eq!(a.peers.keys().collect::<Vec<_>>(), ["b"]);
         assert!(a.filter.rules.is_empty(), "a receives nothing new");
@@ -199,8 +330,8 @@ ports = ["tcp/5432"]
 
         let mut revoked = devices;
         revoked[0].status = DeviceStatus::Revoked;
-        let after = NetworkState::new(revoked, policy, 1);
-        assert!(after.view("a").is_none());
+        let after = NetworkState::new(revoked, vec![], policy, 1, 100);
+        assert_eq!(after.view("a"), Err(Standing::Revoked));
         let delta = after.view("b").unwrap().delta_from(&b).unwrap();
         assert_eq!(delta.remove_peers, ["a"]);
         assert!(delta.filter.is_some());
@@ -217,12 +348,74 @@ ports = ["tcp/5432"]
     fn no_policy_means_no_peers_and_no_rules() {
         let state = NetworkState::new(
             vec![device("a", "web", 1), device("b", "db", 2)],
+            vec![],
             Policy::empty(),
             0,
+            100,
         );
         let view = state.view("a").unwrap();
         assert!(view.peers.is_empty());
         assert!(view.filter.rules.is_empty());
         assert_eq!(view.filter.version, 0);
+    }
+
+    fn user(name: &str, disabled: bool) -> UserRecord {
+        UserRecord {
+            id: format!("id-{name}"),
+            name: name.into(),
+            password_hash: String::new(),
+            totp_sealed: String::new(),
+            totp_last_step: None,
+            disabled,
+            created_at: 0,
+            groups: vec![],
+        }
+    }
+
+    #[test]
+    fn expired_pending_and_disabled_devices_get_nothing() {
+        let policy = Policy::parse(POLICY).unwrap();
+        let base = vec![device("a", "web", 1), device("b", "db", 2)];
+        let peers_of_b = |devices: Vec<DeviceRecord>, users: Vec<UserRecord>| {
+            NetworkState::new(devices, users, policy.clone(), 1, 100)
+                .view("b")
+                .unwrap()
+                .peers
+                .len()
+        };
+        assert_eq!(peers_of_b(base.clone(), vec![]), 1);
+
+        let mut expired = base.clone();
+        expired[0].key_expires_at = Some(100);
+        let state = NetworkState::new(expired.clone(), vec![], policy.clone(), 1, 100);
+        assert_eq!(state.view("a"), Err(Standing::Expired));
+        assert_eq!(peers_of_b(expired.clone(), vec![]), 0);
+        expired[0].key_expires_at = Some(150);
+        let state = NetworkState::new(expired.clone(), vec![], policy.clone(), 1, 100);
+        assert_eq!(state.next_expiry(), Some(150));
+        assert_eq!(peers_of_b(expired, vec![]), 1);
+
+        let mut pending = base.clone();
+        pending[0].approved = false;
+        let state = NetworkState::new(pending.clone(), vec![], policy.clone(), 1, 100);
+        let view = state.view("a").unwrap();
+        assert!(view.self_node.pending_approval);
+        assert!(view.peers.is_empty() && view.filter.rules.is_empty());
+        assert_eq!(peers_of_b(pending, vec![]), 0);
+
+        let mut owned = base;
+        owned[0].owner = Some("alice".into());
+        assert_eq!(peers_of_b(owned.clone(), vec![user("alice", false)]), 1);
+        assert_eq!(peers_of_b(owned.clone(), vec![user("alice", true)]), 0);
+        let state = NetworkState::new(
+            owned.clone(),
+            vec![user("alice", true)],
+            policy.clone(),
+            1,
+            100,
+        );
+        assert_eq!(state.view("a"), Err(Standing::UserDisabled));
+        let state = NetworkState::new(owned, vec![], policy.clone(), 1, 100);
+        assert_eq!(state.view("a"), Err(Standing::Revoked), "deleted owner");
     }
 }

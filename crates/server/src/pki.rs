@@ -110,7 +110,14 @@ impl CertificateAuthority {
     /// Signs a device's CSR. Only the CSR's public key is used: the subject,
     /// usages and lifetime are set here, never taken from the device.
     /// Returns the PEM certificate and the SHA-256 fingerprint of its DER.
-    pub fn sign_device(&self, csr_pem: &str, device_id: &str) -> Result<(String, String)> {
+    /// The certificate is valid until `valid_until` (Unix seconds, the node
+    /// key expiry) or for a year when the key never expires.
+    pub fn sign_device(
+        &self,
+        csr_pem: &str,
+        device_id: &str,
+        valid_until: Option<i64>,
+    ) -> Result<(String, String)> {
         if csr_pem.len() > 16 * 1024 {
             bail!("certificate signing request is too large");
         }
@@ -124,7 +131,10 @@ impl CertificateAuthority {
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         let now = std::time::SystemTime::now();
         params.not_before = (now - Duration::from_secs(300)).into();
-        params.not_after = (now + CLIENT_CERT_LIFETIME).into();
+        params.not_after = match valid_until.and_then(|at| u64::try_from(at).ok()) {
+            Some(at) => (std::time::UNIX_EPOCH + Duration::from_secs(at)).into(),
+            None => (now + CLIENT_CERT_LIFETIME).into(),
+        };
         csr.params = params;
         let cert = csr
             .signed_by(&self.issuer)
@@ -170,9 +180,9 @@ mod tests {
             .unwrap()
             .pem()
             .unwrap();
-        let (pem, fp) = ca.sign_device(&csr, "dev-1").unwrap();
+        let (pem, fp) = ca.sign_device(&csr, "dev-1", None).unwrap();
         assert_eq!(der_fingerprint(&pem_to_der(&pem).unwrap()), fp);
-        assert!(ca.sign_device("garbage", "dev-1").is_err());
+        assert!(ca.sign_device("garbage", "dev-1", None).is_err());
         std::fs::remove_dir_all(dir).unwrap();
     }
 

@@ -8,7 +8,9 @@ use std::sync::Arc;
 
 use sqlx::Row;
 use ztmesh_server::secrets::{hash_secret, random_token};
-use ztmesh_server::store::{DeviceStatus, EnrollError, NewDevice, Store, unix_now};
+use ztmesh_server::store::{
+    Credential, DeviceStatus, EnrollError, NewDevice, Settings, Store, unix_now,
+};
 
 fn overlay() -> ipnet::Ipv4Net {
     "100.64.0.0/10".parse().unwrap()
@@ -61,6 +63,7 @@ async fn token(store: &Store, reusable: bool, expires_at: i64) -> (String, Strin
             &id,
             &hash_secret(&secret),
             reusable,
+            false,
             &["web".into()],
             expires_at,
             "test",
@@ -76,7 +79,12 @@ fn device<'a>(id: &'a str, key: &'a str) -> NewDevice<'a> {
         name: id,
         public_key: key,
         cert_fingerprint: key,
+        key_expires_at: None,
     }
+}
+
+fn cred<'a>(id: &'a str, secret: &'a str) -> Credential<'a> {
+    Credential::Token { id, secret }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -91,7 +99,12 @@ async fn single_use_token_under_50_concurrent_enrollments() {
             tasks.push(tokio::spawn(async move {
                 let name = format!("dev{n}");
                 store
-                    .enroll(&id, &secret, device(&name, &name), overlay())
+                    .enroll(
+                        &cred(&id, &secret),
+                        device(&name, &name),
+                        overlay(),
+                        &Settings::default(),
+                    )
                     .await
             }));
         }
@@ -115,11 +128,21 @@ async fn enrollment_rules_policies_and_audit() {
         // Reusable token: unique addresses, lowest first.
         let (id, secret) = token(&store, true, unix_now() + 3600).await;
         let (_, a) = store
-            .enroll(&id, &secret, device("a", "ka"), overlay())
+            .enroll(
+                &cred(&id, &secret),
+                device("a", "ka"),
+                overlay(),
+                &Settings::default(),
+            )
             .await
             .unwrap();
         let (_, b) = store
-            .enroll(&id, &secret, device("b", "kb"), overlay())
+            .enroll(
+                &cred(&id, &secret),
+                device("b", "kb"),
+                overlay(),
+                &Settings::default(),
+            )
             .await
             .unwrap();
         assert_eq!(a.address.to_string(), "100.64.0.1", "{backend}");
@@ -128,19 +151,39 @@ async fn enrollment_rules_policies_and_audit() {
 
         // Refusals.
         let dup = store
-            .enroll(&id, &secret, device("a", "kz"), overlay())
+            .enroll(
+                &cred(&id, &secret),
+                device("a", "kz"),
+                overlay(),
+                &Settings::default(),
+            )
             .await;
         assert!(matches!(dup, Err(EnrollError::NameTaken(_))), "{backend}");
         let key = store
-            .enroll(&id, &secret, device("z", "ka"), overlay())
+            .enroll(
+                &cred(&id, &secret),
+                device("z", "ka"),
+                overlay(),
+                &Settings::default(),
+            )
             .await;
         assert!(matches!(key, Err(EnrollError::KeyTaken)), "{backend}");
         let wrong = store
-            .enroll(&id, "wrong", device("y", "ky"), overlay())
+            .enroll(
+                &cred(&id, "wrong"),
+                device("y", "ky"),
+                overlay(),
+                &Settings::default(),
+            )
             .await;
         assert!(matches!(wrong, Err(EnrollError::InvalidToken)), "{backend}");
         let unknown = store
-            .enroll("nope", &secret, device("y", "ky"), overlay())
+            .enroll(
+                &cred("nope", &secret),
+                device("y", "ky"),
+                overlay(),
+                &Settings::default(),
+            )
             .await;
         assert!(
             matches!(unknown, Err(EnrollError::InvalidToken)),
@@ -148,31 +191,54 @@ async fn enrollment_rules_policies_and_audit() {
         );
         let (old_id, old_secret) = token(&store, false, unix_now() - 1).await;
         let expired = store
-            .enroll(&old_id, &old_secret, device("y", "ky"), overlay())
+            .enroll(
+                &cred(&old_id, &old_secret),
+                device("y", "ky"),
+                overlay(),
+                &Settings::default(),
+            )
             .await;
         assert!(matches!(expired, Err(EnrollError::Expired)), "{backend}");
 
         // A refused single-use enrollment does not burn the token.
         let (once_id, once_secret) = token(&store, false, unix_now() + 3600).await;
         let taken = store
-            .enroll(&once_id, &once_secret, device("a", "kq"), overlay())
+            .enroll(
+                &cred(&once_id, &once_secret),
+                device("a", "kq"),
+                overlay(),
+                &Settings::default(),
+            )
             .await;
         assert!(matches!(taken, Err(EnrollError::NameTaken(_))), "{backend}");
         store
-            .enroll(&once_id, &once_secret, device("c", "kc"), overlay())
+            .enroll(
+                &cred(&once_id, &once_secret),
+                device("c", "kc"),
+                overlay(),
+                &Settings::default(),
+            )
             .await
             .unwrap();
 
         // Revocation and lookups.
         store
-            .set_status(&a.id, DeviceStatus::Revoked)
+            .set_status(&a.id, DeviceStatus::Revoked, "test")
             .await
             .unwrap();
         let found = store.device_by_fingerprint("ka").await.unwrap().unwrap();
         assert_eq!(found.status, DeviceStatus::Revoked, "{backend}");
-        assert!(store.set_endpoint(&b.id, "10.0.0.2:51820").await.unwrap());
         assert!(
-            !store.set_endpoint(&b.id, "10.0.0.2:51820").await.unwrap(),
+            store
+                .set_endpoint(&b.id, Some("10.0.0.2:51820"), "10.0.0.2")
+                .await
+                .unwrap()
+        );
+        assert!(
+            !store
+                .set_endpoint(&b.id, Some("10.0.0.2:51820"), "10.0.0.2")
+                .await
+                .unwrap(),
             "{backend}: unchanged"
         );
 
@@ -276,7 +342,12 @@ async fn concurrent_writes_all_succeed() {
         let store = Store::connect(&url).await.unwrap();
         let (id, secret) = token(&store, true, unix_now() + 3600).await;
         let (_, dev) = store
-            .enroll(&id, &secret, device("w", "kw"), overlay())
+            .enroll(
+                &cred(&id, &secret),
+                device("w", "kw"),
+                overlay(),
+                &Settings::default(),
+            )
             .await
             .unwrap();
         let mut tasks = Vec::new();
@@ -285,7 +356,7 @@ async fn concurrent_writes_all_succeed() {
             let dev_id = dev.id.clone();
             tasks.push(tokio::spawn(async move {
                 writer
-                    .set_endpoint(&dev_id, &format!("10.0.0.{n}:51820"))
+                    .set_endpoint(&dev_id, Some(&format!("10.0.0.{n}:51820")), "10.0.0.9")
                     .await
                     .map(|_| 0)
             }));

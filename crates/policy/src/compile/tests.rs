@@ -56,6 +56,8 @@ fn devices() -> Vec<Device> {
             user: Some("alice@example.com".into()),
             tags: vec![],
             addresses: vec![net("100.64.0.1/32")],
+            groups: vec![],
+            posture: None,
         },
         Device {
             id: "w1".into(),
@@ -63,6 +65,8 @@ fn devices() -> Vec<Device> {
             user: None,
             tags: vec!["web".into()],
             addresses: vec![net("100.64.0.2/32"), net("fd7a::2/128")],
+            groups: vec![],
+            posture: None,
         },
         Device {
             id: "d1".into(),
@@ -70,6 +74,8 @@ fn devices() -> Vec<Device> {
             user: None,
             tags: vec![],
             addresses: vec![net("100.64.0.3/32")],
+            groups: vec![],
+            posture: None,
         },
     ]
 }
@@ -191,6 +197,8 @@ fn any_compiles_to_one_rule_and_self_is_never_a_source() {
         user: None,
         tags: vec!["web".into()],
         addresses: vec![net("100.64.0.4/32")],
+        groups: vec![],
+        posture: None,
     });
     let config = policy.compile(&network, "w2", 1);
     let web_to_web: Vec<&FilterRule> = config
@@ -237,6 +245,8 @@ fn peers_exclude_devices_whose_allows_are_shadowed() {
             user: None,
             tags: vec!["a".into()],
             addresses: vec![net("100.64.0.1/32")],
+            groups: vec![],
+            posture: None,
         },
         Device {
             id: "b".into(),
@@ -244,6 +254,8 @@ fn peers_exclude_devices_whose_allows_are_shadowed() {
             user: None,
             tags: vec!["b".into()],
             addresses: vec![net("100.64.0.2/32")],
+            groups: vec![],
+            posture: None,
         },
     ];
     let rule = |name: &str, ports: &str, action: &str| {

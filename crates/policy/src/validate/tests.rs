@@ -2,8 +2,8 @@
 
 use crate::{Policy, PolicyError};
 
-/// The DESIGN.md example, adapted: `posture` is a later feature and test
-/// endpoints carry their kind.
+/// The DESIGN.md example, adapted: no `posture` (see `posture_names_must_be_defined`)
+/// and test endpoints carry their kind.
 const DESIGN_EXAMPLE: &str = r#"[groups]
 eng = ["alice@example.com", "bob@example.com"]
 
@@ -60,16 +60,21 @@ fn design_example_parses() {
 }
 
 #[test]
-fn posture_is_not_supported_yet() {
-    let text = DESIGN_EXAMPLE.replace(
+fn posture_names_must_be_defined() {
+    let builtin = DESIGN_EXAMPLE.replace(
         "db      = { tags = [\"db\"] }",
         "db      = { tags = [\"db\"], posture = [\"disk-encrypted\"] }",
     );
+    assert!(Policy::parse(&builtin).is_ok());
+    let text = DESIGN_EXAMPLE.replace(
+        "db      = { tags = [\"db\"] }",
+        "db      = { tags = [\"db\"], posture = [\"disk-encrypted\", \"hardened\"] }",
+    );
     let (line, column, message) = error(&text);
-    assert_eq!((line, column), (7, 38));
-    assert!(
-        message.contains("`posture` is not supported yet"),
-        "{message}"
+    assert_eq!((line, column), (7, 57));
+    assert_eq!(
+        message,
+        "posture `hardened` is not defined; defined postures: disk-encrypted, firewall"
     );
 }
 

@@ -1,4 +1,8 @@
-//! The Admin service: join tokens, devices and policy, behind API keys.
+//! The Admin service: join tokens, devices, users, settings and policy,
+//! behind API keys.
+
+mod devices;
+mod users;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,6 +15,8 @@ use ztmesh_rpc::v1::admin_server::Admin;
 
 use crate::error::internal;
 use crate::hub::Hub;
+use crate::identity::Identity;
+use crate::netmap::standing;
 use crate::pki::CertificateAuthority;
 use crate::secrets::{hash_secret, random_token, split_secret, verify_secret};
 use crate::store::{DeviceRecord, DeviceStatus, Store, unix_now};
@@ -26,6 +32,7 @@ pub struct AdminService {
     store: Store,
     hub: Hub,
     ca: Arc<CertificateAuthority>,
+    identity: Arc<Identity>,
     advertise_url: String,
 }
 
@@ -35,12 +42,14 @@ impl AdminService {
         store: Store,
         hub: Hub,
         ca: Arc<CertificateAuthority>,
+        identity: Arc<Identity>,
         advertise_url: String,
     ) -> Self {
         Self {
             store,
             hub,
             ca,
+            identity,
             advertise_url,
         }
     }
@@ -76,19 +85,38 @@ impl AdminService {
         Ok(format!("apikey:{id}"))
     }
 
+    /// A device by name or id, or a clear not-found status.
+    async fn find_device(&self, name: &str) -> Result<DeviceRecord, Status> {
+        self.store
+            .device_by_name(name)
+            .await
+            .map_err(internal)?
+            .ok_or_else(|| {
+                Status::not_found(format!(
+                    "no device named `{name}`; `ztmesh admin devices list` shows the names"
+                ))
+            })
+    }
+
     fn device_message(&self, d: &DeviceRecord) -> v1::Device {
+        let state = self.hub.current();
+        let standing = standing(d, state.users(), unix_now());
         v1::Device {
             id: d.id.clone(),
             name: d.name.clone(),
             addresses: vec![format!("{}/32", d.address)],
             tags: d.tags.clone(),
-            status: d.status.as_str().to_owned(),
+            status: standing.as_str().to_owned(),
             online: d.status == DeviceStatus::Active && self.hub.is_online(&d.id),
             public_key: base64::engine::general_purpose::STANDARD
                 .decode(&d.public_key)
                 .unwrap_or_default(),
             created_at: d.created_at,
             endpoints: d.endpoint.iter().cloned().collect(),
+            user: d.owner.clone().unwrap_or_default(),
+            approved: d.approved,
+            key_expires_at: d.key_expires_at.unwrap_or(0),
+            key_expiry_override: d.key_expiry_override.unwrap_or(0),
         }
     }
 }
@@ -122,21 +150,10 @@ impl Admin for AdminService {
                 &id,
                 &hash_secret(&secret),
                 req.reusable,
+                req.pre_approved,
                 &req.tags,
                 expires_at,
                 &actor,
-            )
-            .await
-            .map_err(internal)?;
-        self.store
-            .audit(
-                &actor,
-                "join_token.create",
-                &id,
-                &format!(
-                    "reusable={} tags={:?} expires_at={expires_at}",
-                    req.reusable, req.tags
-                ),
             )
             .await
             .map_err(internal)?;
@@ -168,24 +185,10 @@ impl Admin for AdminService {
         request: Request<v1::RevokeDeviceRequest>,
     ) -> Result<Response<v1::RevokeDeviceResponse>, Status> {
         let actor = self.authorize(&request).await?;
-        let name = request.into_inner().device;
-        let mut device = self
-            .store
-            .device_by_name(&name)
-            .await
-            .map_err(internal)?
-            .ok_or_else(|| {
-                Status::not_found(format!(
-                    "no device named `{name}`; `ztmesh admin devices list` shows the names"
-                ))
-            })?;
+        let mut device = self.find_device(&request.into_inner().device).await?;
         if device.status != DeviceStatus::Revoked {
             self.store
-                .set_status(&device.id, DeviceStatus::Revoked)
-                .await
-                .map_err(internal)?;
-            self.store
-                .audit(&actor, "device.revoke", &device.name, "")
+                .set_status(&device.id, DeviceStatus::Revoked, &actor)
                 .await
                 .map_err(internal)?;
             device.status = DeviceStatus::Revoked;
@@ -247,6 +250,126 @@ impl Admin for AdminService {
             rules: u32::try_from(policy.rule_count()).unwrap_or(u32::MAX),
             segments: u32::try_from(policy.segment_names().count()).unwrap_or(u32::MAX),
         }))
+    }
+
+    async fn create_user(
+        &self,
+        request: Request<v1::CreateUserRequest>,
+    ) -> Result<Response<v1::CreateUserResponse>, Status> {
+        let actor = self.authorize(&request).await?;
+        self.create_user_impl(&actor, request.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    async fn list_users(
+        &self,
+        request: Request<v1::ListUsersRequest>,
+    ) -> Result<Response<v1::ListUsersResponse>, Status> {
+        let actor = self.authorize(&request).await?;
+        self.list_users_impl(&actor, request.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    async fn set_user_disabled(
+        &self,
+        request: Request<v1::SetUserDisabledRequest>,
+    ) -> Result<Response<v1::User>, Status> {
+        let actor = self.authorize(&request).await?;
+        self.set_user_disabled_impl(&actor, request.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    async fn delete_user(
+        &self,
+        request: Request<v1::DeleteUserRequest>,
+    ) -> Result<Response<v1::DeleteUserResponse>, Status> {
+        let actor = self.authorize(&request).await?;
+        self.delete_user_impl(&actor, request.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    async fn list_groups(
+        &self,
+        request: Request<v1::ListGroupsRequest>,
+    ) -> Result<Response<v1::ListGroupsResponse>, Status> {
+        let actor = self.authorize(&request).await?;
+        self.list_groups_impl(&actor, request.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    async fn set_group_member(
+        &self,
+        request: Request<v1::SetGroupMemberRequest>,
+    ) -> Result<Response<v1::User>, Status> {
+        let actor = self.authorize(&request).await?;
+        self.set_group_member_impl(&actor, request.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    async fn approve_device(
+        &self,
+        request: Request<v1::DeviceRef>,
+    ) -> Result<Response<v1::Device>, Status> {
+        let actor = self.authorize(&request).await?;
+        self.approve_device_impl(&actor, request.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    async fn show_device(
+        &self,
+        request: Request<v1::DeviceRef>,
+    ) -> Result<Response<v1::DeviceDetail>, Status> {
+        let actor = self.authorize(&request).await?;
+        self.show_device_impl(&actor, request.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    async fn expire_device(
+        &self,
+        request: Request<v1::DeviceRef>,
+    ) -> Result<Response<v1::Device>, Status> {
+        let actor = self.authorize(&request).await?;
+        self.expire_device_impl(&actor, request.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    async fn set_device_expiry(
+        &self,
+        request: Request<v1::SetDeviceExpiryRequest>,
+    ) -> Result<Response<v1::Device>, Status> {
+        let actor = self.authorize(&request).await?;
+        self.set_device_expiry_impl(&actor, request.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    async fn get_settings(
+        &self,
+        request: Request<v1::GetSettingsRequest>,
+    ) -> Result<Response<v1::Settings>, Status> {
+        let actor = self.authorize(&request).await?;
+        self.get_settings_impl(&actor, request.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    async fn update_settings(
+        &self,
+        request: Request<v1::UpdateSettingsRequest>,
+    ) -> Result<Response<v1::Settings>, Status> {
+        let actor = self.authorize(&request).await?;
+        self.update_settings_impl(&actor, request.into_inner())
+            .await
+            .map(Response::new)
     }
 }
 
