@@ -5,7 +5,10 @@
 //! pass.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
 use std::slice;
+
+use ipnet::IpNet;
 
 use ztmesh_filter::{Action, PortRange, Protocol};
 
@@ -82,7 +85,26 @@ pub(crate) struct Subject<'a> {
     device: Option<&'a str>,
     /// Directory groups (or the one group of a `group:` endpoint).
     groups: &'a [String],
+    /// Overlay addresses (or the one address of an `ip:` endpoint).
+    addresses: Addresses<'a>,
     compliance: Compliance<'a>,
+}
+
+/// A subject's addresses, as the device has them or as one endpoint address.
+#[derive(Debug, Clone, Copy)]
+enum Addresses<'a> {
+    Networks(&'a [IpNet]),
+    One(IpAddr),
+}
+
+impl Addresses<'_> {
+    /// Whether one of the addresses lies inside `net`.
+    fn any_in(&self, net: &IpNet) -> bool {
+        match self {
+            Addresses::Networks(nets) => nets.iter().any(|n| net.contains(&n.addr())),
+            Addresses::One(address) => net.contains(address),
+        }
+    }
 }
 
 /// How a subject fares against posture requirements.
@@ -103,6 +125,7 @@ impl<'a> Subject<'a> {
             user: device.user.as_deref(),
             device: Some(&device.name),
             groups: &device.groups,
+            addresses: Addresses::Networks(&device.addresses),
             compliance: Compliance::Reported(device.posture.as_ref()),
         }
     }
@@ -114,6 +137,7 @@ impl<'a> Subject<'a> {
             user: None,
             device: None,
             groups: &[],
+            addresses: Addresses::Networks(&[]),
             compliance: Compliance::Assumed,
         };
         match endpoint {
@@ -121,6 +145,7 @@ impl<'a> Subject<'a> {
             Endpoint::User(user) => subject.user = Some(user),
             Endpoint::Device(name) => subject.device = Some(name),
             Endpoint::Group(group) => subject.groups = slice::from_ref(group),
+            Endpoint::Address(address) => subject.addresses = Addresses::One(*address),
         }
         subject
     }
@@ -140,6 +165,8 @@ pub(crate) struct Segment {
     pub group_users: BTreeSet<String>,
     /// Device names.
     pub devices: BTreeSet<String>,
+    /// Networks containing the selected devices' overlay addresses.
+    pub cidrs: Vec<IpNet>,
     /// Posture name -> requirement; a real device must pass them all.
     pub postures: BTreeMap<String, Requirement>,
 }
@@ -171,6 +198,7 @@ impl Segment {
                 .groups
                 .iter()
                 .any(|group| self.groups.contains(group))
+            || self.cidrs.iter().any(|net| subject.addresses.any_in(net))
     }
 }
 
@@ -314,6 +342,60 @@ ports = ["any"]
             decide(&policy, "group:ops", "tag:web", "tcp/443"),
             (Action::Deny, None)
         );
+    }
+
+    #[test]
+    fn cidr_selectors_match_overlay_addresses_and_ip_endpoints() {
+        let policy = Policy::parse(
+            r#"
+[segments]
+lab = { cidrs = ["100.64.8.0/24", "fd7a:115c::/48"] }
+web = { tags = ["web"] }
+
+[[rules]]
+name = "lab-to-web"
+from = ["lab"]
+to = ["web"]
+ports = ["tcp/443"]
+
+[[tests]]
+from = "ip:100.64.8.9"
+to = "tag:web"
+port = "tcp/443"
+expect = "allow"
+
+[[tests]]
+from = "ip:fd7a:115c::7"
+to = "tag:web"
+port = "tcp/443"
+expect = "allow"
+
+[[tests]]
+from = "ip:100.64.9.1"
+to = "tag:web"
+port = "tcp/443"
+expect = "deny"
+"#,
+        )
+        .unwrap();
+        let device = |address: &str| Device {
+            id: address.to_string(),
+            name: address.to_string(),
+            user: None,
+            tags: Vec::new(),
+            addresses: vec![address.parse().unwrap()],
+            groups: Vec::new(),
+            posture: None,
+        };
+        assert_eq!(policy.segments_of(&device("100.64.8.200/32")), ["lab"]);
+        assert!(policy.segments_of(&device("100.64.7.1/32")).is_empty());
+        assert_eq!(policy.segments_of(&device("fd7a:115c::1/128")), ["lab"]);
+
+        let error = Policy::parse("[segments]\nlab = { cidrs = [\"100.64.8.0/33\"] }\n").unwrap_err();
+        assert_eq!((error.line, error.column), (2, 18));
+        assert!(error.message.contains("is not a network"), "{error}");
+        let error = Endpoint::parse("ip:100.64.300.1").unwrap_err();
+        assert!(error.contains("not an IP address"), "{error}");
     }
 
     #[test]

@@ -48,6 +48,10 @@ pub(crate) struct SegmentFile {
     /// Device names.
     #[serde(default)]
     pub devices: Vec<Text>,
+    /// Networks: a device is selected if one of its overlay addresses is
+    /// inside one of them.
+    #[serde(default)]
+    pub cidrs: Vec<Text>,
     /// Postures a selected device must pass to be in the segment.
     #[serde(default)]
     pub posture: Vec<Text>,

@@ -3,6 +3,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
+use ipnet::IpNet;
 use toml::Spanned;
 use ztmesh_filter::Action;
 
@@ -141,6 +142,18 @@ fn check_segments(
         segment.users = strings(&file.users);
         segment.groups = strings(&file.groups);
         segment.devices = strings(&file.devices);
+        for cidr in &file.cidrs {
+            match cidr.get_ref().parse::<IpNet>() {
+                Ok(net) => segment.cidrs.push(net.trunc()),
+                Err(_) => problems.add(
+                    cidr.span(),
+                    format!(
+                        "segment `{segment_name}`: `{}` is not a network; write a CIDR such as 100.64.1.0/24 or fd7a:115c::/48",
+                        cidr.get_ref()
+                    ),
+                ),
+            }
+        }
         checked.insert(segment_name.clone(), segment);
     }
     checked
