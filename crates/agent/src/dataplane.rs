@@ -141,6 +141,7 @@ pub async fn run<T: TunIo>(
                         old.rate_limiter.reset_count();
                     }
                     engine.filter.expire(Instant::now());
+                    log_monitored(&mut engine.filter);
                 }
             }
             Event::NetMap => {
@@ -383,12 +384,37 @@ impl Engine {
                 .map(|(reason, n)| (reason.as_str().to_owned(), n))
                 .collect(),
             accepted_inbound: counters.accepted_inbound(),
+            monitored: counters.monitored(),
             rule_hits: counters
                 .rule_hits()
                 .map(|(rule, n)| (rule.to_owned(), n))
                 .collect(),
             flows: self.filter.flow_count(),
         }
+    }
+}
+
+/// Logs the flows that monitored deny rules let through since the last
+/// call: each one at info level, up to 20 a call, then a count.
+fn log_monitored(filter: &mut Filter) {
+    const LOGGED_PER_CALL: usize = 20;
+    let flows = filter.take_monitored();
+    for flow in flows.iter().take(LOGGED_PER_CALL) {
+        let p = &flow.packet;
+        tracing::info!(
+            rule = %flow.rule,
+            src = %p.src,
+            dst = %p.dst,
+            proto = p.proto,
+            dst_port = p.dst_port,
+            "monitor: flow would be dropped by this rule; passed (monitor mode)"
+        );
+    }
+    if flows.len() > LOGGED_PER_CALL {
+        tracing::info!(
+            more = flows.len() - LOGGED_PER_CALL,
+            "monitor: more flows would have been dropped; see `ztmesh status` for counts"
+        );
     }
 }
 

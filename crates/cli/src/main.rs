@@ -3,6 +3,7 @@
 mod admin;
 mod identity;
 mod login;
+mod policy;
 mod server;
 mod status;
 

@@ -1,5 +1,6 @@
 //! The stateful filter: rules for new inbound flows plus connection tracking.
 
+use std::collections::VecDeque;
 use std::time::Instant;
 
 use crate::conntrack::{Conntrack, Direction, FilterLimits, FlowLookup};
@@ -31,6 +32,23 @@ pub struct Filter {
     conntrack: Conntrack,
     fragments: FragmentTracker,
     counters: Counters,
+    /// Flows let through by monitored deny rules, not yet taken by
+    /// [`Filter::take_monitored`]; bounded, allocated once.
+    monitored: VecDeque<(usize, PacketInfo)>,
+}
+
+/// Most monitored flows kept until the caller takes them; more are counted
+/// in [`Counters::monitor_events_lost`].
+const MONITORED_QUEUE: usize = 256;
+
+/// A new inbound flow that a rule in monitor mode would have dropped; it was
+/// accepted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MonitoredFlow {
+    /// The monitored deny rule that matched.
+    pub rule: String,
+    /// The flow's first packet.
+    pub packet: PacketInfo,
 }
 
 /// A rule plus the slot of its hit counter.
@@ -53,7 +71,21 @@ impl Filter {
                 limits.fragment_timeout,
             ),
             counters: Counters::default(),
+            monitored: VecDeque::with_capacity(MONITORED_QUEUE),
         }
+    }
+
+    /// Takes the flows accepted by monitored deny rules since the last call,
+    /// oldest first (at most 256 are kept between calls).
+    pub fn take_monitored(&mut self) -> Vec<MonitoredFlow> {
+        let counters = &self.counters;
+        self.monitored
+            .drain(..)
+            .map(|(slot, packet)| MonitoredFlow {
+                rule: counters.rule_name(slot).to_owned(),
+                packet,
+            })
+            .collect()
     }
 
     /// Atomically replaces the rules with `config`, then re-checks tracked
@@ -81,8 +113,7 @@ impl Filter {
         let has_policy = self.has_policy();
         let rules = &self.rules;
         let revoked = self.conntrack.revoke_inbound(|opening| {
-            has_policy
-                && matches!(first_match(rules, opening), Some(rule) if rule.rule.action == Action::Allow)
+            has_policy && first_match(rules, opening).is_some_and(|rule| rule.rule.passes())
         });
         self.counters.count_revoked_flows(revoked);
         self.fragments.clear();
@@ -182,10 +213,18 @@ impl Filter {
         let Some(rule) = first_match(&self.rules, &info) else {
             return self.drop(DropReason::NoRule);
         };
-        let (action, slot) = (rule.rule.action, rule.counter_slot);
+        let (action, monitor, slot) = (rule.rule.action, rule.rule.monitor, rule.counter_slot);
         self.counters.count_rule_hit(slot);
         if action == Action::Deny {
-            return self.drop(DropReason::Denied);
+            if !monitor {
+                return self.drop(DropReason::Denied);
+            }
+            self.counters.count_monitored();
+            if self.monitored.len() < MONITORED_QUEUE {
+                self.monitored.push_back((slot, info));
+            } else {
+                self.counters.count_monitor_event_lost();
+            }
         }
         if let Some(flow) = flow
             && flow.opens

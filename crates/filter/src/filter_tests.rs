@@ -29,6 +29,7 @@ pub(crate) fn rule(
             .iter()
             .map(|&(start, end)| PortRange { start, end })
             .collect(),
+        monitor: false,
     }
 }
 
@@ -353,4 +354,82 @@ fn record_drop_counts_external_reasons() {
             (DropReason::UnknownPeer, 2)
         ]
     );
+}
+
+#[test]
+fn monitored_deny_passes_counts_and_reports_the_flow() {
+    let now = Instant::now();
+    let mut monitored = rule("no-ssh", Action::Deny, Protocol::Tcp, &[(22, 22)]);
+    monitored.monitor = true;
+    let enforced = rule("no-db", Action::Deny, Protocol::Tcp, &[(5432, 5432)]);
+    let mut filter = filter_with(vec![monitored, enforced], now);
+    let ssh = PacketBuilder::tcp(V4_A, 4000, V4_B, 22)
+        .flags(TCP_SYN)
+        .build();
+    assert_eq!(filter.inbound(&ssh, now), Verdict::Accept);
+    // Tracked like an allowed flow: later packets and replies pass.
+    let more = PacketBuilder::tcp(V4_A, 4000, V4_B, 22)
+        .flags(TCP_ACK)
+        .build();
+    assert_eq!(filter.inbound(&more, now), Verdict::Accept);
+    let reply = PacketBuilder::tcp(V4_B, 22, V4_A, 4000).build();
+    assert_eq!(filter.outbound(&reply, now), Verdict::Accept);
+    let db = PacketBuilder::tcp(V4_A, 4001, V4_B, 5432)
+        .flags(TCP_SYN)
+        .build();
+    assert_eq!(filter.inbound(&db, now), Verdict::Drop(DropReason::Denied));
+
+    let counters = filter.counters();
+    assert_eq!(counters.monitored(), 1);
+    assert_eq!(counters.drops(DropReason::Denied), 1);
+    let hits: Vec<_> = counters.rule_hits().collect();
+    assert_eq!(hits, [("no-ssh", 1), ("no-db", 1)]);
+    let flows = filter.take_monitored();
+    assert_eq!(flows.len(), 1);
+    assert_eq!(flows[0].rule, "no-ssh");
+    assert_eq!(
+        (flows[0].packet.src, flows[0].packet.dst_port),
+        (V4_A.into(), 22)
+    );
+    assert!(filter.take_monitored().is_empty());
+}
+
+#[test]
+fn monitored_flows_survive_a_policy_change_that_monitors_them_and_not_one_that_enforces() {
+    let now = Instant::now();
+    let allow = rule("ssh", Action::Allow, Protocol::Tcp, &[(22, 22)]);
+    let mut filter = filter_with(vec![allow], now);
+    let ssh = PacketBuilder::tcp(V4_A, 4000, V4_B, 22)
+        .flags(TCP_SYN)
+        .build();
+    assert_eq!(filter.inbound(&ssh, now), Verdict::Accept);
+    let mut monitored = rule("no-ssh", Action::Deny, Protocol::Tcp, &[(22, 22)]);
+    monitored.monitor = true;
+    filter.apply(config(2, vec![monitored.clone()]), now);
+    assert_eq!(filter.counters().revoked_flows(), 0);
+    monitored.monitor = false;
+    filter.apply(config(3, vec![monitored]), now);
+    assert_eq!(filter.counters().revoked_flows(), 1);
+    let more = PacketBuilder::tcp(V4_A, 4000, V4_B, 22)
+        .flags(TCP_ACK)
+        .build();
+    assert_eq!(
+        filter.inbound(&more, now),
+        Verdict::Drop(DropReason::Denied)
+    );
+}
+
+#[test]
+fn the_monitor_queue_is_bounded() {
+    let now = Instant::now();
+    let mut monitored = rule("watch", Action::Deny, Protocol::Udp, &[]);
+    monitored.monitor = true;
+    let mut filter = filter_with(vec![monitored], now);
+    for port in 0..300u16 {
+        let packet = PacketBuilder::udp(V4_A, 1000 + port, V4_B, 53).build();
+        assert_eq!(filter.inbound(&packet, now), Verdict::Accept);
+    }
+    assert_eq!(filter.counters().monitored(), 300);
+    assert_eq!(filter.counters().monitor_events_lost(), 44);
+    assert_eq!(filter.take_monitored().len(), 256);
 }

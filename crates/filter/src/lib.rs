@@ -39,6 +39,6 @@ mod test_packets;
 
 pub use conntrack::FilterLimits;
 pub use counters::{Counters, DropReason};
-pub use filter::{Filter, Verdict};
+pub use filter::{Filter, MonitoredFlow, Verdict};
 pub use packet::{PacketError, PacketInfo, destination_address, parse_packet, source_address};
 pub use rule::{Action, FilterConfig, FilterRule, PortRange, Protocol};

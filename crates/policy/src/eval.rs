@@ -15,6 +15,7 @@ use ztmesh_filter::{Action, PortRange, Protocol};
 use crate::ports::{PortSpec, RulePort};
 use crate::portset::PortSet;
 use crate::posture::Requirement;
+use crate::schedule::TimeCondition;
 use crate::{Device, Endpoint, Policy, Posture};
 
 /// The outcome of evaluating one flow.
@@ -24,6 +25,9 @@ pub struct Decision {
     pub action: Action,
     /// Name of the deciding rule; `None` when no rule matched (default deny).
     pub rule: Option<String>,
+    /// A deny that is only monitored (the rule or the destination's segment
+    /// is in monitor mode): the flow is counted and logged, not dropped.
+    pub monitor: bool,
 }
 
 impl Policy {
@@ -37,25 +41,108 @@ impl Policy {
     /// device failing a segment's posture is left out of that segment by
     /// [`Policy::segments_of`], [`Policy::compile`] and [`Policy::peers_of`]
     /// (see [`Policy::posture_checks`] for why).
+    ///
+    /// Rules with a `schedule` or `until` are treated as in force; see
+    /// [`Policy::evaluate_at`] to decide at a given instant.
     pub fn evaluate(&self, from: &Endpoint, to: &Endpoint, port: &PortSpec) -> Decision {
-        let from = Subject::of_endpoint(from);
-        let to = Subject::of_endpoint(to);
-        let from_segments = self.segment_set(&from);
-        let to_segments = self.segment_set(&to);
+        self.decide(
+            &Subject::of_endpoint(from),
+            &Subject::of_endpoint(to),
+            port,
+            None,
+        )
+    }
+
+    /// [`Policy::evaluate`] at `now` (Unix seconds): rules outside their
+    /// schedule or past their `until` are skipped.
+    pub fn evaluate_at(
+        &self,
+        from: &Endpoint,
+        to: &Endpoint,
+        port: &PortSpec,
+        now: i64,
+    ) -> Decision {
+        self.decide(
+            &Subject::of_endpoint(from),
+            &Subject::of_endpoint(to),
+            port,
+            Some(now),
+        )
+    }
+
+    /// Decides a flow between two parties (real devices with their postures
+    /// and addresses, users with their directory groups, or endpoints) at
+    /// `now`, or with every rule in force when `None`. Between real devices
+    /// this is exactly what their compiled filters decide.
+    pub fn evaluate_parties(
+        &self,
+        from: Party<'_>,
+        to: Party<'_>,
+        port: &PortSpec,
+        now: Option<i64>,
+    ) -> Decision {
+        self.decide(&Subject::of_party(from), &Subject::of_party(to), port, now)
+    }
+
+    /// Names of the segments `party` belongs to, sorted.
+    pub fn segments_of_party(&self, party: Party<'_>) -> Vec<String> {
+        self.segment_set(&Subject::of_party(party))
+            .into_iter()
+            .map(str::to_string)
+            .collect()
+    }
+
+    /// First match among the rules in force at `now` (all rules when `None`).
+    fn decide(
+        &self,
+        from: &Subject<'_>,
+        to: &Subject<'_>,
+        port: &PortSpec,
+        now: Option<i64>,
+    ) -> Decision {
+        let from_segments = self.segment_set(from);
+        let to_segments = self.segment_set(to);
+        let monitored = self.any_monitored(&to_segments);
         let deciding = self.rules.iter().find(|rule| {
-            rule.applies(&from_segments, &to_segments)
+            rule.in_force(now)
+                && rule.applies(&from_segments, &to_segments)
                 && rule.ports.iter().any(|spec| spec.matches(port))
         });
         match deciding {
             Some(rule) => Decision {
                 action: rule.action,
                 rule: Some(rule.name.clone()),
+                monitor: rule.action == Action::Deny && (rule.monitor || monitored),
             },
             None => Decision {
                 action: Action::Deny,
                 rule: None,
+                monitor: monitored,
             },
         }
+    }
+
+    /// The first of `segments` in monitor mode, if any.
+    pub(crate) fn monitored_segment<'a>(&self, segments: &BTreeSet<&'a str>) -> Option<&'a str> {
+        segments
+            .iter()
+            .copied()
+            .find(|name| self.segments.get(*name).is_some_and(|s| s.monitor))
+    }
+
+    fn any_monitored(&self, segments: &BTreeSet<&str>) -> bool {
+        self.monitored_segment(segments).is_some()
+    }
+
+    /// The first instant after `now` (Unix seconds) at which a rule's
+    /// schedule opens or closes or its `until` passes: compiled filters and
+    /// peer lists must be rebuilt then. `None` if no rule has a time
+    /// condition ahead.
+    pub fn next_change(&self, now: i64) -> Option<i64> {
+        self.rules
+            .iter()
+            .filter_map(|rule| rule.time.next_change(now))
+            .min()
     }
 
     /// Names of the segments `device` belongs to, sorted: a selector matches
@@ -75,6 +162,24 @@ impl Policy {
             .map(|(name, _)| name.as_str())
             .collect()
     }
+}
+
+/// One side of a what-if query ([`Policy::evaluate_parties`]).
+#[derive(Debug, Clone, Copy)]
+pub enum Party<'a> {
+    /// A real device: its tags, owner, directory groups, name, addresses
+    /// and last posture report all count.
+    Device(&'a Device),
+    /// A device of this user, with the user's directory groups; assumed to
+    /// pass every posture.
+    User {
+        /// User name.
+        name: &'a str,
+        /// The user's groups in the directory.
+        groups: &'a [String],
+    },
+    /// A hypothetical device with exactly the endpoint's one attribute.
+    Endpoint(&'a Endpoint),
 }
 
 /// The attributes of a device, real or hypothetical, that segments match.
@@ -130,6 +235,22 @@ impl<'a> Subject<'a> {
         }
     }
 
+    /// The subject of a what-if party.
+    fn of_party(party: Party<'a>) -> Subject<'a> {
+        match party {
+            Party::Device(device) => Subject::of_device(device),
+            Party::Endpoint(endpoint) => Subject::of_endpoint(endpoint),
+            Party::User { name, groups } => Subject {
+                tags: &[],
+                user: Some(name),
+                device: None,
+                groups,
+                addresses: Addresses::Networks(&[]),
+                compliance: Compliance::Assumed,
+            },
+        }
+    }
+
     /// A hypothetical device with exactly the endpoint's one attribute.
     pub(crate) fn of_endpoint(endpoint: &'a Endpoint) -> Subject<'a> {
         let mut subject = Subject {
@@ -169,6 +290,9 @@ pub(crate) struct Segment {
     pub cidrs: Vec<IpNet>,
     /// Posture name -> requirement; a real device must pass them all.
     pub postures: BTreeMap<String, Requirement>,
+    /// Devices in the segment count and log what would be dropped, and
+    /// drop nothing.
+    pub monitor: bool,
 }
 
 impl Segment {
@@ -220,6 +344,12 @@ pub(crate) struct Rule {
     pub filter_ports: Vec<(Protocol, Vec<PortRange>)>,
     /// Every flow the rule matches.
     pub port_set: PortSet,
+    /// A deny rule that only counts and logs.
+    pub monitor: bool,
+    /// When the rule applies.
+    pub time: TimeCondition,
+    /// Byte offset of the rule's name in the policy text (for warnings).
+    pub offset: usize,
 }
 
 impl Rule {
@@ -232,6 +362,11 @@ impl Rule {
     ) -> bool {
         self.from.iter().any(|s| from_segments.contains(s.as_str()))
             && self.to.iter().any(|s| to_segments.contains(s.as_str()))
+    }
+
+    /// Whether the rule is in force at `now`; every rule is when `None`.
+    pub(crate) fn in_force(&self, now: Option<i64>) -> bool {
+        now.is_none_or(|now| self.time.active_at(now))
     }
 }
 
@@ -391,7 +526,8 @@ expect = "deny"
         assert!(policy.segments_of(&device("100.64.7.1/32")).is_empty());
         assert_eq!(policy.segments_of(&device("fd7a:115c::1/128")), ["lab"]);
 
-        let error = Policy::parse("[segments]\nlab = { cidrs = [\"100.64.8.0/33\"] }\n").unwrap_err();
+        let error =
+            Policy::parse("[segments]\nlab = { cidrs = [\"100.64.8.0/33\"] }\n").unwrap_err();
         assert_eq!((error.line, error.column), (2, 18));
         assert!(error.message.contains("is not a network"), "{error}");
         let error = Endpoint::parse("ip:100.64.300.1").unwrap_err();

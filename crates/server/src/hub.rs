@@ -50,9 +50,11 @@ impl Hub {
         Arc::clone(&self.sender.borrow())
     }
 
-    /// Rebuilds the state whenever a node key expires, so expired devices
-    /// leave every peer list within about a second. Runs until the server closes.
-    pub fn spawn_expiry_timer(&self) {
+    /// Rebuilds the state whenever a node key expires or a rule's time
+    /// window opens or closes (checked every 500 ms), so expired devices leave
+    /// every peer list, and timed rules take effect, within about a second.
+    /// Runs until the server closes.
+    pub fn spawn_change_timer(&self) {
         let hub = self.clone();
         let mut closing = self.closing();
         tokio::spawn(async move {
@@ -64,10 +66,10 @@ impl Hub {
                 }
                 let due = hub
                     .current()
-                    .next_expiry()
+                    .next_change()
                     .is_some_and(|at| at <= crate::store::unix_now());
                 if due && let Err(e) = hub.reload().await {
-                    tracing::warn!(error = %format!("{e:#}"), "rebuilding the network after a key expiry failed; retrying");
+                    tracing::warn!(error = %format!("{e:#}"), "rebuilding the network after a key expiry or a rule's time window failed; retrying");
                 }
             }
         });

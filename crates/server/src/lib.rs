@@ -153,7 +153,7 @@ pub async fn run(
     let key = read_private(&config.data_dir.join("server.key"))?;
     let store = Store::connect(&config.database_url()).await?;
     let hub = Hub::new(store.clone()).await?;
-    hub.spawn_expiry_timer();
+    hub.spawn_change_timer();
     let identity = Arc::new(identity::Identity::load(&config.data_dir)?);
     let local = listener.local_addr()?;
     let advertise_url = config

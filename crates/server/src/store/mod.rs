@@ -4,6 +4,7 @@
 //! the same `migrations/` run on both backends.
 
 mod devices;
+mod policies;
 mod users;
 
 use anyhow::{Context, Result, anyhow};
@@ -13,22 +14,10 @@ use sqlx::{AnyPool, Row};
 pub use devices::{
     Credential, DeviceRecord, DeviceStatus, EnrollError, NewDevice, PostureRecord, TokenRecord,
 };
+pub use policies::PolicyRecord;
 pub use users::{DEFAULT_KEY_EXPIRY_SECONDS, Settings, UserRecord};
 
 use crate::secrets::random_token;
-
-/// A stored policy version.
-#[derive(Debug, Clone)]
-pub struct PolicyRecord {
-    /// Increasing version number, from 1.
-    pub version: u64,
-    /// Source text.
-    pub text: String,
-    /// Who set it (API key id).
-    pub author: String,
-    /// Unix seconds.
-    pub created_at: i64,
-}
 
 /// Handle on the database.
 #[derive(Clone)]
@@ -108,57 +97,6 @@ impl Store {
             .await?;
         row.map(|r| Ok((r.try_get("key_hash")?, r.try_get("role")?)))
             .transpose()
-    }
-
-    /// The newest policy, if any was ever set.
-    pub async fn latest_policy(&self) -> Result<Option<PolicyRecord>> {
-        let row = sqlx::query(
-            "SELECT version, text, author, created_at FROM policies ORDER BY version DESC LIMIT 1",
-        )
-        .fetch_optional(&self.pool)
-        .await?;
-        row.map(|r| {
-            Ok(PolicyRecord {
-                version: u64::try_from(r.try_get::<i64, _>("version")?)?,
-                text: r.try_get("text")?,
-                author: r.try_get("author")?,
-                created_at: r.try_get("created_at")?,
-            })
-        })
-        .transpose()
-    }
-
-    /// Stores a new policy version and returns its number.
-    pub async fn insert_policy(&self, text: &str, author: &str) -> Result<u64> {
-        // One statement that writes first: a read-then-write transaction
-        // can fail at once with "database is locked" on SQLite while another
-        // connection writes (the lock upgrade would deadlock). Two
-        // concurrent inserts on PostgreSQL can pick the same number; the
-        // loser hits the primary key and retries.
-        for _attempt in 0..5 {
-            let inserted = sqlx::query(
-                "INSERT INTO policies (version, text, author, created_at) \
-                 SELECT COALESCE(MAX(version), 0) + 1, $1, $2, $3 FROM policies \
-                 RETURNING version",
-            )
-            .bind(text)
-            .bind(author)
-            .bind(unix_now())
-            .fetch_one(&self.pool)
-            .await;
-            match inserted {
-                Ok(row) => return Ok(u64::try_from(row.try_get::<i64, _>("version")?)?),
-                Err(e) => {
-                    let e = anyhow::Error::from(e);
-                    if !is_unique_violation(&e) {
-                        return Err(e);
-                    }
-                }
-            }
-        }
-        Err(anyhow!(
-            "another policy was being stored at the same time; try again"
-        ))
     }
 
     /// Appends to the audit log.
