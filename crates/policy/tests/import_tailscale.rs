@@ -59,7 +59,8 @@ fn company_policy_imports_and_decides_like_tailscale() {
     assert_eq!(
         imported.warnings,
         [
-            "section `tagOwners` is left out: ztmesh grants tags through join tokens; create them with `ztmesh admin join-token create --tag NAME` for tags: ci, db, monitoring, web"
+            "section `tagOwners` is left out: ztmesh grants tags through join tokens; create them with `ztmesh admin join-token create --tag NAME` for tags: ci, db, monitoring, web",
+            "groups also take members from the ztmesh user directory: check that directory groups named eng, finance, ops (`ztmesh admin groups`) hold only the intended users",
         ]
     );
     let policy = Policy::parse(&imported.policy).unwrap();
@@ -113,6 +114,7 @@ fn headscale_policy_imports_and_decides_like_headscale() {
             "section `ssh` is left out: Tailscale SSH rules; ztmesh has no SSH access layer; it grants no network access",
             "section `tagOwners` is left out: ztmesh grants tags through join tokens; create them with `ztmesh admin join-token create --tag NAME` for tags: iot, server",
             "headscale users are kept as written (jane@, kim@, tom@); ztmesh matches user names exactly, so create the ztmesh users with these names or edit the policy",
+            "groups also take members from the ztmesh user directory: check that directory groups named admins, family (`ztmesh admin groups`) hold only the intended users",
         ]
     );
     let policy = Policy::parse(&imported.policy).unwrap();
@@ -152,6 +154,7 @@ fn commented_policy_imports_and_decides_like_tailscale() {
         [
             "section `nodeAttrs` is left out: node attributes (Tailscale client features, not access rules); it grants no network access",
             "section `randomizeClientPort` is left out: a client port setting; it grants no network access",
+            "groups also take members from the ztmesh user directory: check that directory groups named data, sre (`ztmesh admin groups`) hold only the intended users",
         ]
     );
     let policy = Policy::parse(&imported.policy).unwrap();

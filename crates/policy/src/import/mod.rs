@@ -11,7 +11,11 @@ mod hujson;
 mod native;
 mod tailscale;
 
-use crate::PolicyError;
+use ztmesh_filter::Action;
+
+use crate::eval::action_word;
+use crate::{Policy, PolicyError};
+use native::NativePolicy;
 
 /// A converted policy.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -87,7 +91,8 @@ pub enum ImportError {
 /// (`0.0.0.0/0` and `::/0`). ACL entry `acls[N]` becomes rule `acl-N`,
 /// split into `acl-N-b`, `acl-N-c`, … when its destinations carry
 /// different ports. Tailscale ACLs only allow, so rule order does not
-/// matter.
+/// matter. Groups become ztmesh groups, which also take members from the
+/// ztmesh user directory; a warning says to check that.
 ///
 /// Protocols: Tailscale documents (`tailcfg.FilterRule.IPProto`: "nil or
 /// empty means TCP, UDP, and ICMP"; headscale matches it) that an entry
@@ -108,4 +113,38 @@ pub enum ImportError {
 /// `accept`, destinations without a port, undefined groups and hosts.
 pub fn import_tailscale(text: &str) -> Result<Imported, ImportError> {
     tailscale::import(text)
+}
+
+/// Renders `native` and checks it: without its tests it must parse, each
+/// imported test must decide as the source file expects (an error names the
+/// test's origin), and the full text must parse.
+fn checked_text(native: &NativePolicy) -> Result<String, ImportError> {
+    let policy = Policy::parse(&native.render(false)).map_err(ImportError::Generated)?;
+    for test in &native.tests {
+        let decision = policy.evaluate(&test.from, &test.to, &test.port);
+        if decision.action == test.expect {
+            continue;
+        }
+        let got = action_word(decision.action);
+        let by = match &decision.rule {
+            Some(rule) => format!("rule `{rule}` decides {got}"),
+            None if decision.action == Action::Deny => {
+                "no rule matches, so it is denied".to_string()
+            }
+            None => format!("the default decides {got}"),
+        };
+        return Err(ImportError::TestFails {
+            path: test.origin.clone(),
+            message: format!(
+                "the test expects {} from {} to {} on {}, but on the converted policy {by}; a ztmesh test endpoint has one attribute (a tag, user, group or address), so make the test name the device the way the ACLs do, or fix the ACLs, and import again",
+                action_word(test.expect),
+                test.from,
+                test.to,
+                test.port,
+            ),
+        });
+    }
+    let text = native.render(true);
+    Policy::parse(&text).map_err(ImportError::Generated)?;
+    Ok(text)
 }

@@ -11,8 +11,6 @@ use ztmesh_filter::Action;
 
 use super::native::{NativePolicy, RuleSpec, TestSpec};
 use super::{ImportError, Imported};
-use crate::Policy;
-use crate::eval::action_word;
 
 mod alias;
 mod json;
@@ -91,7 +89,7 @@ impl Converter {
     /// that are left out.
     fn check_sections(&mut self, root: &Map<String, Value>) -> Result<(), ImportError> {
         for key in root.keys() {
-            let path = key.clone();
+            let path = field_path("", key);
             match key.as_str() {
                 "groups" | "hosts" | "acls" | "tests" | "tagOwners" => {}
                 "grants" => {
@@ -385,6 +383,13 @@ impl Converter {
                 users.join(", ")
             ));
         }
+        if !self.groups.is_empty() {
+            let groups: Vec<&str> = self.groups.keys().map(String::as_str).collect();
+            self.warnings.push(format!(
+                "groups also take members from the ztmesh user directory: check that directory groups named {} (`ztmesh admin groups`) hold only the intended users",
+                groups.join(", ")
+            ));
+        }
         let mut header = vec![
             "Imported from a Tailscale/headscale policy file by `ztmesh admin policy import tailscale`.".to_string(),
             "Review it, then check it with `ztmesh admin policy validate` and apply it with `ztmesh admin policy set`.".to_string(),
@@ -407,28 +412,7 @@ impl Converter {
             rules: self.rules,
             tests: self.tests,
         };
-        let policy = Policy::parse(&native.render(false)).map_err(ImportError::Generated)?;
-        for test in &native.tests {
-            let decision = policy.evaluate(&test.from, &test.to, &test.port);
-            if decision.action != test.expect {
-                let by = match &decision.rule {
-                    Some(rule) => format!("rule `{rule}` allows it"),
-                    None => "no rule allows it".to_string(),
-                };
-                return Err(ImportError::TestFails {
-                    path: test.origin.clone(),
-                    message: format!(
-                        "the test expects {} from {} to {} on {}, but on the converted policy {by}; a ztmesh test endpoint has one attribute (a tag, user, group or address), so make the test name the device the way the ACLs do, or fix the ACLs, and import again",
-                        action_word(test.expect),
-                        test.from,
-                        test.to,
-                        test.port,
-                    ),
-                });
-            }
-        }
-        let text = native.render(true);
-        Policy::parse(&text).map_err(ImportError::Generated)?;
+        let text = super::checked_text(&native)?;
         Ok(Imported {
             policy: text,
             warnings: self.warnings,

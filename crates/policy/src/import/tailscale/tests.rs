@@ -232,7 +232,7 @@ fn failing_tests_name_the_test_and_the_flow() {
     let (path, message) = error(text);
     assert_eq!(path, "tests[1].accept[0]");
     assert!(
-        message.contains("expects allow from user:alice@x.org to tag:web on udp/443, but on the converted policy no rule allows it"),
+        message.contains("expects allow from user:alice@x.org to tag:web on udp/443, but on the converted policy no rule matches, so it is denied"),
         "{message}"
     );
     let text = r#"{
@@ -241,7 +241,7 @@ fn failing_tests_name_the_test_and_the_flow() {
     }"#;
     let (path, message) = error(text);
     assert_eq!(path, "tests[0].deny[0]");
-    assert!(message.contains("rule `acl-0` allows it"), "{message}");
+    assert!(message.contains("rule `acl-0` decides allow"), "{message}");
 }
 
 #[test]
