@@ -387,3 +387,29 @@ fn split_rules_get_letter_suffixes() {
     assert_eq!(super::split_suffix(25), "-z");
     assert_eq!(super::split_suffix(26), "-ba");
 }
+
+#[test]
+fn bracketed_ipv6_destinations_and_crlf_comments() {
+    let text = "{\r\n  // lab\r\n  \"acls\": [\r\n    {\"action\": \"accept\", \"src\": [\"fd7a::5\"], \"proto\": \"tcp\", \"dst\": [\"[fd7a:1::/48]:22\", \"[fd7a::1]:443\", \"fd7a:2::/64:80\"]},\r\n  ],\r\n}\r\n";
+    let imported = import_tailscale(text).unwrap();
+    let policy = Policy::parse(&imported.policy).unwrap();
+    let from = Endpoint::parse("ip:fd7a::5").unwrap();
+    let decide = |to: &str, port: &str| {
+        policy
+            .evaluate(
+                &from,
+                &Endpoint::parse(to).unwrap(),
+                &PortSpec::parse(port).unwrap(),
+            )
+            .rule
+    };
+    assert_eq!(decide("ip:fd7a:1::9", "tcp/22").as_deref(), Some("acl-0"));
+    assert_eq!(decide("ip:fd7a::1", "tcp/443").as_deref(), Some("acl-0-b"));
+    assert_eq!(decide("ip:fd7a:2::3", "tcp/80").as_deref(), Some("acl-0-c"));
+    assert_eq!(decide("ip:fd7a::1", "tcp/22"), None);
+    assert!(
+        imported
+            .policy
+            .contains("\"net:fd7a:1::_48\" = { cidrs = [\"fd7a:1::/48\"] }")
+    );
+}
