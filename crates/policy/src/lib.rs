@@ -56,6 +56,8 @@ mod compile;
 mod endpoint;
 mod error;
 mod eval;
+/// Import of Tailscale/headscale ACL files into the native policy format.
+pub mod import;
 mod model;
 mod ports;
 mod portset;
