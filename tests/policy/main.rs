@@ -377,7 +377,7 @@ fn version_text(k: u16) -> String {
     for i in 0..20 {
         text.push_str(&format!("filler{i} = {{ tags = [\"filler{i}\"] }}\n"));
     }
-    if k % 2 == 0 {
+    if k.is_multiple_of(2) {
         text.push_str("\n[[rules]]\nname = \"never-9999\"\nfrom = [\"clients\"]\nto = [\"servers\"]\nports = [\"tcp/9999\"]\naction = \"deny\"\n");
         text.push_str(&format!(
             "\n[[rules]]\nname = \"below\"\nfrom = [\"clients\"]\nto = [\"servers\"]\nports = [\"tcp/10000-{}\"]\naction = \"deny\"\n",

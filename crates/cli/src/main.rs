@@ -2,6 +2,7 @@
 
 mod admin;
 mod identity;
+mod import;
 mod login;
 mod policy;
 mod server;

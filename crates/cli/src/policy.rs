@@ -72,12 +72,22 @@ pub(crate) enum PolicyCommand {
         #[arg(long, short = 'm', default_value = "")]
         message: String,
     },
+    /// Convert another system's ACL file into a ztmesh policy (local; sends nothing).
+    Import {
+        /// Format of FILE: `tailscale` (or `headscale`).
+        kind: String,
+        /// The ACL file (HuJSON).
+        file: PathBuf,
+        /// Write the policy here instead of standard output.
+        #[arg(long, short = 'o')]
+        output: Option<PathBuf>,
+    },
 }
 
 impl PolicyCommand {
     /// Whether the command runs without the server.
     pub(crate) fn is_local(&self) -> bool {
-        false
+        matches!(self, PolicyCommand::Import { .. })
     }
 
     /// Reads the local files the command needs, before connecting.
@@ -96,6 +106,9 @@ impl PolicyCommand {
 /// Runs a command that needs no server.
 pub(crate) fn run_local(command: PolicyCommand) -> Result<()> {
     match command {
+        PolicyCommand::Import { kind, file, output } => {
+            crate::import::import_command(&kind, &file, output.as_deref())
+        }
         _ => Err(anyhow!("this policy command needs the server")),
     }
 }
@@ -174,6 +187,7 @@ pub(crate) async fn run(
                 .versions;
             print_history(&versions, output)?;
         }
+        PolicyCommand::Import { .. } => run_local(command)?,
         PolicyCommand::Rollback { version, message } => {
             let response = client
                 .admin()

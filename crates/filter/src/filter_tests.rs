@@ -387,10 +387,7 @@ fn monitored_deny_passes_counts_and_reports_the_flow() {
     let flows = filter.take_monitored();
     assert_eq!(flows.len(), 1);
     assert_eq!(flows[0].rule, "no-ssh");
-    assert_eq!(
-        (flows[0].packet.src, flows[0].packet.dst_port),
-        (V4_A.into(), 22)
-    );
+    assert_eq!((flows[0].packet.src, flows[0].packet.dst_port), (V4_A, 22));
     assert!(filter.take_monitored().is_empty());
 }
 

@@ -1,6 +1,8 @@
 //! Rolling a policy out: rules with time windows and expiry, monitor mode,
 //! and warnings for rules that can never match. Public API only.
 
+#![allow(clippy::unwrap_used)]
+
 use ztmesh_filter::{Action, Protocol};
 use ztmesh_policy::{Device, Endpoint, Policy, PortSpec};
 

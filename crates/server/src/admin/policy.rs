@@ -231,7 +231,7 @@ impl AdminService {
 /// One side of a what-if query, resolved against the directory.
 enum Resolved {
     Device {
-        device: ztmesh_policy::Device,
+        device: Box<ztmesh_policy::Device>,
         standing: Standing,
     },
     User {
@@ -252,7 +252,7 @@ impl Resolved {
         }
         if let Some(record) = state.devices().iter().find(|d| d.name == text) {
             return Ok(Resolved::Device {
-                device: policy_device(record, state.users()),
+                device: Box::new(policy_device(record, state.users())),
                 standing: standing(record, state.users(), state.built_at()),
             });
         }
