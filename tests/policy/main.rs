@@ -532,3 +532,123 @@ async fn a_hundred_versions_under_traffic_never_deliver_a_denied_packet() {
         "{status:#?}"
     );
 }
+
+async fn flows(server: &TestServer, device: &str, denied: bool) -> Vec<v1::FlowRecord> {
+    server
+        .admin()
+        .list_flows(server.request(v1::ListFlowsRequest {
+            device: device.into(),
+            denied,
+            since: 0,
+            limit: 0,
+        }))
+        .await
+        .unwrap()
+        .into_inner()
+        .flows
+        .into_iter()
+        .filter_map(|f| f.record)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flow_records_and_events_reach_the_admin_api() {
+    let server = TestServer::start(None).await;
+    let mut events = server
+        .admin()
+        .watch_events(server.request(v1::WatchEventsRequest { kinds: vec![] }))
+        .await
+        .unwrap()
+        .into_inner();
+    let client = agent(&server, "client", "c1").await;
+    let mut web = agent(&server, "web", "w1").await;
+    server.set_policy(POLICY).await.unwrap();
+    until_delivered(&client, &mut web, 443).await;
+    assert!(!delivered_once(&client, &mut web, 22, 61000).await);
+    client
+        .send(tcp(client.address, web.address, 61001, 22, SYN))
+        .await;
+
+    // The daemon reports within a few seconds; drops carry rule and verdict.
+    let start = Instant::now();
+    let denied = loop {
+        let records = flows(&server, "w1", true).await;
+        if records.iter().any(|r| r.dst_port == 22) {
+            break records;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "no denied flow record for tcp/22"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let ssh: Vec<&v1::FlowRecord> = denied.iter().filter(|r| r.dst_port == 22).collect();
+    assert!(
+        ssh.iter()
+            .all(|r| r.verdict == "denied" && r.rule == "no-ssh" && r.proto == 6)
+    );
+    assert_eq!(ssh.iter().map(|r| r.packets).sum::<u64>(), 2);
+    assert!(
+        ssh.iter()
+            .all(|r| r.bytes == 40 * r.packets && r.src == client.address.to_string())
+    );
+    assert!(denied.iter().all(|r| r.verdict != "allowed"));
+    let all = flows(&server, "w1", false).await;
+    assert!(
+        all.iter()
+            .any(|r| r.dst_port == 443 && r.verdict == "allowed" && r.rule == "clients-to-web"),
+        "{all:#?}"
+    );
+    assert!(
+        flows(&server, "c1", false)
+            .await
+            .iter()
+            .all(|r| r.dst_port != 22)
+    );
+    let error = server
+        .admin()
+        .list_flows(server.request(v1::ListFlowsRequest {
+            device: "nope".into(),
+            ..Default::default()
+        }))
+        .await
+        .unwrap_err();
+    assert_eq!(error.code(), tonic::Code::NotFound);
+
+    // Events: enrollments, connections, the policy version, a revocation.
+    server.revoke("c1").await.unwrap();
+    let mut seen = Vec::new();
+    let deadline = Instant::now() + WAIT;
+    while !seen.contains(&("device.disconnected".to_owned(), "c1".to_owned())) {
+        let next = tokio::time::timeout(
+            deadline.saturating_duration_since(Instant::now()),
+            events.message(),
+        )
+        .await
+        .expect("events within 5 s")
+        .unwrap()
+        .expect("the stream stays open");
+        seen.push((next.kind, next.object));
+    }
+    for expected in [
+        ("device.enrolled", "c1"),
+        ("device.connected", "c1"),
+        ("device.enrolled", "w1"),
+        ("device.connected", "w1"),
+        ("policy.version", "version 1"),
+        ("device.revoked", "c1"),
+    ] {
+        assert!(
+            seen.contains(&(expected.0.to_owned(), expected.1.to_owned())),
+            "{expected:?} missing from {seen:?}"
+        );
+    }
+    let error = server
+        .admin()
+        .watch_events(server.request(v1::WatchEventsRequest {
+            kinds: vec!["device.exploded".into()],
+        }))
+        .await
+        .unwrap_err();
+    assert!(error.message().contains("unknown event kind"), "{error:?}");
+}

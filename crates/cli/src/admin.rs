@@ -11,6 +11,7 @@ use ztmesh_proto::v1;
 use ztmesh_rpc::v1::admin_client::AdminClient;
 
 use crate::identity::{DeviceTrust, GroupsCommand, SettingsCommand, UsersCommand};
+use crate::observe::{EventsArgs, FlowsArgs};
 use crate::policy::PolicyCommand;
 pub(crate) use crate::server::Output;
 
@@ -50,6 +51,10 @@ enum AdminCommand {
     /// Network settings: device approval, node key lifetime.
     #[command(subcommand)]
     Settings(SettingsCommand),
+    /// Flow records reported by daemons (accepted, monitored, dropped).
+    Flows(FlowsArgs),
+    /// Follow live events: devices connecting, posture, policy versions.
+    Events(EventsArgs),
 }
 
 #[derive(Subcommand)]
@@ -181,6 +186,8 @@ pub async fn run(args: AdminArgs) -> Result<()> {
         AdminCommand::Groups(command) => crate::identity::groups(&client, command).await?,
         AdminCommand::Settings(command) => crate::identity::settings(&client, command).await?,
         AdminCommand::Policy(command) => crate::policy::run(&client, command, policy_text).await?,
+        AdminCommand::Flows(args) => crate::observe::flows(&client, args).await?,
+        AdminCommand::Events(args) => crate::observe::events(&client, args).await?,
     }
     Ok(())
 }

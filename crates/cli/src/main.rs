@@ -4,6 +4,7 @@ mod admin;
 mod identity;
 mod import;
 mod login;
+mod observe;
 mod policy;
 mod server;
 mod status;

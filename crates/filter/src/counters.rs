@@ -70,7 +70,7 @@ pub struct Counters {
     untracked_outbound: u64,
     revoked_flows: u64,
     monitored: u64,
-    monitor_events_lost: u64,
+    flow_events_lost: u64,
     drops: [u64; DropReason::ALL.len()],
     /// Hit counts in first-seen order; `rule_slots` maps names into it.
     rule_hits: Vec<(String, u64)>,
@@ -115,11 +115,11 @@ impl Counters {
         self.monitored
     }
 
-    /// Monitored flows not kept for [`crate::Filter::take_monitored`]
-    /// because it was not called often enough (they are still counted in
-    /// [`Counters::monitored`]).
-    pub fn monitor_events_lost(&self) -> u64 {
-        self.monitor_events_lost
+    /// Flow events not kept for [`crate::Filter::take_flow_events`]
+    /// because it was not called often enough (the packets are still
+    /// counted everywhere else).
+    pub fn flow_events_lost(&self) -> u64 {
+        self.flow_events_lost
     }
 
     /// New flows decided by each rule name (allow and deny rules), in the
@@ -168,8 +168,8 @@ impl Counters {
         self.monitored += 1;
     }
 
-    pub(crate) fn count_monitor_event_lost(&mut self) {
-        self.monitor_events_lost += 1;
+    pub(crate) fn count_flow_event_lost(&mut self) {
+        self.flow_events_lost += 1;
     }
 
     /// The rule name of a counter slot (empty if unknown).

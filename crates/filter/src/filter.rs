@@ -1,10 +1,10 @@
 //! The stateful filter: rules for new inbound flows plus connection tracking.
 
-use std::collections::VecDeque;
 use std::time::Instant;
 
 use crate::conntrack::{Conntrack, Direction, FilterLimits, FlowLookup};
 use crate::counters::{Counters, DropReason};
+use crate::flow_events::{FlowEvent, FlowEvents, FlowVerdict};
 use crate::fragments::FragmentTracker;
 use crate::icmp_error::quoted_packet;
 use crate::packet::{Datagram, PacketInfo, parse_datagram};
@@ -32,23 +32,9 @@ pub struct Filter {
     conntrack: Conntrack,
     fragments: FragmentTracker,
     counters: Counters,
-    /// Flows let through by monitored deny rules, not yet taken by
-    /// [`Filter::take_monitored`]; bounded, allocated once.
-    monitored: VecDeque<(usize, PacketInfo)>,
-}
-
-/// Most monitored flows kept until the caller takes them; more are counted
-/// in [`Counters::monitor_events_lost`].
-const MONITORED_QUEUE: usize = 256;
-
-/// A new inbound flow that a rule in monitor mode would have dropped; it was
-/// accepted.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct MonitoredFlow {
-    /// The monitored deny rule that matched.
-    pub rule: String,
-    /// The flow's first packet.
-    pub packet: PacketInfo,
+    /// Decisions on new inbound flows not yet taken by
+    /// [`Filter::take_flow_events`].
+    events: FlowEvents,
 }
 
 /// A rule plus the slot of its hit counter.
@@ -71,21 +57,15 @@ impl Filter {
                 limits.fragment_timeout,
             ),
             counters: Counters::default(),
-            monitored: VecDeque::with_capacity(MONITORED_QUEUE),
+            events: FlowEvents::default(),
         }
     }
 
-    /// Takes the flows accepted by monitored deny rules since the last call,
-    /// oldest first (at most 256 are kept between calls).
-    pub fn take_monitored(&mut self) -> Vec<MonitoredFlow> {
-        let counters = &self.counters;
-        self.monitored
-            .drain(..)
-            .map(|(slot, packet)| MonitoredFlow {
-                rule: counters.rule_name(slot).to_owned(),
-                packet,
-            })
-            .collect()
+    /// Takes the decisions on new inbound flows since the last call, oldest
+    /// first: accepted, monitored and dropped (at most 1024 are kept between
+    /// calls; the rest are counted in [`Counters::flow_events_lost`]).
+    pub fn take_flow_events(&mut self) -> Vec<FlowEvent> {
+        self.events.take(&self.counters)
     }
 
     /// Atomically replaces the rules with `config`, then re-checks tracked
@@ -208,24 +188,23 @@ impl Filter {
             return self.accept_inbound();
         }
         if !self.has_policy() {
-            return self.drop(DropReason::NoPolicy);
+            return self.drop_new(None, DropReason::NoPolicy, &info, packet.len());
         }
         let Some(rule) = first_match(&self.rules, &info) else {
-            return self.drop(DropReason::NoRule);
+            return self.drop_new(None, DropReason::NoRule, &info, packet.len());
         };
         let (action, monitor, slot) = (rule.rule.action, rule.rule.monitor, rule.counter_slot);
         self.counters.count_rule_hit(slot);
-        if action == Action::Deny {
-            if !monitor {
-                return self.drop(DropReason::Denied);
+        let verdict = match (action, monitor) {
+            (Action::Deny, false) => {
+                return self.drop_new(Some(slot), DropReason::Denied, &info, packet.len());
             }
-            self.counters.count_monitored();
-            if self.monitored.len() < MONITORED_QUEUE {
-                self.monitored.push_back((slot, info));
-            } else {
-                self.counters.count_monitor_event_lost();
+            (Action::Deny, true) => {
+                self.counters.count_monitored();
+                FlowVerdict::Monitored
             }
-        }
+            (Action::Allow, _) => FlowVerdict::Allowed,
+        };
         if let Some(flow) = flow
             && flow.opens
             && self
@@ -233,9 +212,29 @@ impl Filter {
                 .insert(flow.key, &info, Direction::Inbound, now)
                 .is_err()
         {
-            return self.drop(DropReason::ConntrackFull);
+            return self.drop_new(Some(slot), DropReason::ConntrackFull, &info, packet.len());
         }
+        self.events
+            .push(&mut self.counters, Some(slot), verdict, &info, packet.len());
         self.accept_inbound()
+    }
+
+    /// Drops the first packet of a new inbound flow and queues the event.
+    fn drop_new(
+        &mut self,
+        slot: Option<usize>,
+        reason: DropReason,
+        info: &PacketInfo,
+        bytes: usize,
+    ) -> Verdict {
+        self.events.push(
+            &mut self.counters,
+            slot,
+            FlowVerdict::Dropped(reason),
+            info,
+            bytes,
+        );
+        self.drop(reason)
     }
 
     /// Counts a drop decided outside the filter (cryptokey routing, unknown peer).

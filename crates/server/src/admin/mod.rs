@@ -2,6 +2,7 @@
 //! behind API keys.
 
 mod devices;
+mod observe;
 mod policy;
 mod users;
 
@@ -191,6 +192,10 @@ impl Admin for AdminService {
                 .map_err(internal)?;
             device.status = DeviceStatus::Revoked;
             tracing::info!(name = %device.name, "device revoked");
+            self.hub
+                .events()
+                .publish("device.revoked", &device.name, format!("by {actor}"));
+            self.hub.telemetry().forget(&device.id);
         }
         // Always publish, also when the device was already revoked: a retry
         // after a failed publish must still cut the device off.
@@ -245,6 +250,27 @@ impl Admin for AdminService {
         self.authorize(&request).await?;
         self.list_policy_versions_impl(request.into_inner())
             .await
+            .map(Response::new)
+    }
+
+    async fn list_flows(
+        &self,
+        request: Request<v1::ListFlowsRequest>,
+    ) -> Result<Response<v1::ListFlowsResponse>, Status> {
+        self.authorize(&request).await?;
+        self.list_flows_impl(request.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    type WatchEventsStream = observe::EventStream;
+
+    async fn watch_events(
+        &self,
+        request: Request<v1::WatchEventsRequest>,
+    ) -> Result<Response<Self::WatchEventsStream>, Status> {
+        self.authorize(&request).await?;
+        self.watch_events_impl(request.into_inner())
             .map(Response::new)
     }
 

@@ -151,6 +151,11 @@ impl AdminService {
             .map_err(internal)?;
         self.hub.reload().await.map_err(internal)?;
         tracing::info!(version, action, "policy updated");
+        self.hub.events().publish(
+            "policy.version",
+            &format!("version {version}"),
+            format!("{action} by {actor}: {comment}"),
+        );
         Ok(v1::SetPolicyResponse {
             version,
             warnings: warnings(policy),

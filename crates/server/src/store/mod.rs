@@ -4,6 +4,7 @@
 //! the same `migrations/` run on both backends.
 
 mod devices;
+mod flows;
 mod policies;
 mod users;
 
@@ -14,6 +15,7 @@ use sqlx::{AnyPool, Row};
 pub use devices::{
     Credential, DeviceRecord, DeviceStatus, EnrollError, NewDevice, PostureRecord, TokenRecord,
 };
+pub use flows::{FlowQuery, FlowRow};
 pub use policies::PolicyRecord;
 pub use users::{DEFAULT_KEY_EXPIRY_SECONDS, Settings, UserRecord};
 
