@@ -552,8 +552,9 @@ async fn flows(server: &TestServer, device: &str, denied: bool) -> Vec<v1::FlowR
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn flow_records_and_events_reach_the_admin_api() {
-    let server = TestServer::start(None).await;
+async fn flow_records_events_and_metrics_reach_the_admin() {
+    let metrics = ztmesh_e2e::free_local_addr();
+    let server = TestServer::start_with(None, Some(metrics)).await;
     let mut events = server
         .admin()
         .watch_events(server.request(v1::WatchEventsRequest { kinds: vec![] }))
@@ -573,7 +574,12 @@ async fn flow_records_and_events_reach_the_admin_api() {
     let start = Instant::now();
     let denied = loop {
         let records = flows(&server, "w1", true).await;
-        if records.iter().any(|r| r.dst_port == 22) {
+        let ssh_packets: u64 = records
+            .iter()
+            .filter(|r| r.dst_port == 22)
+            .map(|r| r.packets)
+            .sum();
+        if ssh_packets >= 2 {
             break records;
         }
         assert!(
@@ -604,6 +610,30 @@ async fn flow_records_and_events_reach_the_admin_api() {
             .await
             .iter()
             .all(|r| r.dst_port != 22)
+    );
+
+    // The server's metrics carry the daemons' reported counters.
+    let text = ztmesh_e2e::scrape(metrics).await;
+    for line in [
+        "ztmesh_server_devices{standing=\"active\"} 2",
+        "ztmesh_server_connected_devices 2",
+        "ztmesh_server_policy_version 1",
+        "ztmesh_server_policy_rules 2",
+        "ztmesh_device_dropped_packets_total{device=\"w1\",reason=\"denied\"} 2",
+        "ztmesh_device_rule_hits_total{device=\"w1\",rule=\"no-ssh\"} 2",
+        "ztmesh_device_policy_version{device=\"w1\"} 1",
+    ] {
+        assert!(
+            text.lines().any(|l| l == line),
+            "missing `{line}` in:\n{text}"
+        );
+    }
+    // And the daemon's own metrics come from its status.
+    let status = web.status().await;
+    let daemon = ztmesh_agent::metrics::render(Some(&status));
+    assert!(
+        daemon.lines().any(|l| l == "ztmesh_daemon_packets_total{direction=\"inbound\",verdict=\"dropped\",reason=\"denied\"} 2"),
+        "{daemon}"
     );
     let error = server
         .admin()

@@ -66,9 +66,18 @@ impl TestServer {
     /// Initialises and starts a server on 127.0.0.1 (SQLite in its data dir,
     /// or `database_url` when given).
     pub async fn start(database_url: Option<String>) -> TestServer {
+        Self::start_with(database_url, None).await
+    }
+
+    /// [`TestServer::start`] with Prometheus metrics served on `metrics`.
+    pub async fn start_with(
+        database_url: Option<String>,
+        metrics: Option<SocketAddr>,
+    ) -> TestServer {
         let dir = TempDir::new("server");
         let mut config = ServerConfig::new(dir.0.join("data"));
         config.database_url = database_url;
+        config.metrics_listen = metrics;
         let outcome = ztmesh_server::init(&config, &[]).await.unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -448,4 +457,28 @@ pub async fn fresh_postgres_database(base_url: &str) -> String {
         .await
         .unwrap();
     format!("{prefix}/{name}")
+}
+
+/// A free local TCP port (bound and released; fine for tests).
+pub fn free_local_addr() -> SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .unwrap()
+}
+
+/// `GET /metrics` from `addr`; the body.
+pub async fn scrape(addr: SocketAddr) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stream
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).await.unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200 OK"), "{answer}");
+    answer
+        .split_once("\r\n\r\n")
+        .map(|(_, body)| body.to_owned())
+        .unwrap_or_default()
 }

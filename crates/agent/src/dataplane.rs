@@ -233,7 +233,8 @@ impl Engine {
                 return;
             }
             Err(_) => {
-                self.filter.record_drop(DropReason::UnknownPeer);
+                self.filter
+                    .record_drop(DropReason::UnknownPeer, datagram.len());
                 return;
             }
         };
@@ -254,7 +255,8 @@ impl Engine {
         };
         let Some((peer, slot)) = target.and_then(|(k, slot)| Some((self.peers.get_mut(&k)?, slot)))
         else {
-            self.filter.record_drop(DropReason::UnknownPeer);
+            self.filter
+                .record_drop(DropReason::UnknownPeer, datagram.len());
             return;
         };
         let allowed_ips = &peer.info.allowed_ips;
@@ -265,7 +267,8 @@ impl Engine {
             Slot::Retiring => match &mut peer.retiring {
                 Some(old) => &mut old.tunn,
                 None => {
-                    self.filter.record_drop(DropReason::UnknownPeer);
+                    self.filter
+                        .record_drop(DropReason::UnknownPeer, datagram.len());
                     return;
                 }
             },
@@ -451,6 +454,13 @@ impl Engine {
                 .map(|(reason, n)| (reason.as_str().to_owned(), n))
                 .collect(),
             accepted_inbound: counters.accepted_inbound(),
+            accepted_outbound: counters.accepted_outbound(),
+            accepted_inbound_bytes: counters.accepted_inbound_bytes(),
+            accepted_outbound_bytes: counters.accepted_outbound_bytes(),
+            dropped_bytes: counters
+                .iter_drops()
+                .map(|(reason, _)| (reason.as_str().to_owned(), counters.dropped_bytes(reason)))
+                .collect(),
             monitored: counters.monitored(),
             rule_hits: counters
                 .rule_hits()
@@ -494,7 +504,7 @@ async fn deliver<T: TunIo>(io: &Io<T>, filter: &mut Filter, source_allowed: bool
         return;
     }
     if !source_allowed {
-        filter.record_drop(DropReason::CryptokeyRouting);
+        filter.record_drop(DropReason::CryptokeyRouting, packet.len());
         return;
     }
     if filter.inbound(packet, Instant::now()) == Verdict::Accept

@@ -12,6 +12,7 @@ pub mod flowlog;
 pub mod keys;
 pub mod lifecycle;
 pub mod login;
+pub mod metrics;
 pub mod netmap;
 pub mod peers;
 pub mod posture;
@@ -53,6 +54,8 @@ pub struct UpOptions {
     pub listen_port: u16,
     /// Overlay prefix routed into the TUN device.
     pub overlay_prefix: u8,
+    /// Where to serve Prometheus metrics; `None`: off.
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 /// Enrolls if needed, then runs the daemon on a real TUN until `shutdown`.
@@ -69,6 +72,16 @@ pub async fn up(options: UpOptions, shutdown: watch::Receiver<bool>) -> Result<(
         options.listen_port,
     )))
     .await?;
+    if let Some(addr) = options.metrics_listen {
+        let listener = ztmesh_metrics::bind(addr).await?;
+        let socket = state.socket_path();
+        let render: ztmesh_metrics::Render = Arc::new(move || {
+            let socket = socket.clone();
+            Box::pin(async move { metrics::render(status::query(&socket).await.ok().as_ref()) })
+        });
+        tokio::spawn(ztmesh_metrics::serve(listener, render, shutdown.clone()));
+        tracing::info!(listen = %addr, "metrics at http://{addr}/metrics");
+    }
     tracing::info!(name = %enrollment.name, address = %address, tun = %options.tun_name, port = options.listen_port, "daemon running");
     run(&state, &enrollment, Io { tun, udp }, shutdown).await
 }

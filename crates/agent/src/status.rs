@@ -10,7 +10,7 @@ use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{mpsc, oneshot};
 
 /// The daemon's state as `ztmesh status --output json` prints it.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct Status {
     /// Device name.
     pub name: String,
@@ -30,6 +30,18 @@ pub struct Status {
     pub drops: BTreeMap<String, u64>,
     /// Inbound packets accepted.
     pub accepted_inbound: u64,
+    /// Outbound packets accepted.
+    #[serde(default)]
+    pub accepted_outbound: u64,
+    /// Bytes of inbound packets accepted.
+    #[serde(default)]
+    pub accepted_inbound_bytes: u64,
+    /// Bytes of outbound packets accepted.
+    #[serde(default)]
+    pub accepted_outbound_bytes: u64,
+    /// Bytes of dropped packets by reason.
+    #[serde(default)]
+    pub dropped_bytes: BTreeMap<String, u64>,
     /// New inbound flows a monitored deny rule would have dropped (passed).
     #[serde(default)]
     pub monitored: u64,

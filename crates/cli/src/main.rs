@@ -56,6 +56,9 @@ struct UpArgs {
     /// Prefix length of the overlay range routed into the TUN device (100.64.0.0/10 by default).
     #[arg(long, default_value_t = 10)]
     overlay_prefix: u8,
+    /// Prometheus metrics at http://ADDRESS/metrics (plain HTTP: keep it local), or `off`.
+    #[arg(long, default_value = "127.0.0.1:9465", value_parser = server::parse_metrics_listen)]
+    metrics_listen: server::MetricsListen,
 }
 
 fn main() -> ExitCode {
@@ -100,6 +103,7 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
         tun_name: args.tun,
         listen_port: args.listen_port,
         overlay_prefix: args.overlay_prefix,
+        metrics_listen: args.metrics_listen,
     };
     ztmesh_agent::up(options, shutdown_signal()).await
 }

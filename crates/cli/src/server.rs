@@ -32,6 +32,22 @@ pub struct ServerArgs {
     /// Overlay IPv4 range devices get addresses from.
     #[arg(long, default_value = "100.64.0.0/10")]
     overlay_cidr: ipnet::Ipv4Net,
+    /// Prometheus metrics at http://ADDRESS/metrics (plain HTTP: keep it local), or `off`.
+    #[arg(long, default_value = "127.0.0.1:9464", value_parser = parse_metrics_listen)]
+    metrics_listen: MetricsListen,
+}
+
+/// `--metrics-listen`: an address, or off.
+pub type MetricsListen = Option<SocketAddr>;
+
+/// Parses `--metrics-listen`: `HOST:PORT` or `off`.
+pub fn parse_metrics_listen(text: &str) -> Result<MetricsListen, String> {
+    if text.eq_ignore_ascii_case("off") {
+        return Ok(None);
+    }
+    text.parse()
+        .map(Some)
+        .map_err(|_| format!("`{text}` is not an address; write 127.0.0.1:9464, or off"))
 }
 
 #[derive(Subcommand)]
@@ -63,6 +79,7 @@ pub async fn run(args: ServerArgs) -> Result<()> {
         database_url: args.database_url.clone(),
         advertise_url: args.advertise_url.clone(),
         overlay_v4: args.overlay_cidr.trunc(),
+        metrics_listen: args.metrics_listen,
     };
     if let Some(ServerCommand::Init { sans, output }) = args.command {
         let outcome = ztmesh_server::init(&config, &sans).await?;

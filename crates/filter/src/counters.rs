@@ -71,6 +71,9 @@ pub struct Counters {
     revoked_flows: u64,
     monitored: u64,
     flow_events_lost: u64,
+    accepted_inbound_bytes: u64,
+    accepted_outbound_bytes: u64,
+    dropped_bytes: [u64; DropReason::ALL.len()],
     drops: [u64; DropReason::ALL.len()],
     /// Hit counts in first-seen order; `rule_slots` maps names into it.
     rule_hits: Vec<(String, u64)>,
@@ -78,6 +81,34 @@ pub struct Counters {
 }
 
 impl Counters {
+    /// Bytes of inbound packets accepted.
+    pub fn accepted_inbound_bytes(&self) -> u64 {
+        self.accepted_inbound_bytes
+    }
+
+    /// Bytes of outbound packets accepted.
+    pub fn accepted_outbound_bytes(&self) -> u64 {
+        self.accepted_outbound_bytes
+    }
+
+    /// Bytes of packets dropped for `reason`.
+    pub fn dropped_bytes(&self, reason: DropReason) -> u64 {
+        self.dropped_bytes.get(reason.index()).copied().unwrap_or(0)
+    }
+
+    pub(crate) fn count_bytes(&mut self, inbound: bool, verdict: crate::Verdict, bytes: usize) {
+        let bytes = bytes as u64;
+        match verdict {
+            crate::Verdict::Accept if inbound => self.accepted_inbound_bytes += bytes,
+            crate::Verdict::Accept => self.accepted_outbound_bytes += bytes,
+            crate::Verdict::Drop(reason) => {
+                if let Some(count) = self.dropped_bytes.get_mut(reason.index()) {
+                    *count += bytes;
+                }
+            }
+        }
+    }
+
     /// Packets dropped for `reason`.
     pub fn drops(&self, reason: DropReason) -> u64 {
         self.drops.get(reason.index()).copied().unwrap_or(0)

@@ -119,6 +119,12 @@ impl Filter {
     /// the table is full of live flows the packet is still accepted,
     /// untracked (see [`Counters::untracked_outbound`]).
     pub fn outbound(&mut self, packet: &[u8], now: Instant) -> Verdict {
+        let verdict = self.judge_outbound(packet, now);
+        self.counters.count_bytes(false, verdict, packet.len());
+        verdict
+    }
+
+    fn judge_outbound(&mut self, packet: &[u8], now: Instant) -> Verdict {
         let info = match parse_datagram(packet) {
             Err(_) => return self.drop(DropReason::Malformed),
             Ok(Datagram::Whole { info, .. }) => Some(info),
@@ -153,6 +159,12 @@ impl Filter {
     /// match wins, no match is [`DropReason::NoRule`]. A non-first fragment
     /// passes only if its datagram's first fragment passed (else `NoRule`).
     pub fn inbound(&mut self, packet: &[u8], now: Instant) -> Verdict {
+        let verdict = self.judge_datagram_inbound(packet, now);
+        self.counters.count_bytes(true, verdict, packet.len());
+        verdict
+    }
+
+    fn judge_datagram_inbound(&mut self, packet: &[u8], now: Instant) -> Verdict {
         let (info, first_fragment) = match parse_datagram(packet) {
             Err(_) => return self.drop(DropReason::Malformed),
             Ok(Datagram::Whole {
@@ -237,9 +249,12 @@ impl Filter {
         self.drop(reason)
     }
 
-    /// Counts a drop decided outside the filter (cryptokey routing, unknown peer).
-    pub fn record_drop(&mut self, reason: DropReason) {
+    /// Counts a drop of `bytes` decided outside the filter (cryptokey
+    /// routing, unknown peer).
+    pub fn record_drop(&mut self, reason: DropReason, bytes: usize) {
         self.counters.count_drop(reason);
+        self.counters
+            .count_bytes(true, Verdict::Drop(reason), bytes);
     }
 
     /// The filter's counters.

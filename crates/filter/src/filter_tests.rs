@@ -339,9 +339,9 @@ fn unchanged_policy_keeps_flows_and_version_zero_revokes() {
 #[test]
 fn record_drop_counts_external_reasons() {
     let mut filter = Filter::new(FilterLimits::default());
-    filter.record_drop(DropReason::CryptokeyRouting);
-    filter.record_drop(DropReason::UnknownPeer);
-    filter.record_drop(DropReason::UnknownPeer);
+    filter.record_drop(DropReason::CryptokeyRouting, 60);
+    filter.record_drop(DropReason::UnknownPeer, 148);
+    filter.record_drop(DropReason::UnknownPeer, 148);
     let drops: Vec<_> = filter
         .counters()
         .iter_drops()
@@ -354,6 +354,38 @@ fn record_drop_counts_external_reasons() {
             (DropReason::UnknownPeer, 2)
         ]
     );
+    let counters = filter.counters();
+    assert_eq!(counters.dropped_bytes(DropReason::UnknownPeer), 296);
+    assert_eq!(counters.dropped_bytes(DropReason::CryptokeyRouting), 60);
+}
+
+#[test]
+fn bytes_are_counted_by_direction_and_verdict() {
+    let now = Instant::now();
+    let mut filter = filter_with(
+        vec![rule("web", Action::Allow, Protocol::Tcp, &[(443, 443)])],
+        now,
+    );
+    let https = PacketBuilder::tcp(V4_A, 4000, V4_B, 443)
+        .flags(TCP_SYN)
+        .build();
+    let ssh = PacketBuilder::tcp(V4_A, 4001, V4_B, 22)
+        .flags(TCP_SYN)
+        .build();
+    let out = PacketBuilder::tcp(V4_B, 443, V4_A, 4000).build();
+    assert_eq!(filter.inbound(&https, now), Verdict::Accept);
+    assert_eq!(filter.inbound(&ssh, now), DROP_NO_RULE);
+    assert_eq!(filter.inbound(&ssh, now), DROP_NO_RULE);
+    assert_eq!(filter.outbound(&out, now), Verdict::Accept);
+    assert_eq!(
+        filter.inbound(&[0x45], now),
+        Verdict::Drop(DropReason::Malformed)
+    );
+    let c = filter.counters();
+    assert_eq!(c.accepted_inbound_bytes(), https.len() as u64);
+    assert_eq!(c.accepted_outbound_bytes(), out.len() as u64);
+    assert_eq!(c.dropped_bytes(DropReason::NoRule), 2 * ssh.len() as u64);
+    assert_eq!(c.dropped_bytes(DropReason::Malformed), 1);
 }
 
 #[test]

@@ -13,6 +13,7 @@ pub mod events;
 pub mod files;
 mod hub;
 pub mod identity;
+mod metrics;
 mod netmap;
 pub mod pki;
 pub mod secrets;
@@ -50,6 +51,8 @@ pub struct ServerConfig {
     pub advertise_url: Option<String>,
     /// Overlay IPv4 range devices get addresses from (default 100.64.0.0/10).
     pub overlay_v4: ipnet::Ipv4Net,
+    /// Where to serve Prometheus metrics (plain HTTP; keep it local); `None`: off.
+    pub metrics_listen: Option<std::net::SocketAddr>,
 }
 
 impl ServerConfig {
@@ -60,6 +63,7 @@ impl ServerConfig {
             database_url: None,
             advertise_url: None,
             overlay_v4: default_overlay(),
+            metrics_listen: None,
         }
     }
 
@@ -182,6 +186,16 @@ pub async fn run(
     let hub = Hub::new(store.clone()).await?;
     hub.spawn_change_timer();
     spawn_flow_pruning(store.clone(), hub.closing());
+    if let Some(addr) = config.metrics_listen {
+        let listener = ztmesh_metrics::bind(addr).await?;
+        let for_render = hub.clone();
+        let render: ztmesh_metrics::Render = Arc::new(move || {
+            let hub = for_render.clone();
+            Box::pin(async move { metrics::render(&hub) })
+        });
+        tracing::info!(listen = %addr, "metrics at http://{addr}/metrics");
+        tokio::spawn(ztmesh_metrics::serve(listener, render, hub.closing()));
+    }
     let identity = Arc::new(identity::Identity::load(&config.data_dir)?);
     let local = listener.local_addr()?;
     let advertise_url = config
