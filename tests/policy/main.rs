@@ -163,6 +163,24 @@ async fn what_if_history_and_rollback() {
         .unwrap_err();
     assert_eq!(error.code(), tonic::Code::InvalidArgument, "{error:?}");
 
+    // Typos in tags and shadowed rules come back as warnings.
+    let typo = POLICY.replace(
+        "web = { tags = [\"web\"] }",
+        "web = { tags = [\"web\", \"wbe\"] }",
+    );
+    let checked = server
+        .admin()
+        .validate_policy(server.request(v1::ValidatePolicyRequest { text: typo }))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(checked.warnings.len(), 1, "{:?}", checked.warnings);
+    assert!(
+        checked.warnings[0].contains("tag `wbe` is carried by no device and no join token"),
+        "{:?}",
+        checked.warnings
+    );
+
     // Version 2 closes the web entirely; the daemon applies it.
     let closed = POLICY.replace("ports = [\"tcp\", \"icmp\"]", "ports = [\"icmp\"]");
     let response = server

@@ -137,6 +137,23 @@ pub struct Policy {
     pub(crate) rules: Vec<Rule>,
     /// Warnings found when the policy was accepted.
     pub(crate) warnings: Vec<PolicyWarning>,
+    /// Tags and users named in the text, in text order.
+    pub(crate) references: Vec<Reference>,
+}
+
+/// A tag or user named in the policy text.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Reference {
+    pub kind: ReferenceKind,
+    pub name: String,
+    /// Byte offset in the text.
+    pub offset: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ReferenceKind {
+    Tag,
+    User,
 }
 
 impl Policy {
@@ -155,7 +172,35 @@ impl Policy {
             postures: posture::builtin_postures(),
             rules: Vec::new(),
             warnings: Vec::new(),
+            references: Vec::new(),
         }
+    }
+
+    /// Warnings for tags no device or join token carries and users the
+    /// directory does not know (likely typos: such selectors match nobody
+    /// today), one per mention, in text order.
+    pub fn unknown_references(
+        &self,
+        known_tags: &std::collections::BTreeSet<String>,
+        known_users: &std::collections::BTreeSet<String>,
+    ) -> Vec<PolicyWarning> {
+        self.references
+            .iter()
+            .filter_map(|r| {
+                let message = match r.kind {
+                    ReferenceKind::Tag if !known_tags.contains(&r.name) => format!(
+                        "tag `{}` is carried by no device and no join token, so it selects nothing yet; check the spelling or create a token with `--tag {}`",
+                        r.name, r.name
+                    ),
+                    ReferenceKind::User if !known_users.contains(&r.name) => format!(
+                        "user `{}` is not in the directory, so it selects nothing yet; check the spelling or create the user with `ztmesh admin users create`",
+                        r.name
+                    ),
+                    _ => return None,
+                };
+                Some(PolicyWarning::at_offset(&self.text, r.offset, message))
+            })
+            .collect()
     }
 
     /// Warnings about the accepted policy (rules that can never match), in

@@ -14,7 +14,7 @@ use crate::model::{PolicyFile, RuleFile, SegmentFile, TestFile, Text};
 use crate::ports::{PortSpec, RulePort, group_by_protocol};
 use crate::portset::PortSet;
 use crate::posture::Requirement;
-use crate::{Endpoint, Policy};
+use crate::{Endpoint, Policy, Reference, ReferenceKind};
 
 mod postures;
 mod shadow;
@@ -40,9 +40,43 @@ pub(crate) fn parse_policy(text: &str) -> Result<Policy, PolicyError> {
         postures,
         rules,
         warnings,
+        references: references(&file),
     };
     run_tests(&policy, &tests, text)?;
     Ok(policy)
+}
+
+/// Every tag and user the policy names (segments and group members), with
+/// where, for [`Policy::unknown_references`].
+fn references(file: &PolicyFile) -> Vec<Reference> {
+    let mut found = Vec::new();
+    for segment in file.segments.values() {
+        for tag in &segment.tags {
+            found.push(Reference {
+                kind: ReferenceKind::Tag,
+                name: tag.get_ref().clone(),
+                offset: tag.span().start,
+            });
+        }
+        for user in &segment.users {
+            found.push(Reference {
+                kind: ReferenceKind::User,
+                name: user.get_ref().clone(),
+                offset: user.span().start,
+            });
+        }
+    }
+    for members in file.groups.values() {
+        for user in members {
+            found.push(Reference {
+                kind: ReferenceKind::User,
+                name: user.get_ref().clone(),
+                offset: user.span().start,
+            });
+        }
+    }
+    found.sort_by_key(|r| r.offset);
+    found
 }
 
 /// A parsed `[[tests]]` entry.

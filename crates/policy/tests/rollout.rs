@@ -319,3 +319,36 @@ ports = ["tcp"]
         ]
     );
 }
+
+#[test]
+fn unknown_tags_and_users_are_warned_about_with_their_place() {
+    let text = "[groups]\neng = [\"alice@example.com\", \"bob@example.com\"]\n\n[segments]\nweb = { tags = [\"web\", \"wbe\"] }\nops = { users = [\"carol@example.com\"], groups = [\"eng\"] }\n";
+    let policy = Policy::parse(text).unwrap();
+    let tags = ["web".to_string()].into_iter().collect();
+    let users = [
+        "alice@example.com".to_string(),
+        "carol@example.com".to_string(),
+    ]
+    .into_iter()
+    .collect();
+    let warnings: Vec<String> = policy
+        .unknown_references(&tags, &users)
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    assert_eq!(warnings.len(), 2, "{warnings:#?}");
+    assert!(
+        warnings[0].starts_with(
+            "policy line 2, column 29: warning: user `bob@example.com` is not in the directory"
+        ),
+        "{}",
+        warnings[0]
+    );
+    assert!(
+        warnings[1].starts_with(
+            "policy line 5, column 24: warning: tag `wbe` is carried by no device and no join token"
+        ),
+        "{}",
+        warnings[1]
+    );
+}

@@ -231,6 +231,7 @@ impl Admin for AdminService {
     ) -> Result<Response<v1::ValidatePolicyResponse>, Status> {
         self.authorize(&request).await?;
         self.validate_policy_impl(request.into_inner())
+            .await
             .map(Response::new)
     }
 

@@ -1,6 +1,8 @@
 //! Policy calls of the Admin service: get, set, validate, what-if check,
 //! history and rollback.
 
+use std::collections::BTreeSet;
+
 use tonic::Status;
 use ztmesh_policy::{Endpoint, Party, Policy, PortSpec, format_utc};
 use ztmesh_proto::v1;
@@ -26,10 +28,6 @@ pub(super) fn parse_policy(text: &str) -> Result<Policy, Status> {
     Policy::parse(text).map_err(|e| Status::invalid_argument(e.to_string()))
 }
 
-fn warnings(policy: &Policy) -> Vec<String> {
-    policy.warnings().iter().map(ToString::to_string).collect()
-}
-
 fn check_comment(comment: &str) -> Result<(), Status> {
     if comment.chars().count() > MAX_COMMENT_CHARS || comment.chars().any(char::is_control) {
         return Err(Status::invalid_argument(format!(
@@ -40,6 +38,27 @@ fn check_comment(comment: &str) -> Result<(), Status> {
 }
 
 impl AdminService {
+    /// The policy's own warnings, then tags and users the network does not
+    /// know (likely typos).
+    async fn warnings(&self, policy: &Policy) -> Result<Vec<String>, Status> {
+        let state = self.hub.current();
+        let mut tags: BTreeSet<String> = self
+            .store
+            .join_token_tags()
+            .await
+            .map_err(internal)?
+            .into_iter()
+            .collect();
+        tags.extend(state.devices().iter().flat_map(|d| d.tags.iter().cloned()));
+        let users: BTreeSet<String> = state.users().keys().cloned().collect();
+        Ok(policy
+            .warnings()
+            .iter()
+            .chain(policy.unknown_references(&tags, &users).iter())
+            .map(ToString::to_string)
+            .collect())
+    }
+
     pub(super) async fn get_policy_impl(
         &self,
         req: v1::GetPolicyRequest,
@@ -70,7 +89,7 @@ impl AdminService {
             .await
     }
 
-    pub(super) fn validate_policy_impl(
+    pub(super) async fn validate_policy_impl(
         &self,
         req: v1::ValidatePolicyRequest,
     ) -> Result<v1::ValidatePolicyResponse, Status> {
@@ -78,7 +97,7 @@ impl AdminService {
         Ok(v1::ValidatePolicyResponse {
             rules: u32::try_from(policy.rule_count()).unwrap_or(u32::MAX),
             segments: u32::try_from(policy.segment_names().count()).unwrap_or(u32::MAX),
-            warnings: warnings(&policy),
+            warnings: self.warnings(&policy).await?,
         })
     }
 
@@ -158,7 +177,7 @@ impl AdminService {
         );
         Ok(v1::SetPolicyResponse {
             version,
-            warnings: warnings(policy),
+            warnings: self.warnings(policy).await?,
         })
     }
 

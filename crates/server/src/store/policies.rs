@@ -101,4 +101,19 @@ impl Store {
             "another policy was being stored at the same time; try again"
         ))
     }
+
+    /// Tags of unexpired join tokens: with the devices' tags, what a
+    /// policy's tag selectors can match now or soon.
+    pub async fn join_token_tags(&self) -> Result<Vec<String>> {
+        let rows = sqlx::query("SELECT tags FROM join_tokens WHERE expires_at > $1")
+            .bind(unix_now())
+            .fetch_all(&self.pool)
+            .await?;
+        let mut tags = Vec::new();
+        for row in &rows {
+            let list: Vec<String> = serde_json::from_str(&row.try_get::<String, _>("tags")?)?;
+            tags.extend(list);
+        }
+        Ok(tags)
+    }
 }
