@@ -16,6 +16,7 @@ or 1 when ZTMESH_REQUIRE_NETNS=1. A missing binary is a failure.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -161,6 +162,41 @@ def scenario(lab: Lab, r: Results) -> None:
                 f"n2 peers: {st.get('peers')}")
     r.run("status n2: peer n1 listed with a handshake", handshake)
 
+    # --- what-if, flow records, metrics --------------------------------------------
+    c = lab.admin("policy", "check", "--from", "n1", "--to", "n2", "--port", "tcp/22", check=False)
+    r.check("policy check n1 -> n2 tcp/22 answers DENY (default deny)",
+            c.returncode == 0 and c.stdout.startswith("DENY: denied: no rule matched"),
+            f"exit {c.returncode}: {(c.stdout + c.stderr).strip()[:300]!r}")
+    c = lab.admin("policy", "check", "--from", "n1", "--to", "n2", "--port", "tcp/80", check=False)
+    r.check("policy check n1 -> n2 tcp/80 names the allowing rule",
+            c.returncode == 0 and "allowed by rule `clients-to-web`" in c.stdout,
+            f"exit {c.returncode}: {(c.stdout + c.stderr).strip()[:300]!r}")
+
+    def denied_flow_recorded():
+        f = lab.admin("flows", "--device", "n2", "--denied", "--output", "json", check=False)
+        if f.returncode != 0:
+            return (False, f"exit {f.returncode}: {f.stderr.strip()[:300]}")
+        flows = json.loads(f.stdout or "[]")
+        hit = [x for x in flows if x.get("dst_port") == 22 and x.get("src") == ip["n1"]]
+        return (bool(hit) and all(x.get("verdict") == "no_rule" for x in hit),
+                f"no no_rule record for {ip['n1']} -> tcp/22 in {flows[:5]}")
+    r.run("flows --device n2 --denied lists the dropped tcp/22 attempt",
+          lambda: wait_for(lambda: denied_flow_recorded()[0], 10) or denied_flow_recorded())
+
+    def metrics(ns: str, port: int) -> str:
+        code = ("import urllib.request,sys;"
+                f"sys.stdout.write(urllib.request.urlopen('http://127.0.0.1:{port}/metrics', timeout=5).read().decode())")
+        m = lab.exec_in(ns, [sys.executable, "-c", code], timeout=15)
+        return m.stdout if m.returncode == 0 else f"exit {m.returncode}: {m.stderr[-300:]}"
+    srv = metrics(lab.ns_of("server"), 9464)
+    r.check("server metrics: 3 connected devices, policy version 1",
+            "ztmesh_server_connected_devices 3" in srv and "ztmesh_server_policy_version 1" in srv,
+            srv[:400])
+    node = metrics(lab.ns_of("n2"), 9465)
+    r.check("n2 daemon metrics count the no_rule drops",
+            re.search(r'ztmesh_daemon_packets_total\{direction="inbound",verdict="dropped",reason="no_rule"\} [1-9]', node)
+            is not None, node[:400])
+
     # --- rejected policy ------------------------------------------------------------
     step("submitting a policy with an undefined segment")
     bad = lab.policy_file(POLICY_BAD, "bad")
@@ -192,6 +228,12 @@ def scenario(lab: Lab, r: Results) -> None:
             bool(ok), "still dropped after 15s")
     if ok:
         print(f"# took effect in {time.monotonic() - t0:.1f}s")
+
+    h = lab.admin("policy", "history", "--output", "json", check=False)
+    versions = json.loads(h.stdout or "[]") if h.returncode == 0 else []
+    r.check("policy history lists versions 2 (current) and 1",
+            [(v.get("version"), v.get("current")) for v in versions] == [(2, True), (1, False)],
+            f"exit {h.returncode}: {h.stdout[:300]!r} {h.stderr[:200]!r}")
 
     # --- revocation ---------------------------------------------------------------------
     step("revoking n1")
