@@ -305,26 +305,11 @@ async fn monitor_mode_counts_what_it_would_drop_and_passes_it() {
     let server = TestServer::start(None).await;
     let client = agent(&server, "client", "c1").await;
     let mut web = agent(&server, "web", "w1").await;
-    let monitored = r#"
-[segments]
-clients = { tags = ["client"] }
-web = { tags = ["web"] }
-
-[[rules]]
-name = "no-ssh"
-from = ["clients"]
-to = ["web"]
-ports = ["tcp/22"]
-action = "deny"
-monitor = true
-
-[[rules]]
-name = "https"
-from = ["clients"]
-to = ["web"]
-ports = ["tcp/443"]
-"#;
-    server.set_policy(monitored).await.unwrap();
+    // POLICY with its ssh deny only monitored, and only https allowed.
+    let monitored = POLICY
+        .replace("action = \"deny\"\n", "action = \"deny\"\nmonitor = true\n")
+        .replace("ports = [\"tcp\", \"icmp\"]", "ports = [\"tcp/443\"]");
+    server.set_policy(&monitored).await.unwrap();
     until_delivered(&client, &mut web, 443).await;
     assert!(
         delivered_once(&client, &mut web, 22, 50000).await,
