@@ -6,10 +6,11 @@ use std::net::Ipv4Addr;
 use anyhow::{Context, Result, anyhow};
 use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
+use serde_json::json;
 use sqlx::any::AnyRow;
 use sqlx::{Any, Row, Transaction};
 
-use super::{Settings, Store, db, insert_audit, is_unique_violation, unix_now};
+use super::{Actor, Settings, Store, db, insert_audit, is_unique_violation, unix_now};
 use crate::secrets::{hash_secret, verify_secret};
 
 /// A device as stored.
@@ -152,6 +153,8 @@ pub struct NewDevice<'a> {
     pub cert_fingerprint: &'a str,
     /// Node key expiry (Unix seconds), `None` = never.
     pub key_expires_at: Option<i64>,
+    /// Peer address the enrollment came from (for the audit log).
+    pub source: &'a str,
 }
 
 /// How a device proves it may enroll.
@@ -212,28 +215,30 @@ impl Store {
     }
 
     /// Sets a device's status, audited in the same transaction.
-    pub async fn set_status(&self, id: &str, status: DeviceStatus, actor: &str) -> Result<()> {
+    pub async fn set_status(&self, id: &str, status: DeviceStatus, actor: &Actor) -> Result<()> {
         let mut tx = self.pool.begin().await?;
+        let before = device_state(&mut tx, id).await?;
         sqlx::query("UPDATE devices SET status = $1 WHERE id = $2")
             .bind(status.as_str())
             .bind(id)
             .execute(&mut *tx)
             .await?;
-        insert_audit(&mut *tx, actor, "device.status", id, status.as_str()).await?;
-        tx.commit().await?;
-        Ok(())
+        let after = device_state(&mut tx, id).await?;
+        insert_audit(&mut *tx, actor, "device.status", id, &before, &after).await?;
+        self.commit_audited(tx).await
     }
 
     /// Approves a device (audited).
-    pub async fn approve(&self, id: &str, actor: &str) -> Result<()> {
+    pub async fn approve(&self, id: &str, actor: &Actor) -> Result<()> {
         let mut tx = self.pool.begin().await?;
+        let before = device_state(&mut tx, id).await?;
         sqlx::query("UPDATE devices SET approved = 1 WHERE id = $1")
             .bind(id)
             .execute(&mut *tx)
             .await?;
-        insert_audit(&mut *tx, actor, "device.approve", id, "").await?;
-        tx.commit().await?;
-        Ok(())
+        let after = device_state(&mut tx, id).await?;
+        insert_audit(&mut *tx, actor, "device.approve", id, &before, &after).await?;
+        self.commit_audited(tx).await
     }
 
     /// Sets a device's node key expiry and its per-device lifetime setting (audited).
@@ -242,9 +247,10 @@ impl Store {
         id: &str,
         expires_at: Option<i64>,
         override_seconds: Option<i64>,
-        actor: &str,
+        actor: &Actor,
     ) -> Result<()> {
         let mut tx = self.pool.begin().await?;
+        let before = device_state(&mut tx, id).await?;
         sqlx::query(
             "UPDATE devices SET key_expires_at = $1, key_expiry_override = $2 WHERE id = $3",
         )
@@ -253,10 +259,9 @@ impl Store {
         .bind(id)
         .execute(&mut *tx)
         .await?;
-        let detail = format!("expires_at {expires_at:?} override {override_seconds:?}");
-        insert_audit(&mut *tx, actor, "device.key_expiry", id, &detail).await?;
-        tx.commit().await?;
-        Ok(())
+        let after = device_state(&mut tx, id).await?;
+        insert_audit(&mut *tx, actor, "device.key_expiry", id, &before, &after).await?;
+        self.commit_audited(tx).await
     }
 
     /// Replaces a device's WireGuard key and certificate, but only if it
@@ -268,6 +273,7 @@ impl Store {
         public_key: &str,
         new_fingerprint: &str,
         expires_at: Option<i64>,
+        actor: &Actor,
     ) -> Result<bool> {
         let mut tx = self.pool.begin().await?;
         let updated = sqlx::query(
@@ -285,15 +291,9 @@ impl Store {
         if updated.rows_affected() != 1 {
             return Ok(false);
         }
-        insert_audit(
-            &mut *tx,
-            &format!("device:{id}"),
-            "device.rotate_key",
-            id,
-            "",
-        )
-        .await?;
-        tx.commit().await?;
+        let after = json!({ "public_key": public_key, "key_expires_at": expires_at }).to_string();
+        insert_audit(&mut *tx, actor, "device.rotate_key", id, "", &after).await?;
+        self.commit_audited(tx).await?;
         Ok(true)
     }
 
@@ -342,7 +342,7 @@ impl Store {
         pre_approved: bool,
         tags: &[String],
         expires_at: i64,
-        created_by: &str,
+        actor: &Actor,
     ) -> Result<()> {
         let mut tx = self.pool.begin().await?;
         sqlx::query("INSERT INTO join_tokens (id, secret_hash, reusable, tags, expires_at, created_at, created_by, uses, pre_approved) VALUES ($1, $2, $3, $4, $5, $6, $7, 0, $8)")
@@ -352,14 +352,19 @@ impl Store {
             .bind(serde_json::to_string(tags)?)
             .bind(expires_at)
             .bind(unix_now())
-            .bind(created_by)
+            .bind(&actor.id)
             .bind(i64::from(pre_approved))
             .execute(&mut *tx)
             .await?;
-        let detail = format!("reusable {reusable} pre_approved {pre_approved} tags {tags:?}");
-        insert_audit(&mut *tx, created_by, "join_token.create", id, &detail).await?;
-        tx.commit().await?;
-        Ok(())
+        let after = json!({
+            "reusable": reusable,
+            "pre_approved": pre_approved,
+            "tags": tags,
+            "expires_at": expires_at,
+        })
+        .to_string();
+        insert_audit(&mut *tx, actor, "join_token.create", id, "", &after).await?;
+        self.commit_audited(tx).await
     }
 
     /// Checks the credential and registers the device in one transaction:
@@ -397,7 +402,12 @@ impl Store {
             Credential::Token { id, secret } => {
                 let (token, pre_approved) = consume_token(&mut tx, id, secret, now).await?;
                 let tags = token.tags.clone();
-                (Some(token), None, tags, pre_approved, format!("token:{id}"))
+                let actor = Actor {
+                    id: format!("token:{id}"),
+                    role: "join-token".to_owned(),
+                    source: device.source.to_owned(),
+                };
+                (Some(token), None, tags, pre_approved, actor)
             }
             Credential::User {
                 id,
@@ -418,13 +428,16 @@ impl Store {
                 if consumed.rows_affected() != 1 {
                     return Err(EnrollError::LoginRefused);
                 }
-                (
-                    None,
-                    Some((*name).to_owned()),
-                    Vec::new(),
-                    false,
-                    format!("user:{name}"),
-                )
+                let actor = Actor {
+                    id: format!("user:{name}"),
+                    role: "user".to_owned(),
+                    source: device.source.to_owned(),
+                };
+                // A login is its own record: who signed in, from where.
+                insert_audit(&mut *tx, &actor, "login", name, "", "")
+                    .await
+                    .map_err(EnrollError::Database)?;
+                (None, Some((*name).to_owned()), Vec::new(), false, actor)
             }
         };
         let taken =
@@ -488,21 +501,43 @@ impl Store {
             .await
             .map_err(db)?;
         // Audited in the same transaction: no enrollment without its record.
-        insert_audit(
-            &mut *tx,
-            &actor,
-            "device.enroll",
-            &record.name,
-            &format!(
-                "address {} tags {:?} owner {:?} approved {}",
-                record.address, record.tags, record.owner, record.approved
-            ),
-        )
-        .await
-        .map_err(EnrollError::Database)?;
-        tx.commit().await.map_err(db)?;
+        let after = json!({
+            "id": record.id,
+            "address": record.address.to_string(),
+            "tags": record.tags,
+            "owner": record.owner,
+            "approved": record.approved,
+            "key_expires_at": record.key_expires_at,
+        })
+        .to_string();
+        insert_audit(&mut *tx, &actor, "device.enroll", &record.name, "", &after)
+            .await
+            .map_err(EnrollError::Database)?;
+        self.commit_audited(tx)
+            .await
+            .map_err(EnrollError::Database)?;
         Ok((token, record))
     }
+}
+
+/// The audited state of a device: what admins change.
+async fn device_state(tx: &mut Transaction<'_, Any>, id: &str) -> Result<String> {
+    let row = sqlx::query(
+        "SELECT status, approved, key_expires_at, key_expiry_override FROM devices WHERE id = $1",
+    )
+    .bind(id)
+    .fetch_optional(&mut **tx)
+    .await?;
+    let Some(row) = row else {
+        return Ok(String::new());
+    };
+    Ok(json!({
+        "status": row.try_get::<String, _>("status")?,
+        "approved": row.try_get::<i64, _>("approved")? != 0,
+        "key_expires_at": row.try_get::<Option<i64>, _>("key_expires_at")?,
+        "key_expiry_override": row.try_get::<Option<i64>, _>("key_expiry_override")?,
+    })
+    .to_string())
 }
 
 /// Uses a join token inside the enrollment transaction.
