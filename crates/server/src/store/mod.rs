@@ -6,6 +6,7 @@
 mod api_keys;
 mod audit;
 mod devices;
+mod enroll;
 mod users;
 
 use anyhow::{Context, Result, anyhow};
@@ -14,9 +15,8 @@ use sqlx::{AnyPool, Row};
 
 pub use api_keys::{ApiKeyRecord, RevokeOutcome};
 pub use audit::{Actor, AuditFilter, AuditRecord};
-pub use devices::{
-    Credential, DeviceRecord, DeviceStatus, EnrollError, NewDevice, PostureRecord, TokenRecord,
-};
+pub use devices::{DeviceRecord, DeviceStatus, PostureRecord};
+pub use enroll::{Credential, EnrollError, NewDevice, TokenRecord};
 pub use users::{DEFAULT_KEY_EXPIRY_SECONDS, Settings, UserRecord};
 
 use self::audit::insert_audit;

@@ -121,6 +121,7 @@ impl Store {
     /// Disables or enables a user (audited).
     pub async fn set_user_disabled(&self, id: &str, disabled: bool, actor: &Actor) -> Result<()> {
         let mut tx = self.pool.begin().await?;
+        lock_user(&mut tx, id).await?;
         let before = user_state(&mut tx, id).await?;
         sqlx::query("UPDATE users SET disabled = $1 WHERE id = $2")
             .bind(i64::from(disabled))
@@ -141,6 +142,7 @@ impl Store {
     /// Returns how many devices were revoked.
     pub async fn delete_user(&self, user: &UserRecord, actor: &Actor) -> Result<u64> {
         let mut tx = self.pool.begin().await?;
+        lock_user(&mut tx, &user.id).await?;
         let before = user_state(&mut tx, &user.id).await?;
         let revoked = sqlx::query(
             "UPDATE devices SET status = 'revoked' WHERE owner = $1 AND status = 'active'",
@@ -172,6 +174,7 @@ impl Store {
         actor: &Actor,
     ) -> Result<()> {
         let mut tx = self.pool.begin().await?;
+        lock_user(&mut tx, user_id).await?;
         let before = user_state(&mut tx, user_id).await?;
         sqlx::query("DELETE FROM user_groups WHERE user_id = $1 AND group_name = $2")
             .bind(user_id)
@@ -217,6 +220,10 @@ impl Store {
     /// Writes the settings (audited).
     pub async fn set_settings(&self, settings: &Settings, actor: &Actor) -> Result<()> {
         let mut tx = self.pool.begin().await?;
+        // Write first (see `lock_user`).
+        sqlx::query("UPDATE settings SET value = value")
+            .execute(&mut *tx)
+            .await?;
         let before = settings_json(&settings_from_rows(
             &sqlx::query("SELECT name, value FROM settings")
                 .fetch_all(&mut *tx)
@@ -278,6 +285,17 @@ fn settings_json(settings: &Settings) -> String {
         "key_expiry_seconds": settings.key_expiry_seconds,
     })
     .to_string()
+}
+
+/// Takes the write lock (SQLite) or the row lock (PostgreSQL) before
+/// reading the state to audit: a read-then-write transaction fails at once
+/// with "database is locked" on SQLite while another connection writes.
+async fn lock_user(tx: &mut Transaction<'_, Any>, id: &str) -> Result<()> {
+    sqlx::query("UPDATE users SET disabled = disabled WHERE id = $1")
+        .bind(id)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
 }
 
 /// The audited state of a user: never its password hash or TOTP seed.
