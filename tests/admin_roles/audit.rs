@@ -175,6 +175,29 @@ async fn audit_records_who_what_where_and_streams_them() {
     let names: Vec<&str> = enrollments.iter().map(|r| r.object.as_str()).collect();
     assert_eq!(names, ["web", "laptop"]);
 
+    // Revoking the watching key ends its stream.
+    server
+        .admin()
+        .revoke_api_key(server.request(v1::RevokeApiKeyRequest {
+            id: auditor_id.clone(),
+        }))
+        .await
+        .unwrap();
+    let ended = tokio::time::timeout(WAIT, async {
+        loop {
+            match stream.next().await {
+                Some(Ok(_)) => continue,
+                Some(Err(status)) => return Some(status),
+                None => return None,
+            }
+        }
+    })
+    .await
+    .expect("the stream of a revoked key ends within seconds")
+    .expect("with a status");
+    assert_eq!(ended.code(), Code::Unauthenticated, "{ended:?}");
+    assert!(ended.message().contains("revoked"), "{}", ended.message());
+
     web.stop().await;
     laptop.stop().await;
     server.stop().await;

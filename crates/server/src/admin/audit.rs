@@ -19,7 +19,7 @@ use ztmesh_proto::v1;
 
 use super::AdminService;
 use crate::error::internal;
-use crate::store::{AuditFilter, AuditRecord, Store, unix_now};
+use crate::store::{Actor, AuditFilter, AuditRecord, Store, unix_now};
 
 /// The WatchAudit response stream.
 pub type AuditStream = Pin<Box<dyn Stream<Item = Result<v1::AuditRecord, Status>> + Send>>;
@@ -55,6 +55,7 @@ impl AdminService {
 
     pub(super) async fn watch_audit_impl(
         &self,
+        actor: &Actor,
         req: v1::WatchAuditRequest,
     ) -> Result<AuditStream, Status> {
         let filter = audit_filter(req.since, req.actor, req.action)?;
@@ -82,6 +83,11 @@ impl AdminService {
         let (tx, rx) = mpsc::channel(64);
         let watch = Watch {
             store: self.store.clone(),
+            key_id: actor
+                .id
+                .strip_prefix("apikey:")
+                .unwrap_or_default()
+                .to_owned(),
             filter,
             seen,
             newest: now,
@@ -95,6 +101,9 @@ impl AdminService {
 /// One WatchAudit stream's position in the log.
 struct Watch {
     store: Store,
+    /// The watching key: checked on every read, so a stream ends when its
+    /// key is revoked or expires.
+    key_id: String,
     filter: AuditFilter,
     /// Ids sent whose time is still inside the look-back window.
     seen: HashMap<String, i64>,
@@ -132,6 +141,10 @@ impl Watch {
                 }
                 () = tx.closed() => return,
             }
+            if let Err(status) = self.key_still_valid().await {
+                let _ = tx.send(Err(status)).await;
+                return;
+            }
             let from = self
                 .newest
                 .saturating_sub(LOOKBACK_SECONDS)
@@ -151,6 +164,24 @@ impl Watch {
                 return;
             }
             self.seen.retain(|_, at| *at >= from);
+        }
+    }
+
+    /// Unauthenticated once the watching key is revoked or expired.
+    async fn key_still_valid(&self) -> Result<(), Status> {
+        let usable = self
+            .store
+            .api_key(&self.key_id)
+            .await
+            .map_err(internal)?
+            .is_some_and(|(_, key)| key.is_usable(unix_now()));
+        if usable {
+            Ok(())
+        } else {
+            Err(Status::unauthenticated(format!(
+                "API key `{}` was revoked or expired; the audit stream ends. Ask an owner or admin for a new key (`ztmesh admin api-keys create`)",
+                self.key_id
+            )))
         }
     }
 

@@ -416,8 +416,8 @@ impl Admin for AdminService {
         &self,
         request: Request<v1::WatchAuditRequest>,
     ) -> Result<Response<Self::WatchAuditStream>, Status> {
-        self.authorize(&request).await?;
-        self.watch_audit_impl(request.into_inner())
+        let actor = self.authorize(&request).await?;
+        self.watch_audit_impl(&actor, request.into_inner())
             .await
             .map(Response::new)
     }
