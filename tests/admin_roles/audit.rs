@@ -28,7 +28,31 @@ async fn next_record(
 
 #[tokio::test]
 async fn audit_records_who_what_where_and_streams_them() {
-    let server = TestServer::start(None).await;
+    audit_scenario(TestServer::start(None).await).await;
+}
+
+/// The same with the server on PostgreSQL (its append-only trigger, its
+/// audit queries).
+#[tokio::test]
+async fn audit_on_postgresql() {
+    let Some(url) = std::env::var("ZTMESH_TEST_DATABASE_URL")
+        .ok()
+        .filter(|u| !u.is_empty())
+    else {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI must run this test on PostgreSQL: set ZTMESH_TEST_DATABASE_URL (tests/run-all.sh does)"
+        );
+        eprintln!(
+            "SKIPPED audit_on_postgresql: ZTMESH_TEST_DATABASE_URL is not set (tests/run-all.sh sets it)"
+        );
+        return;
+    };
+    let url = ztmesh_e2e::fresh_postgres_database(&url).await;
+    audit_scenario(TestServer::start(Some(url)).await).await;
+}
+
+async fn audit_scenario(server: TestServer) {
     let owner = server.admin_key().to_owned();
     let auditor = server.api_key_as(&owner, "auditor", 0).await.unwrap();
     let auditor_id = auditor
