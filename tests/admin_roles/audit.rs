@@ -108,12 +108,7 @@ async fn audit_scenario(server: TestServer) {
     // A call the role table refuses is a record too.
     let err = server
         .admin()
-        .set_policy(server.request_as(
-            &auditor,
-            v1::SetPolicyRequest {
-                text: String::new(),
-            },
-        ))
+        .set_policy(server.request_as(&auditor, v1::SetPolicyRequest::default()))
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::PermissionDenied);

@@ -244,7 +244,7 @@ async fn bad_policies_are_rejected_whole() {
     let current = server
         .admin()
         .get_policy({
-            let mut r = tonic::Request::new(ztmesh_proto::v1::GetPolicyRequest {});
+            let mut r = tonic::Request::new(ztmesh_proto::v1::GetPolicyRequest::default());
             r.metadata_mut()
                 .insert("authorization", "Bearer nope.nope".parse().unwrap());
             r

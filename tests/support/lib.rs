@@ -189,7 +189,10 @@ impl TestServer {
 
     pub async fn set_policy(&self, text: &str) -> Result<u64, tonic::Status> {
         self.admin()
-            .set_policy(self.request(v1::SetPolicyRequest { text: text.into() }))
+            .set_policy(self.request(v1::SetPolicyRequest {
+                text: text.into(),
+                ..Default::default()
+            }))
             .await
             .map(|r| r.into_inner().version)
     }

@@ -16,7 +16,11 @@ use boringtun::noise::{Packet, TunnResult};
 use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, watch};
 use x25519_dalek::{PublicKey, StaticSecret};
-use ztmesh_filter::{DropReason, Filter, FilterConfig, FilterLimits, Verdict};
+use ztmesh_filter::{
+    DropReason, Filter, FilterConfig, FilterLimits, FlowEvent, FlowVerdict, Verdict,
+};
+
+use crate::flowlog::{CounterSnapshot, FlowBatch};
 
 use crate::netmap::{NetMap, PeerDiff, SelfNode};
 use crate::peers::{PeerTable, Slot};
@@ -42,6 +46,20 @@ pub struct Io<T> {
     pub udp: UdpSocket,
 }
 
+/// The channels between the loop and the daemon's other tasks.
+pub struct Links {
+    /// Network maps from the control client.
+    pub netmap: watch::Receiver<NetMap>,
+    /// Status socket requests.
+    pub status_requests: mpsc::Receiver<StatusRequest>,
+    /// New static keys from key rotation.
+    pub rekeys: mpsc::Receiver<StaticSecret>,
+    /// Flow events and counters for the flow log, sent without waiting.
+    pub flow_reports: mpsc::Sender<FlowBatch>,
+    /// Whether the control stream is up (for status).
+    pub connected: Arc<AtomicBool>,
+}
+
 /// Everything the loop owns besides the I/O.
 struct Engine {
     private: StaticSecret,
@@ -55,6 +73,8 @@ struct Engine {
     /// have not yet heard of the new key still reach us.
     old_keys: Option<OldKeys>,
     out: Vec<u8>,
+    /// Flow events dropped because the flow log's queue was full.
+    flow_events_dropped: u64,
 }
 
 struct OldKeys {
@@ -78,12 +98,16 @@ enum Event {
 pub async fn run<T: TunIo>(
     io: Io<T>,
     private: StaticSecret,
-    mut netmap: watch::Receiver<NetMap>,
-    mut status_requests: mpsc::Receiver<StatusRequest>,
-    mut rekeys: mpsc::Receiver<StaticSecret>,
-    connected: Arc<AtomicBool>,
+    links: Links,
     mut shutdown: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
+    let Links {
+        mut netmap,
+        mut status_requests,
+        mut rekeys,
+        flow_reports,
+        connected,
+    } = links;
     let public = PublicKey::from(&private);
     let rate_limiter = Arc::new(RateLimiter::new(&public, HANDSHAKE_RATE_LIMIT));
     let mut engine = Engine {
@@ -96,6 +120,7 @@ pub async fn run<T: TunIo>(
         rate_limiter,
         old_keys: None,
         out: vec![0; BUF_SIZE],
+        flow_events_dropped: 0,
     };
     let initial = netmap.borrow_and_update().clone();
     engine.apply_netmap(&io, &initial).await;
@@ -141,6 +166,7 @@ pub async fn run<T: TunIo>(
                         old.rate_limiter.reset_count();
                     }
                     engine.filter.expire(Instant::now());
+                    engine.hand_over_flows(&flow_reports);
                 }
             }
             Event::NetMap => {
@@ -346,6 +372,48 @@ impl Engine {
         self.start_handshakes(io, &keys).await;
     }
 
+    /// Takes the filter's flow events, logs the monitored ones, and hands
+    /// them with the counters to the flow log without waiting: when its
+    /// queue is full the batch is dropped and counted.
+    fn hand_over_flows(&mut self, reports: &mpsc::Sender<FlowBatch>) {
+        let events = self.filter.take_flow_events();
+        log_monitored(&events);
+        let batch = FlowBatch {
+            counters: self.counter_snapshot(),
+            events,
+        };
+        if let Err(
+            mpsc::error::TrySendError::Full(batch) | mpsc::error::TrySendError::Closed(batch),
+        ) = reports.try_send(batch)
+        {
+            self.flow_events_dropped += batch.events.len() as u64;
+        }
+    }
+
+    fn counter_snapshot(&self) -> CounterSnapshot {
+        let counters = self.filter.counters();
+        let (rx_bytes, tx_bytes) = self.peers.iter().fold((0u64, 0u64), |(rx, tx), p| {
+            let (_, sent, received, _, _) = p.tunn.stats();
+            (rx + received as u64, tx + sent as u64)
+        });
+        CounterSnapshot {
+            policy_version: self.filter.version(),
+            rule_hits: counters
+                .rule_hits()
+                .map(|(rule, n)| (rule.to_owned(), n))
+                .collect(),
+            drops: counters
+                .iter_drops()
+                .map(|(reason, n)| (reason.as_str().to_owned(), n))
+                .collect(),
+            accepted_inbound: counters.accepted_inbound(),
+            monitored: counters.monitored(),
+            events_lost: counters.flow_events_lost() + self.flow_events_dropped,
+            rx_bytes,
+            tx_bytes,
+        }
+    }
+
     fn status<T: TunIo>(&self, io: &Io<T>, control_connected: bool) -> Status {
         let counters = self.filter.counters();
         let mut peers: Vec<PeerStatus> = self
@@ -383,12 +451,40 @@ impl Engine {
                 .map(|(reason, n)| (reason.as_str().to_owned(), n))
                 .collect(),
             accepted_inbound: counters.accepted_inbound(),
+            monitored: counters.monitored(),
             rule_hits: counters
                 .rule_hits()
                 .map(|(rule, n)| (rule.to_owned(), n))
                 .collect(),
             flows: self.filter.flow_count(),
         }
+    }
+}
+
+/// Logs the flows that monitored deny rules let through, each at info
+/// level, up to 20 a call, then a count.
+fn log_monitored(events: &[FlowEvent]) {
+    const LOGGED_PER_CALL: usize = 20;
+    let flows: Vec<&FlowEvent> = events
+        .iter()
+        .filter(|e| e.verdict == FlowVerdict::Monitored)
+        .collect();
+    for flow in flows.iter().take(LOGGED_PER_CALL) {
+        let p = &flow.packet;
+        tracing::info!(
+            rule = flow.rule.as_deref().unwrap_or_default(),
+            src = %p.src,
+            dst = %p.dst,
+            proto = p.proto,
+            dst_port = p.dst_port,
+            "monitor: flow would be dropped by this rule; passed (monitor mode)"
+        );
+    }
+    if flows.len() > LOGGED_PER_CALL {
+        tracing::info!(
+            more = flows.len() - LOGGED_PER_CALL,
+            "monitor: more flows would have been dropped; see `ztmesh status` for counts"
+        );
     }
 }
 

@@ -8,6 +8,7 @@
 pub mod control;
 pub mod dataplane;
 pub mod enroll;
+pub mod flowlog;
 pub mod keys;
 pub mod lifecycle;
 pub mod login;
@@ -96,6 +97,9 @@ pub async fn ensure_enrolled(
     Ok(enrollment)
 }
 
+/// How often filter counters and flow records go to the server.
+const FLOW_REPORT_INTERVAL: Duration = Duration::from_secs(2);
+
 /// The daemon version, reported in posture.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
@@ -142,6 +146,7 @@ pub async fn run_with<T: TunIo>(
     let (netmap_tx, netmap_rx) = watch::channel(NetMap::default());
     let (sessions_tx, sessions_rx) = watch::channel(0u64);
     let (rekey_tx, rekey_rx) = mpsc::channel(2);
+    let (flow_tx, flow_rx) = mpsc::channel(flowlog::BATCH_QUEUE);
     let connected = Arc::new(AtomicBool::new(false));
     let control_config = ControlConfig {
         server_url: enrollment.server_url.clone(),
@@ -166,22 +171,25 @@ pub async fn run_with<T: TunIo>(
             rekey_tx,
         )),
         tokio::spawn(lifecycle::posture_loop(
-            control_config,
+            control_config.clone(),
             posture.source,
             posture.interval,
             sessions_rx,
         )),
+        tokio::spawn(flowlog::report_loop(
+            control_config,
+            flow_rx,
+            FLOW_REPORT_INTERVAL,
+        )),
     ];
-    let result = dataplane::run(
-        io,
-        keys.wireguard,
-        netmap_rx,
-        status_rx,
-        rekey_rx,
+    let links = dataplane::Links {
+        netmap: netmap_rx,
+        status_requests: status_rx,
+        rekeys: rekey_rx,
+        flow_reports: flow_tx,
         connected,
-        shutdown,
-    )
-    .await;
+    };
+    let result = dataplane::run(io, keys.wireguard, links, shutdown).await;
     for task in tasks {
         task.abort();
     }

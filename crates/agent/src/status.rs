@@ -30,6 +30,9 @@ pub struct Status {
     pub drops: BTreeMap<String, u64>,
     /// Inbound packets accepted.
     pub accepted_inbound: u64,
+    /// New inbound flows a monitored deny rule would have dropped (passed).
+    #[serde(default)]
+    pub monitored: u64,
     /// New flows decided by each policy rule (allow and deny), by rule name.
     pub rule_hits: BTreeMap<String, u64>,
     /// Tracked flows.

@@ -13,7 +13,9 @@ use ztmesh_rpc::v1::admin_client::AdminClient;
 use crate::api_keys::ApiKeysCommand;
 use crate::audit::AuditArgs;
 use crate::identity::{DeviceTrust, GroupsCommand, SettingsCommand, UsersCommand};
-use crate::server::Output;
+use crate::observe::{EventsArgs, FlowsArgs};
+use crate::policy::PolicyCommand;
+pub(crate) use crate::server::Output;
 
 /// `ztmesh admin` arguments.
 #[derive(Args)]
@@ -56,6 +58,10 @@ enum AdminCommand {
     ApiKeys(ApiKeysCommand),
     /// The audit log: who changed what, when, from where.
     Audit(AuditArgs),
+    /// Flow records reported by daemons (accepted, monitored, dropped).
+    Flows(FlowsArgs),
+    /// Follow live events: devices connecting, posture, policy versions.
+    Events(EventsArgs),
 }
 
 #[derive(Subcommand)]
@@ -117,33 +123,16 @@ enum DevicesCommand {
     },
 }
 
-#[derive(Subcommand)]
-enum PolicyCommand {
-    /// Validate FILE (including its tests) and make it the policy in force.
-    Set {
-        /// Policy file (TOML).
-        file: PathBuf,
-    },
-    /// Print the policy in force.
-    Get {
-        /// Output format.
-        #[arg(long, value_enum, default_value = "text")]
-        output: Output,
-    },
-    /// Check FILE (including its tests) without applying it.
-    Validate {
-        /// Policy file (TOML).
-        file: PathBuf,
-    },
-}
-
 /// Runs an admin command.
 pub async fn run(args: AdminArgs) -> Result<()> {
     // Local input is checked before anything is sent.
+    if matches!(&args.command, AdminCommand::Policy(command) if command.is_local())
+        && let AdminCommand::Policy(command) = args.command
+    {
+        return crate::policy::run_local(command);
+    }
     let policy_text = match &args.command {
-        AdminCommand::Policy(PolicyCommand::Set { file } | PolicyCommand::Validate { file }) => {
-            Some(read_policy(file)?)
-        }
+        AdminCommand::Policy(command) => command.local_text()?,
         _ => None,
     };
     let client = connect(&args).await?;
@@ -205,56 +194,9 @@ pub async fn run(args: AdminArgs) -> Result<()> {
         AdminCommand::Settings(command) => crate::identity::settings(&client, command).await?,
         AdminCommand::ApiKeys(command) => crate::api_keys::run(&client, command).await?,
         AdminCommand::Audit(args) => crate::audit::run(&client, args).await?,
-        AdminCommand::Policy(PolicyCommand::Set { file }) => {
-            let text = policy_text.unwrap_or_default();
-            let response = client
-                .admin()
-                .set_policy(client.request(v1::SetPolicyRequest { text }))
-                .await
-                .map_err(|s| policy_error(&file, s))?
-                .into_inner();
-            println!("policy version {} is in force", response.version);
-        }
-        AdminCommand::Policy(PolicyCommand::Validate { file }) => {
-            let text = policy_text.unwrap_or_default();
-            let response = client
-                .admin()
-                .validate_policy(client.request(v1::ValidatePolicyRequest { text }))
-                .await
-                .map_err(|s| policy_error(&file, s))?
-                .into_inner();
-            println!(
-                "{}: valid ({} segments, {} rules, tests pass)",
-                file.display(),
-                response.segments,
-                response.rules
-            );
-        }
-        AdminCommand::Policy(PolicyCommand::Get { output }) => {
-            let policy = client
-                .admin()
-                .get_policy(client.request(v1::GetPolicyRequest {}))
-                .await
-                .map_err(status_error)?
-                .into_inner();
-            if output == Output::Json {
-                let json = serde_json::json!({
-                    "version": policy.version,
-                    "author": policy.author,
-                    "created_at": policy.created_at,
-                    "text": policy.text,
-                });
-                println!("{json}");
-            } else if policy.version == 0 {
-                eprintln!("no policy has been set: nothing is allowed (default deny)");
-            } else {
-                eprintln!(
-                    "# policy version {} set by {}",
-                    policy.version, policy.author
-                );
-                print!("{}", policy.text);
-            }
-        }
+        AdminCommand::Policy(command) => crate::policy::run(&client, command, policy_text).await?,
+        AdminCommand::Flows(args) => crate::observe::flows(&client, args).await?,
+        AdminCommand::Events(args) => crate::observe::events(&client, args).await?,
     }
     Ok(())
 }
@@ -302,25 +244,8 @@ async fn connect(args: &AdminArgs) -> Result<Client> {
     Ok(Client { channel, bearer })
 }
 
-fn read_policy(file: &std::path::Path) -> Result<String> {
-    std::fs::read_to_string(file)
-        .with_context(|| format!("reading the policy file {}", file.display()))
-}
-
 pub(crate) fn status_error(status: tonic::Status) -> anyhow::Error {
     anyhow!("{}", status.message())
-}
-
-fn policy_error(file: &std::path::Path, status: tonic::Status) -> anyhow::Error {
-    if status.code() == tonic::Code::InvalidArgument {
-        anyhow!(
-            "{}: {}; the policy in force is unchanged",
-            file.display(),
-            status.message()
-        )
-    } else {
-        status_error(status)
-    }
 }
 
 fn print_devices(devices: &[v1::Device], output: Output) -> Result<()> {

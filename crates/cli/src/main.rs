@@ -4,7 +4,10 @@ mod admin;
 mod api_keys;
 mod audit;
 mod identity;
+mod import;
 mod login;
+mod observe;
+mod policy;
 mod server;
 mod status;
 

@@ -69,6 +69,12 @@ pub async fn run(args: StatusArgs) -> Result<()> {
         status.accepted_inbound, status.flows
     );
     println!("drops: {}", counts(&status.drops));
+    if status.monitored > 0 {
+        println!(
+            "monitor mode: {} new flows would have been dropped and were passed (see rule hits)",
+            status.monitored
+        );
+    }
     println!("rule hits (new flows): {}", counts(&status.rule_hits));
     Ok(())
 }

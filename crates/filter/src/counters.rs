@@ -69,6 +69,8 @@ pub struct Counters {
     accepted_outbound: u64,
     untracked_outbound: u64,
     revoked_flows: u64,
+    monitored: u64,
+    flow_events_lost: u64,
     drops: [u64; DropReason::ALL.len()],
     /// Hit counts in first-seen order; `rule_slots` maps names into it.
     rule_hits: Vec<(String, u64)>,
@@ -105,6 +107,19 @@ impl Counters {
     /// Inbound flows revoked because a newly applied policy no longer allows them.
     pub fn revoked_flows(&self) -> u64 {
         self.revoked_flows
+    }
+
+    /// New inbound flows that a deny rule in monitor mode matched: they
+    /// would have been dropped, and were accepted.
+    pub fn monitored(&self) -> u64 {
+        self.monitored
+    }
+
+    /// Flow events not kept for [`crate::Filter::take_flow_events`]
+    /// because it was not called often enough (the packets are still
+    /// counted everywhere else).
+    pub fn flow_events_lost(&self) -> u64 {
+        self.flow_events_lost
     }
 
     /// New flows decided by each rule name (allow and deny rules), in the
@@ -147,6 +162,21 @@ impl Counters {
         self.rule_hits.push((name.to_owned(), 0));
         self.rule_slots.insert(name.to_owned(), slot);
         slot
+    }
+
+    pub(crate) fn count_monitored(&mut self) {
+        self.monitored += 1;
+    }
+
+    pub(crate) fn count_flow_event_lost(&mut self) {
+        self.flow_events_lost += 1;
+    }
+
+    /// The rule name of a counter slot (empty if unknown).
+    pub(crate) fn rule_name(&self, slot: usize) -> &str {
+        self.rule_hits
+            .get(slot)
+            .map_or("", |(name, _)| name.as_str())
     }
 
     pub(crate) fn count_rule_hit(&mut self, slot: usize) {

@@ -4,6 +4,7 @@ use std::time::Instant;
 
 use crate::conntrack::{Conntrack, Direction, FilterLimits, FlowLookup};
 use crate::counters::{Counters, DropReason};
+use crate::flow_events::{FlowEvent, FlowEvents, FlowVerdict};
 use crate::fragments::FragmentTracker;
 use crate::icmp_error::quoted_packet;
 use crate::packet::{Datagram, PacketInfo, parse_datagram};
@@ -31,6 +32,9 @@ pub struct Filter {
     conntrack: Conntrack,
     fragments: FragmentTracker,
     counters: Counters,
+    /// Decisions on new inbound flows not yet taken by
+    /// [`Filter::take_flow_events`].
+    events: FlowEvents,
 }
 
 /// A rule plus the slot of its hit counter.
@@ -53,7 +57,15 @@ impl Filter {
                 limits.fragment_timeout,
             ),
             counters: Counters::default(),
+            events: FlowEvents::default(),
         }
+    }
+
+    /// Takes the decisions on new inbound flows since the last call, oldest
+    /// first: accepted, monitored and dropped (at most 1024 are kept between
+    /// calls; the rest are counted in [`Counters::flow_events_lost`]).
+    pub fn take_flow_events(&mut self) -> Vec<FlowEvent> {
+        self.events.take(&self.counters)
     }
 
     /// Atomically replaces the rules with `config`, then re-checks tracked
@@ -81,8 +93,7 @@ impl Filter {
         let has_policy = self.has_policy();
         let rules = &self.rules;
         let revoked = self.conntrack.revoke_inbound(|opening| {
-            has_policy
-                && matches!(first_match(rules, opening), Some(rule) if rule.rule.action == Action::Allow)
+            has_policy && first_match(rules, opening).is_some_and(|rule| rule.rule.passes())
         });
         self.counters.count_revoked_flows(revoked);
         self.fragments.clear();
@@ -177,16 +188,23 @@ impl Filter {
             return self.accept_inbound();
         }
         if !self.has_policy() {
-            return self.drop(DropReason::NoPolicy);
+            return self.drop_new(None, DropReason::NoPolicy, &info, packet.len());
         }
         let Some(rule) = first_match(&self.rules, &info) else {
-            return self.drop(DropReason::NoRule);
+            return self.drop_new(None, DropReason::NoRule, &info, packet.len());
         };
-        let (action, slot) = (rule.rule.action, rule.counter_slot);
+        let (action, monitor, slot) = (rule.rule.action, rule.rule.monitor, rule.counter_slot);
         self.counters.count_rule_hit(slot);
-        if action == Action::Deny {
-            return self.drop(DropReason::Denied);
-        }
+        let verdict = match (action, monitor) {
+            (Action::Deny, false) => {
+                return self.drop_new(Some(slot), DropReason::Denied, &info, packet.len());
+            }
+            (Action::Deny, true) => {
+                self.counters.count_monitored();
+                FlowVerdict::Monitored
+            }
+            (Action::Allow, _) => FlowVerdict::Allowed,
+        };
         if let Some(flow) = flow
             && flow.opens
             && self
@@ -194,9 +212,29 @@ impl Filter {
                 .insert(flow.key, &info, Direction::Inbound, now)
                 .is_err()
         {
-            return self.drop(DropReason::ConntrackFull);
+            return self.drop_new(Some(slot), DropReason::ConntrackFull, &info, packet.len());
         }
+        self.events
+            .push(&mut self.counters, Some(slot), verdict, &info, packet.len());
         self.accept_inbound()
+    }
+
+    /// Drops the first packet of a new inbound flow and queues the event.
+    fn drop_new(
+        &mut self,
+        slot: Option<usize>,
+        reason: DropReason,
+        info: &PacketInfo,
+        bytes: usize,
+    ) -> Verdict {
+        self.events.push(
+            &mut self.counters,
+            slot,
+            FlowVerdict::Dropped(reason),
+            info,
+            bytes,
+        );
+        self.drop(reason)
     }
 
     /// Counts a drop decided outside the filter (cryptokey routing, unknown peer).

@@ -7,8 +7,8 @@ use ipnet::IpNet;
 use crate::packet::{TCP_ACK, TCP_SYN};
 use crate::test_packets::{PacketBuilder, V4_A, V4_B, V4_C, V6_A, V6_B};
 use crate::{
-    Action, DropReason, Filter, FilterConfig, FilterLimits, FilterRule, PortRange, Protocol,
-    Verdict,
+    Action, DropReason, Filter, FilterConfig, FilterLimits, FilterRule, FlowVerdict, PortRange,
+    Protocol, Verdict,
 };
 
 // B is this device; A and C are peers. Inbound rules are evaluated at B.
@@ -29,6 +29,7 @@ pub(crate) fn rule(
             .iter()
             .map(|&(start, end)| PortRange { start, end })
             .collect(),
+        monitor: false,
     }
 }
 
@@ -353,4 +354,121 @@ fn record_drop_counts_external_reasons() {
             (DropReason::UnknownPeer, 2)
         ]
     );
+}
+
+#[test]
+fn monitored_deny_passes_counts_and_reports_the_flow() {
+    let now = Instant::now();
+    let mut monitored = rule("no-ssh", Action::Deny, Protocol::Tcp, &[(22, 22)]);
+    monitored.monitor = true;
+    let enforced = rule("no-db", Action::Deny, Protocol::Tcp, &[(5432, 5432)]);
+    let mut filter = filter_with(vec![monitored, enforced], now);
+    let ssh = PacketBuilder::tcp(V4_A, 4000, V4_B, 22)
+        .flags(TCP_SYN)
+        .build();
+    assert_eq!(filter.inbound(&ssh, now), Verdict::Accept);
+    // Tracked like an allowed flow: later packets and replies pass.
+    let more = PacketBuilder::tcp(V4_A, 4000, V4_B, 22)
+        .flags(TCP_ACK)
+        .build();
+    assert_eq!(filter.inbound(&more, now), Verdict::Accept);
+    let reply = PacketBuilder::tcp(V4_B, 22, V4_A, 4000).build();
+    assert_eq!(filter.outbound(&reply, now), Verdict::Accept);
+    let db = PacketBuilder::tcp(V4_A, 4001, V4_B, 5432)
+        .flags(TCP_SYN)
+        .build();
+    assert_eq!(filter.inbound(&db, now), Verdict::Drop(DropReason::Denied));
+
+    let counters = filter.counters();
+    assert_eq!(counters.monitored(), 1);
+    assert_eq!(counters.drops(DropReason::Denied), 1);
+    let hits: Vec<_> = counters.rule_hits().collect();
+    assert_eq!(hits, [("no-ssh", 1), ("no-db", 1)]);
+    // One event per new flow: the monitored ssh flow and the denied one;
+    // later packets of the ssh flow rode on conntrack.
+    let events = filter.take_flow_events();
+    let summary: Vec<_> = events
+        .iter()
+        .map(|e| (e.rule.as_deref(), e.verdict, e.packet.dst_port))
+        .collect();
+    assert_eq!(
+        summary,
+        [
+            (Some("no-ssh"), FlowVerdict::Monitored, 22),
+            (
+                Some("no-db"),
+                FlowVerdict::Dropped(DropReason::Denied),
+                5432
+            ),
+        ]
+    );
+    assert_eq!(events[0].packet.src, V4_A);
+    assert_eq!(events[0].bytes, u32::try_from(ssh.len()).unwrap());
+    assert!(filter.take_flow_events().is_empty());
+}
+
+#[test]
+fn monitored_flows_survive_a_policy_change_that_monitors_them_and_not_one_that_enforces() {
+    let now = Instant::now();
+    let allow = rule("ssh", Action::Allow, Protocol::Tcp, &[(22, 22)]);
+    let mut filter = filter_with(vec![allow], now);
+    let ssh = PacketBuilder::tcp(V4_A, 4000, V4_B, 22)
+        .flags(TCP_SYN)
+        .build();
+    assert_eq!(filter.inbound(&ssh, now), Verdict::Accept);
+    let mut monitored = rule("no-ssh", Action::Deny, Protocol::Tcp, &[(22, 22)]);
+    monitored.monitor = true;
+    filter.apply(config(2, vec![monitored.clone()]), now);
+    assert_eq!(filter.counters().revoked_flows(), 0);
+    monitored.monitor = false;
+    filter.apply(config(3, vec![monitored]), now);
+    assert_eq!(filter.counters().revoked_flows(), 1);
+    let more = PacketBuilder::tcp(V4_A, 4000, V4_B, 22)
+        .flags(TCP_ACK)
+        .build();
+    assert_eq!(
+        filter.inbound(&more, now),
+        Verdict::Drop(DropReason::Denied)
+    );
+}
+
+#[test]
+fn flow_events_cover_every_new_flow_decision_and_are_bounded() {
+    let now = Instant::now();
+    let mut filter = Filter::new(FilterLimits::default());
+    let dns = |sport| PacketBuilder::udp(V4_A, sport, V4_B, 53).build();
+    assert_eq!(
+        filter.inbound(&dns(1), now),
+        Verdict::Drop(DropReason::NoPolicy)
+    );
+    filter.apply(
+        config(
+            1,
+            vec![rule("dns", Action::Allow, Protocol::Udp, &[(53, 53)])],
+        ),
+        now,
+    );
+    assert_eq!(filter.inbound(&dns(2), now), Verdict::Accept);
+    assert_eq!(filter.inbound(&dns(2), now), Verdict::Accept);
+    let ntp = PacketBuilder::udp(V4_A, 3, V4_B, 123).build();
+    assert_eq!(filter.inbound(&ntp, now), DROP_NO_RULE);
+    let summary: Vec<_> = filter
+        .take_flow_events()
+        .iter()
+        .map(|e| (e.rule.clone(), e.verdict.as_str(), e.packet.dst_port))
+        .collect();
+    assert_eq!(
+        summary,
+        [
+            (None, "no_policy", 53),
+            (Some("dns".to_owned()), "allowed", 53),
+            (None, "no_rule", 123),
+        ]
+    );
+    for sport in 0..1100u16 {
+        let packet = PacketBuilder::udp(V4_A, 2000 + sport, V4_B, 123).build();
+        assert_eq!(filter.inbound(&packet, now), DROP_NO_RULE);
+    }
+    assert_eq!(filter.counters().flow_events_lost(), 76);
+    assert_eq!(filter.take_flow_events().len(), 1024);
 }

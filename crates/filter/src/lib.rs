@@ -17,6 +17,7 @@
 mod conntrack;
 mod counters;
 mod filter;
+mod flow_events;
 mod fragments;
 mod icmp_error;
 mod ipv6_ext;
@@ -40,5 +41,6 @@ mod test_packets;
 pub use conntrack::FilterLimits;
 pub use counters::{Counters, DropReason};
 pub use filter::{Filter, Verdict};
+pub use flow_events::{FlowEvent, FlowVerdict};
 pub use packet::{PacketError, PacketInfo, destination_address, parse_packet, source_address};
 pub use rule::{Action, FilterConfig, FilterRule, PortRange, Protocol};

@@ -197,11 +197,11 @@ impl Model {
             .rules
             .iter()
             .find(|r| model_matches(r, &p))
-            .map(|r| r.action)
+            .map(|r| (r.action, r.monitor))
         {
             None => Verdict::Drop(DropReason::NoRule),
-            Some(Action::Deny) => Verdict::Drop(DropReason::Denied),
-            Some(Action::Allow) => {
+            Some((Action::Deny, false)) => Verdict::Drop(DropReason::Denied),
+            Some((Action::Allow, _) | (Action::Deny, true)) => {
                 if let Some(c) = conversation
                     && !matches!(p.kind, Kind::EchoReply(_))
                 {
@@ -227,7 +227,7 @@ impl Model {
                     .rules
                     .iter()
                     .find(|r| model_matches(r, &flow.opener))
-                    .is_some_and(|r| r.action == Action::Allow);
+                    .is_some_and(|r| r.action == Action::Allow || r.monitor);
             if !allowed {
                 flow.revoked = true;
             }

@@ -65,6 +65,9 @@ pub struct FilterRule {
     pub protocol: Protocol,
     /// Destination ports; empty means every port.
     pub ports: Vec<PortRange>,
+    /// Monitor mode (deny rules): a matching new flow is counted and
+    /// reported as one that would be dropped, then accepted and tracked.
+    pub monitor: bool,
 }
 
 impl Protocol {
@@ -80,6 +83,12 @@ impl Protocol {
 }
 
 impl FilterRule {
+    /// Whether a new flow matching this rule passes: an allow rule, or a
+    /// deny rule in monitor mode.
+    pub fn passes(&self) -> bool {
+        self.action == Action::Allow || self.monitor
+    }
+
     /// Whether this rule matches `packet` as the first packet of a new
     /// inbound flow: source, destination, protocol and destination port.
     pub fn matches(&self, packet: &PacketInfo) -> bool {

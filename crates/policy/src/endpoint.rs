@@ -2,6 +2,7 @@
 //! and name checks shared with validation.
 
 use std::fmt;
+use std::net::IpAddr;
 
 /// A hypothetical device with exactly one attribute, as used by the policy's
 /// tests and by what-if queries.
@@ -15,14 +16,15 @@ pub enum Endpoint {
     Device(String),
     /// A device whose owner is in this group.
     Group(String),
+    /// A device with this overlay address (matched by `cidrs` selectors).
+    Address(IpAddr),
 }
 
 impl Endpoint {
-    /// Parses `tag:NAME`, `user:NAME`, `device:NAME`, `group:NAME`, or a bare
-    /// string containing `@`, which is a user.
+    /// Parses `tag:NAME`, `user:NAME`, `device:NAME`, `group:NAME`,
+    /// `ip:ADDRESS`, or a bare string containing `@`, which is a user.
     pub fn parse(s: &str) -> Result<Endpoint, String> {
-        let help =
-            "use tag:NAME, user:NAME, device:NAME or group:NAME (a bare name with @ is a user)";
+        let help = "use tag:NAME, user:NAME, device:NAME, group:NAME or ip:ADDRESS (a bare name with @ is a user)";
         // A bare user: an address with no `kind:` prefix.
         if s.contains('@') && !s.contains(':') {
             return Ok(Endpoint::User(s.to_string()));
@@ -38,6 +40,9 @@ impl Endpoint {
             "user" => Endpoint::User(name.to_string()),
             "device" => Endpoint::Device(name.to_string()),
             "group" => Endpoint::Group(name.to_string()),
+            "ip" => Endpoint::Address(name.parse().map_err(|_| {
+                format!("`{s}`: `{name}` is not an IP address; write ip:100.64.0.5 or ip:fd7a::5")
+            })?),
             _ => return Err(format!("`{s}`: unknown endpoint kind `{kind}`; {help}")),
         };
         if let Endpoint::Tag(name) | Endpoint::Group(name) = &endpoint
@@ -56,6 +61,7 @@ impl fmt::Display for Endpoint {
             Endpoint::User(name) => write!(f, "user:{name}"),
             Endpoint::Device(name) => write!(f, "device:{name}"),
             Endpoint::Group(name) => write!(f, "group:{name}"),
+            Endpoint::Address(address) => write!(f, "ip:{address}"),
         }
     }
 }

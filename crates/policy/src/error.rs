@@ -31,6 +31,35 @@ impl PolicyError {
     }
 }
 
+/// Something legal but probably wrong in an accepted policy (for example a
+/// rule that can never match), at a 1-based line and column.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("policy line {line}, column {column}: warning: {message}")]
+pub struct PolicyWarning {
+    /// Line, starting at 1.
+    pub line: usize,
+    /// Column (in characters), starting at 1.
+    pub column: usize,
+    /// What looks wrong and what to do.
+    pub message: String,
+}
+
+impl PolicyWarning {
+    /// A warning at byte `offset` of `text`.
+    pub(crate) fn at_offset(
+        text: &str,
+        offset: usize,
+        message: impl Into<String>,
+    ) -> PolicyWarning {
+        let (line, column) = line_column(text, offset);
+        PolicyWarning {
+            line,
+            column,
+            message: message.into(),
+        }
+    }
+}
+
 /// Converts a byte offset into a 1-based (line, column), counting columns in
 /// characters. Offsets past the end or inside a character are clamped.
 fn line_column(text: &str, offset: usize) -> (usize, usize) {

@@ -5,13 +5,17 @@
 //! pass.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
 use std::slice;
+
+use ipnet::IpNet;
 
 use ztmesh_filter::{Action, PortRange, Protocol};
 
 use crate::ports::{PortSpec, RulePort};
 use crate::portset::PortSet;
 use crate::posture::Requirement;
+use crate::schedule::TimeCondition;
 use crate::{Device, Endpoint, Policy, Posture};
 
 /// The outcome of evaluating one flow.
@@ -21,6 +25,9 @@ pub struct Decision {
     pub action: Action,
     /// Name of the deciding rule; `None` when no rule matched (default deny).
     pub rule: Option<String>,
+    /// A deny that is only monitored (the rule or the destination's segment
+    /// is in monitor mode): the flow is counted and logged, not dropped.
+    pub monitor: bool,
 }
 
 impl Policy {
@@ -34,25 +41,108 @@ impl Policy {
     /// device failing a segment's posture is left out of that segment by
     /// [`Policy::segments_of`], [`Policy::compile`] and [`Policy::peers_of`]
     /// (see [`Policy::posture_checks`] for why).
+    ///
+    /// Rules with a `schedule` or `until` are treated as in force; see
+    /// [`Policy::evaluate_at`] to decide at a given instant.
     pub fn evaluate(&self, from: &Endpoint, to: &Endpoint, port: &PortSpec) -> Decision {
-        let from = Subject::of_endpoint(from);
-        let to = Subject::of_endpoint(to);
-        let from_segments = self.segment_set(&from);
-        let to_segments = self.segment_set(&to);
+        self.decide(
+            &Subject::of_endpoint(from),
+            &Subject::of_endpoint(to),
+            port,
+            None,
+        )
+    }
+
+    /// [`Policy::evaluate`] at `now` (Unix seconds): rules outside their
+    /// schedule or past their `until` are skipped.
+    pub fn evaluate_at(
+        &self,
+        from: &Endpoint,
+        to: &Endpoint,
+        port: &PortSpec,
+        now: i64,
+    ) -> Decision {
+        self.decide(
+            &Subject::of_endpoint(from),
+            &Subject::of_endpoint(to),
+            port,
+            Some(now),
+        )
+    }
+
+    /// Decides a flow between two parties (real devices with their postures
+    /// and addresses, users with their directory groups, or endpoints) at
+    /// `now`, or with every rule in force when `None`. Between real devices
+    /// this is exactly what their compiled filters decide.
+    pub fn evaluate_parties(
+        &self,
+        from: Party<'_>,
+        to: Party<'_>,
+        port: &PortSpec,
+        now: Option<i64>,
+    ) -> Decision {
+        self.decide(&Subject::of_party(from), &Subject::of_party(to), port, now)
+    }
+
+    /// Names of the segments `party` belongs to, sorted.
+    pub fn segments_of_party(&self, party: Party<'_>) -> Vec<String> {
+        self.segment_set(&Subject::of_party(party))
+            .into_iter()
+            .map(str::to_string)
+            .collect()
+    }
+
+    /// First match among the rules in force at `now` (all rules when `None`).
+    fn decide(
+        &self,
+        from: &Subject<'_>,
+        to: &Subject<'_>,
+        port: &PortSpec,
+        now: Option<i64>,
+    ) -> Decision {
+        let from_segments = self.segment_set(from);
+        let to_segments = self.segment_set(to);
+        let monitored = self.any_monitored(&to_segments);
         let deciding = self.rules.iter().find(|rule| {
-            rule.applies(&from_segments, &to_segments)
+            rule.in_force(now)
+                && rule.applies(&from_segments, &to_segments)
                 && rule.ports.iter().any(|spec| spec.matches(port))
         });
         match deciding {
             Some(rule) => Decision {
                 action: rule.action,
                 rule: Some(rule.name.clone()),
+                monitor: rule.action == Action::Deny && (rule.monitor || monitored),
             },
             None => Decision {
                 action: Action::Deny,
                 rule: None,
+                monitor: monitored,
             },
         }
+    }
+
+    /// The first of `segments` in monitor mode, if any.
+    pub(crate) fn monitored_segment<'a>(&self, segments: &BTreeSet<&'a str>) -> Option<&'a str> {
+        segments
+            .iter()
+            .copied()
+            .find(|name| self.segments.get(*name).is_some_and(|s| s.monitor))
+    }
+
+    fn any_monitored(&self, segments: &BTreeSet<&str>) -> bool {
+        self.monitored_segment(segments).is_some()
+    }
+
+    /// The first instant after `now` (Unix seconds) at which a rule's
+    /// schedule opens or closes or its `until` passes: compiled filters and
+    /// peer lists must be rebuilt then. `None` if no rule has a time
+    /// condition ahead.
+    pub fn next_change(&self, now: i64) -> Option<i64> {
+        self.rules
+            .iter()
+            .filter_map(|rule| rule.time.next_change(now))
+            .min()
     }
 
     /// Names of the segments `device` belongs to, sorted: a selector matches
@@ -74,6 +164,24 @@ impl Policy {
     }
 }
 
+/// One side of a what-if query ([`Policy::evaluate_parties`]).
+#[derive(Debug, Clone, Copy)]
+pub enum Party<'a> {
+    /// A real device: its tags, owner, directory groups, name, addresses
+    /// and last posture report all count.
+    Device(&'a Device),
+    /// A device of this user, with the user's directory groups; assumed to
+    /// pass every posture.
+    User {
+        /// User name.
+        name: &'a str,
+        /// The user's groups in the directory.
+        groups: &'a [String],
+    },
+    /// A hypothetical device with exactly the endpoint's one attribute.
+    Endpoint(&'a Endpoint),
+}
+
 /// The attributes of a device, real or hypothetical, that segments match.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Subject<'a> {
@@ -82,7 +190,26 @@ pub(crate) struct Subject<'a> {
     device: Option<&'a str>,
     /// Directory groups (or the one group of a `group:` endpoint).
     groups: &'a [String],
+    /// Overlay addresses (or the one address of an `ip:` endpoint).
+    addresses: Addresses<'a>,
     compliance: Compliance<'a>,
+}
+
+/// A subject's addresses, as the device has them or as one endpoint address.
+#[derive(Debug, Clone, Copy)]
+enum Addresses<'a> {
+    Networks(&'a [IpNet]),
+    One(IpAddr),
+}
+
+impl Addresses<'_> {
+    /// Whether one of the addresses lies inside `net`.
+    fn any_in(&self, net: &IpNet) -> bool {
+        match self {
+            Addresses::Networks(nets) => nets.iter().any(|n| net.contains(&n.addr())),
+            Addresses::One(address) => net.contains(address),
+        }
+    }
 }
 
 /// How a subject fares against posture requirements.
@@ -103,7 +230,24 @@ impl<'a> Subject<'a> {
             user: device.user.as_deref(),
             device: Some(&device.name),
             groups: &device.groups,
+            addresses: Addresses::Networks(&device.addresses),
             compliance: Compliance::Reported(device.posture.as_ref()),
+        }
+    }
+
+    /// The subject of a what-if party.
+    fn of_party(party: Party<'a>) -> Subject<'a> {
+        match party {
+            Party::Device(device) => Subject::of_device(device),
+            Party::Endpoint(endpoint) => Subject::of_endpoint(endpoint),
+            Party::User { name, groups } => Subject {
+                tags: &[],
+                user: Some(name),
+                device: None,
+                groups,
+                addresses: Addresses::Networks(&[]),
+                compliance: Compliance::Assumed,
+            },
         }
     }
 
@@ -114,6 +258,7 @@ impl<'a> Subject<'a> {
             user: None,
             device: None,
             groups: &[],
+            addresses: Addresses::Networks(&[]),
             compliance: Compliance::Assumed,
         };
         match endpoint {
@@ -121,6 +266,7 @@ impl<'a> Subject<'a> {
             Endpoint::User(user) => subject.user = Some(user),
             Endpoint::Device(name) => subject.device = Some(name),
             Endpoint::Group(group) => subject.groups = slice::from_ref(group),
+            Endpoint::Address(address) => subject.addresses = Addresses::One(*address),
         }
         subject
     }
@@ -140,8 +286,13 @@ pub(crate) struct Segment {
     pub group_users: BTreeSet<String>,
     /// Device names.
     pub devices: BTreeSet<String>,
+    /// Networks containing the selected devices' overlay addresses.
+    pub cidrs: Vec<IpNet>,
     /// Posture name -> requirement; a real device must pass them all.
     pub postures: BTreeMap<String, Requirement>,
+    /// Devices in the segment count and log what would be dropped, and
+    /// drop nothing.
+    pub monitor: bool,
 }
 
 impl Segment {
@@ -171,6 +322,7 @@ impl Segment {
                 .groups
                 .iter()
                 .any(|group| self.groups.contains(group))
+            || self.cidrs.iter().any(|net| subject.addresses.any_in(net))
     }
 }
 
@@ -192,6 +344,12 @@ pub(crate) struct Rule {
     pub filter_ports: Vec<(Protocol, Vec<PortRange>)>,
     /// Every flow the rule matches.
     pub port_set: PortSet,
+    /// A deny rule that only counts and logs.
+    pub monitor: bool,
+    /// When the rule applies.
+    pub time: TimeCondition,
+    /// Byte offset of the rule's name in the policy text (for warnings).
+    pub offset: usize,
 }
 
 impl Rule {
@@ -204,6 +362,11 @@ impl Rule {
     ) -> bool {
         self.from.iter().any(|s| from_segments.contains(s.as_str()))
             && self.to.iter().any(|s| to_segments.contains(s.as_str()))
+    }
+
+    /// Whether the rule is in force at `now`; every rule is when `None`.
+    pub(crate) fn in_force(&self, now: Option<i64>) -> bool {
+        now.is_none_or(|now| self.time.active_at(now))
     }
 }
 
@@ -314,6 +477,61 @@ ports = ["any"]
             decide(&policy, "group:ops", "tag:web", "tcp/443"),
             (Action::Deny, None)
         );
+    }
+
+    #[test]
+    fn cidr_selectors_match_overlay_addresses_and_ip_endpoints() {
+        let policy = Policy::parse(
+            r#"
+[segments]
+lab = { cidrs = ["100.64.8.0/24", "fd7a:115c::/48"] }
+web = { tags = ["web"] }
+
+[[rules]]
+name = "lab-to-web"
+from = ["lab"]
+to = ["web"]
+ports = ["tcp/443"]
+
+[[tests]]
+from = "ip:100.64.8.9"
+to = "tag:web"
+port = "tcp/443"
+expect = "allow"
+
+[[tests]]
+from = "ip:fd7a:115c::7"
+to = "tag:web"
+port = "tcp/443"
+expect = "allow"
+
+[[tests]]
+from = "ip:100.64.9.1"
+to = "tag:web"
+port = "tcp/443"
+expect = "deny"
+"#,
+        )
+        .unwrap();
+        let device = |address: &str| Device {
+            id: address.to_string(),
+            name: address.to_string(),
+            user: None,
+            tags: Vec::new(),
+            addresses: vec![address.parse().unwrap()],
+            groups: Vec::new(),
+            posture: None,
+        };
+        assert_eq!(policy.segments_of(&device("100.64.8.200/32")), ["lab"]);
+        assert!(policy.segments_of(&device("100.64.7.1/32")).is_empty());
+        assert_eq!(policy.segments_of(&device("fd7a:115c::1/128")), ["lab"]);
+
+        let error =
+            Policy::parse("[segments]\nlab = { cidrs = [\"100.64.8.0/33\"] }\n").unwrap_err();
+        assert_eq!((error.line, error.column), (2, 18));
+        assert!(error.message.contains("is not a network"), "{error}");
+        let error = Endpoint::parse("ip:100.64.300.1").unwrap_err();
+        assert!(error.contains("not an IP address"), "{error}");
     }
 
     #[test]

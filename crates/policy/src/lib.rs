@@ -56,10 +56,13 @@ mod compile;
 mod endpoint;
 mod error;
 mod eval;
+/// Import of Tailscale/headscale ACL files into the native policy format.
+pub mod import;
 mod model;
 mod ports;
 mod portset;
 mod posture;
+mod schedule;
 mod validate;
 mod version;
 
@@ -67,10 +70,11 @@ use std::collections::BTreeMap;
 use std::net::IpAddr;
 
 pub use endpoint::Endpoint;
-pub use error::PolicyError;
-pub use eval::Decision;
+pub use error::{PolicyError, PolicyWarning};
+pub use eval::{Decision, Party};
 pub use ports::PortSpec;
 pub use posture::PostureCheck;
+pub use schedule::format_utc;
 
 use eval::{Rule, Segment};
 use posture::Requirement;
@@ -131,6 +135,8 @@ pub struct Policy {
     pub(crate) postures: BTreeMap<String, Requirement>,
     /// Rules in evaluation order.
     pub(crate) rules: Vec<Rule>,
+    /// Warnings found when the policy was accepted.
+    pub(crate) warnings: Vec<PolicyWarning>,
 }
 
 impl Policy {
@@ -148,7 +154,14 @@ impl Policy {
             segments: BTreeMap::new(),
             postures: posture::builtin_postures(),
             rules: Vec::new(),
+            warnings: Vec::new(),
         }
+    }
+
+    /// Warnings about the accepted policy (rules that can never match), in
+    /// text order.
+    pub fn warnings(&self) -> &[PolicyWarning] {
+        &self.warnings
     }
 
     /// The source text as given to [`Policy::parse`] (empty for [`Policy::empty`]).

@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 
 use serde::Deserialize;
 use toml::Spanned;
+use toml::value::Datetime;
 
 /// A spanned string, the unit of almost every policy value.
 pub(crate) type Text = Spanned<String>;
@@ -48,9 +49,17 @@ pub(crate) struct SegmentFile {
     /// Device names.
     #[serde(default)]
     pub devices: Vec<Text>,
+    /// Networks: a device is selected if one of its overlay addresses is
+    /// inside one of them.
+    #[serde(default)]
+    pub cidrs: Vec<Text>,
     /// Postures a selected device must pass to be in the segment.
     #[serde(default)]
     pub posture: Vec<Text>,
+    /// `true`: devices in the segment log and count what their rules would
+    /// drop but drop nothing.
+    #[serde(default)]
+    pub monitor: Option<Spanned<bool>>,
 }
 
 /// One `[postures]` entry: every field is optional, at least one is required.
@@ -89,6 +98,25 @@ pub(crate) struct RuleFile {
     /// `allow` (the default) or `deny`.
     #[serde(default)]
     pub action: Option<Text>,
+    /// `true` on a deny rule: count and log what it would drop, drop nothing.
+    #[serde(default)]
+    pub monitor: Option<Spanned<bool>>,
+    /// Weekly window in which the rule applies (UTC).
+    #[serde(default)]
+    pub schedule: Option<Spanned<ScheduleFile>>,
+    /// Instant from which the rule no longer applies.
+    #[serde(default)]
+    pub until: Option<Spanned<Datetime>>,
+}
+
+/// A rule's `schedule = { days = ["mon-fri"], hours = "08:00-18:00" }`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ScheduleFile {
+    /// Day names or ranges.
+    pub days: Vec<Text>,
+    /// `HH:MM-HH:MM`, UTC.
+    pub hours: Text,
 }
 
 /// One `[[tests]]` entry.
@@ -103,4 +131,8 @@ pub(crate) struct TestFile {
     pub port: Text,
     /// `allow` or `deny`.
     pub expect: Text,
+    /// The instant the test is evaluated at; without it, rules with time
+    /// conditions are treated as in force.
+    #[serde(default)]
+    pub at: Option<Spanned<Datetime>>,
 }

@@ -3,6 +3,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
+use ipnet::IpNet;
 use toml::Spanned;
 use ztmesh_filter::Action;
 
@@ -16,6 +17,8 @@ use crate::posture::Requirement;
 use crate::{Endpoint, Policy};
 
 mod postures;
+mod shadow;
+mod time;
 
 /// Parses, validates and tests `text`.
 pub(crate) fn parse_policy(text: &str) -> Result<Policy, PolicyError> {
@@ -30,11 +33,13 @@ pub(crate) fn parse_policy(text: &str) -> Result<Policy, PolicyError> {
     let rules = check_rules(&file.rules, &segments, &mut problems);
     let tests = check_tests(&file.tests, &groups, &mut problems);
     problems.finish()?;
+    let warnings = shadow::unreachable_rules(&rules, text);
     let policy = Policy {
         text: text.to_string(),
         segments,
         postures,
         rules,
+        warnings,
     };
     run_tests(&policy, &tests, text)?;
     Ok(policy)
@@ -48,12 +53,17 @@ struct PolicyTest {
     to: Endpoint,
     port: PortSpec,
     expect: Action,
+    /// Evaluation instant (Unix seconds); `None`: every rule in force.
+    at: Option<i64>,
 }
 
 /// Runs the tests in order; the first failure rejects the policy.
 fn run_tests(policy: &Policy, tests: &[PolicyTest], text: &str) -> Result<(), PolicyError> {
     for (index, test) in tests.iter().enumerate() {
-        let decision = policy.evaluate(&test.from, &test.to, &test.port);
+        let decision = match test.at {
+            Some(at) => policy.evaluate_at(&test.from, &test.to, &test.port, at),
+            None => policy.evaluate(&test.from, &test.to, &test.port),
+        };
         if decision.action == test.expect {
             continue;
         }
@@ -61,8 +71,12 @@ fn run_tests(policy: &Policy, tests: &[PolicyTest], text: &str) -> Result<(), Po
             Some(rule) => format!("by rule `{rule}`"),
             None => "by default (no rule matched)".to_string(),
         };
+        let when = test
+            .at
+            .map(|at| format!(" at {}", crate::schedule::format_utc(at)))
+            .unwrap_or_default();
         let message = format!(
-            "test #{} (from {} to {} on {}) expected {} but got {} {by}",
+            "test #{} (from {} to {} on {}{when}) expected {} but got {} {by}",
             index + 1,
             test.from,
             test.to,
@@ -141,6 +155,19 @@ fn check_segments(
         segment.users = strings(&file.users);
         segment.groups = strings(&file.groups);
         segment.devices = strings(&file.devices);
+        segment.monitor = file.monitor.as_ref().is_some_and(|m| *m.get_ref());
+        for cidr in &file.cidrs {
+            match cidr.get_ref().parse::<IpNet>() {
+                Ok(net) => segment.cidrs.push(net.trunc()),
+                Err(_) => problems.add(
+                    cidr.span(),
+                    format!(
+                        "segment `{segment_name}`: `{}` is not a network; write a CIDR such as 100.64.1.0/24 or fd7a:115c::/48",
+                        cidr.get_ref()
+                    ),
+                ),
+            }
+        }
         checked.insert(segment_name.clone(), segment);
     }
     checked
@@ -184,7 +211,21 @@ fn check_rules(
             None => Action::Allow,
             Some(action) => parse_action(action, "action", problems),
         };
+        let monitor = file.monitor.as_ref().is_some_and(|m| *m.get_ref());
+        if let Some(flag) = file
+            .monitor
+            .as_ref()
+            .filter(|_| monitor && action == Action::Allow)
+        {
+            problems.add(
+                flag.span(),
+                format!("rule `{name}`: `monitor` applies to deny rules (an allow rule already passes its flows); remove it, or put a segment in monitor mode"),
+            );
+        }
         checked.push(Rule {
+            monitor,
+            time: time::rule_time(name, file, problems),
+            offset: file.name.span().start,
             name: name.clone(),
             from,
             to,
@@ -237,6 +278,10 @@ fn check_tests(
             .map_err(|message| problems.add(file.port.span(), message))
             .ok();
         let expect = parse_action(&file.expect, "expect", problems);
+        let at = file
+            .at
+            .as_ref()
+            .and_then(|at| time::instant(at, "at", problems));
         if let (Some(from), Some(to), Some(port)) = (from, to, port) {
             checked.push(PolicyTest {
                 offset: test.span().start,
@@ -244,6 +289,7 @@ fn check_tests(
                 to,
                 port,
                 expect,
+                at,
             });
         }
     }

@@ -323,8 +323,8 @@ proptest! {
         for (device, expected) in devices.iter().zip(&memberships) {
             prop_assert_eq!(&policy.segments_of(device), expected, "{:?}\n{}", device, text);
         }
-        let configs: Vec<FilterConfig> = devices.iter().map(|d| policy.compile(&devices, &d.id, 1)).collect();
-        let peers: Vec<Vec<String>> = devices.iter().map(|d| policy.peers_of(&devices, &d.id)).collect();
+        let configs: Vec<FilterConfig> = devices.iter().map(|d| policy.compile(&devices, &d.id, 1, 0)).collect();
+        let peers: Vec<Vec<String>> = devices.iter().map(|d| policy.peers_of(&devices, &d.id, 0)).collect();
         let flows: Vec<PortSpec> = FLOWS.iter().map(|f| PortSpec::parse(f).unwrap()).collect();
         for (a, from) in devices.iter().enumerate() {
             for (b, to) in devices.iter().enumerate() {

@@ -78,6 +78,7 @@ pub fn filter_to_proto(config: &FilterConfig) -> v1::Filter {
                         end: u32::from(p.end),
                     })
                     .collect(),
+                monitor: rule.monitor,
             })
             .collect(),
     }
@@ -130,6 +131,7 @@ pub fn filter_from_proto(filter: &v1::Filter) -> Result<FilterConfig, Conversion
                 destinations: parse_cidrs(&rule.destinations)?,
                 protocol,
                 ports,
+                monitor: rule.monitor,
             })
         })
         .collect::<Result<Vec<_>, _>>()?;
@@ -154,6 +156,7 @@ mod tests {
                 destinations: vec!["100.64.0.2/32".parse().unwrap()],
                 protocol: Protocol::Tcp,
                 ports: vec![PortRange { start: 80, end: 90 }],
+                monitor: true,
             }],
         };
         assert_eq!(
@@ -173,6 +176,7 @@ mod tests {
                 destinations: vec![],
                 protocol: Protocol::Any,
                 ports: vec![],
+                monitor: false,
             }],
         });
         wire.rules[0].protocol = 99;

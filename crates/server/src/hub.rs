@@ -8,8 +8,10 @@ use anyhow::{Context, Result};
 use tokio::sync::watch;
 use ztmesh_policy::Policy;
 
+use crate::events::Events;
 use crate::netmap::NetworkState;
 use crate::store::Store;
+use crate::telemetry::Telemetry;
 
 /// Publishes network state changes to the device streams.
 #[derive(Clone)]
@@ -19,6 +21,8 @@ pub struct Hub {
     online: Arc<Mutex<HashMap<String, usize>>>,
     reload_lock: Arc<tokio::sync::Mutex<()>>,
     closing: Arc<watch::Sender<bool>>,
+    events: Events,
+    telemetry: Telemetry,
 }
 
 impl Hub {
@@ -32,7 +36,19 @@ impl Hub {
             online: Arc::default(),
             reload_lock: Arc::default(),
             closing: Arc::new(watch::channel(false).0),
+            events: Events::default(),
+            telemetry: Telemetry::default(),
         })
+    }
+
+    /// The event bus of this server process.
+    pub fn events(&self) -> &Events {
+        &self.events
+    }
+
+    /// The daemons' latest reported counters.
+    pub fn telemetry(&self) -> &Telemetry {
+        &self.telemetry
     }
 
     /// Rebuilds the state from the store and publishes it. Called after
@@ -50,9 +66,11 @@ impl Hub {
         Arc::clone(&self.sender.borrow())
     }
 
-    /// Rebuilds the state whenever a node key expires, so expired devices
-    /// leave every peer list within about a second. Runs until the server closes.
-    pub fn spawn_expiry_timer(&self) {
+    /// Rebuilds the state whenever a node key expires or a rule's time
+    /// window opens or closes (checked every 500 ms), so expired devices leave
+    /// every peer list, and timed rules take effect, within about a second.
+    /// Runs until the server closes.
+    pub fn spawn_change_timer(&self) {
         let hub = self.clone();
         let mut closing = self.closing();
         tokio::spawn(async move {
@@ -64,10 +82,10 @@ impl Hub {
                 }
                 let due = hub
                     .current()
-                    .next_expiry()
+                    .next_change()
                     .is_some_and(|at| at <= crate::store::unix_now());
                 if due && let Err(e) = hub.reload().await {
-                    tracing::warn!(error = %format!("{e:#}"), "rebuilding the network after a key expiry failed; retrying");
+                    tracing::warn!(error = %format!("{e:#}"), "rebuilding the network after a key expiry or a rule's time window failed; retrying");
                 }
             }
         });
@@ -89,14 +107,19 @@ impl Hub {
         self.closing.subscribe()
     }
 
-    /// Marks a device online until the returned guard is dropped.
-    pub fn connect(&self, device_id: &str) -> OnlineGuard {
+    /// Marks a device online until the returned guard is dropped; publishes
+    /// `device.connected` now and `device.disconnected` then.
+    pub fn connect(&self, device_id: &str, name: &str, remote: &str) -> OnlineGuard {
         if let Ok(mut online) = self.online.lock() {
             *online.entry(device_id.to_owned()).or_default() += 1;
         }
+        self.events
+            .publish("device.connected", name, format!("from {remote}"));
         OnlineGuard {
             online: Arc::clone(&self.online),
             device_id: device_id.to_owned(),
+            name: name.to_owned(),
+            events: self.events.clone(),
         }
     }
 
@@ -113,6 +136,8 @@ impl Hub {
 pub struct OnlineGuard {
     online: Arc<Mutex<HashMap<String, usize>>>,
     device_id: String,
+    name: String,
+    events: Events,
 }
 
 impl Drop for OnlineGuard {
@@ -125,6 +150,8 @@ impl Drop for OnlineGuard {
                 online.remove(&self.device_id);
             }
         }
+        self.events
+            .publish("device.disconnected", &self.name, String::new());
     }
 }
 

@@ -9,6 +9,7 @@ mod admin;
 pub mod auth;
 mod control;
 mod error;
+pub mod events;
 pub mod files;
 mod hub;
 pub mod identity;
@@ -16,6 +17,7 @@ mod netmap;
 pub mod pki;
 pub mod secrets;
 pub mod store;
+pub mod telemetry;
 
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
@@ -147,6 +149,31 @@ pub async fn init(config: &ServerConfig, sans: &[String]) -> Result<InitOutcome>
     })
 }
 
+/// How long flow records are kept, and how often old ones are deleted.
+const FLOW_RETENTION_SECONDS: i64 = 7 * 24 * 3600;
+const FLOW_PRUNE_EVERY: std::time::Duration = std::time::Duration::from_secs(600);
+
+/// Deletes flow records past their retention now and every 10 minutes.
+fn spawn_flow_pruning(store: Store, mut closing: tokio::sync::watch::Receiver<bool>) {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(FLOW_PRUNE_EVERY);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = closing.changed() => return,
+            }
+            let before = store::unix_now() - FLOW_RETENTION_SECONDS;
+            match store.prune_flow_records(before).await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(records = n, "old flow records deleted"),
+                Err(e) => {
+                    tracing::warn!(error = %format!("{e:#}"), "deleting old flow records failed; will retry")
+                }
+            }
+        }
+    });
+}
+
 /// Runs the server on `listener` until `shutdown` resolves.
 pub async fn run(
     config: ServerConfig,
@@ -164,7 +191,8 @@ pub async fn run(
     let key = read_private(&config.data_dir.join("server.key"))?;
     let store = Store::connect(&config.database_url()).await?;
     let hub = Hub::new(store.clone()).await?;
-    hub.spawn_expiry_timer();
+    hub.spawn_change_timer();
+    spawn_flow_pruning(store.clone(), hub.closing());
     let identity = Arc::new(identity::Identity::load(&config.data_dir)?);
     let local = listener.local_addr()?;
     let advertise_url = config

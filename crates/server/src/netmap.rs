@@ -149,15 +149,31 @@ impl NetworkState {
         &self.users
     }
 
-    /// The earliest future moment (Unix seconds) at which a node key
-    /// expires, so the state must be rebuilt then.
-    pub fn next_expiry(&self) -> Option<i64> {
-        self.devices
+    /// Every stored device, whatever its standing.
+    pub fn devices(&self) -> &[DeviceRecord] {
+        &self.devices
+    }
+
+    /// When the state was built (Unix seconds).
+    pub fn built_at(&self) -> i64 {
+        self.now
+    }
+
+    /// The earliest future moment (Unix seconds) at which the state must be
+    /// rebuilt: a node key expires, or a rule's schedule opens or closes or
+    /// its `until` passes.
+    pub fn next_change(&self) -> Option<i64> {
+        let expiry = self
+            .devices
             .iter()
             .filter(|d| d.status == DeviceStatus::Active)
             .filter_map(|d| d.key_expires_at)
             .filter(|at| *at > self.now)
-            .min()
+            .min();
+        match (expiry, self.policy.next_change(self.now)) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
     /// The view of a device; `Err` with its standing when it must get
@@ -186,14 +202,17 @@ impl NetworkState {
         }
         let peers = self
             .policy
-            .peers_of(&self.policy_devices, device_id)
+            .peers_of(&self.policy_devices, device_id, self.now)
             .iter()
             .filter_map(|id| self.devices.iter().find(|d| &d.id == id))
             .map(|d| (d.id.clone(), peer_message(d)))
             .collect();
-        let filter = self
-            .policy
-            .compile(&self.policy_devices, device_id, self.policy_version);
+        let filter = self.policy.compile(
+            &self.policy_devices,
+            device_id,
+            self.policy_version,
+            self.now,
+        );
         Ok(DeviceView {
             self_node: node_message(me, false),
             peers,
@@ -392,7 +411,7 @@ ports = ["tcp/5432"]
         assert_eq!(peers_of_b(expired.clone(), vec![]), 0);
         expired[0].key_expires_at = Some(150);
         let state = NetworkState::new(expired.clone(), vec![], policy.clone(), 1, 100);
-        assert_eq!(state.next_expiry(), Some(150));
+        assert_eq!(state.next_change(), Some(150));
         assert_eq!(peers_of_b(expired, vec![]), 1);
 
         let mut pending = base.clone();

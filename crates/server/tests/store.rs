@@ -246,12 +246,42 @@ async fn enrollment_rules_policies_and_audit() {
 
         // Policy versions.
         assert!(store.latest_policy().await.unwrap().is_none());
-        assert_eq!(store.insert_policy("one", "apikey:x").await.unwrap(), 1);
-        assert_eq!(store.insert_policy("two", "apikey:x").await.unwrap(), 2);
+        assert_eq!(store.insert_policy("one", "apikey:x", "").await.unwrap(), 1);
+        assert_eq!(
+            store
+                .insert_policy("two", "apikey:x", "first fix")
+                .await
+                .unwrap(),
+            2
+        );
         let latest = store.latest_policy().await.unwrap().unwrap();
         assert_eq!(
             (latest.version, latest.text.as_str()),
             (2, "two"),
+            "{backend}"
+        );
+        assert_eq!(latest.comment, "first fix", "{backend}");
+        let first = store.policy_version(1).await.unwrap().unwrap();
+        assert_eq!(
+            (first.text.as_str(), first.comment.as_str()),
+            ("one", ""),
+            "{backend}"
+        );
+        assert!(
+            store.policy_version(3).await.unwrap().is_none(),
+            "{backend}"
+        );
+        let history: Vec<u64> = store
+            .policy_versions(10)
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.version)
+            .collect();
+        assert_eq!(history, [2, 1], "{backend}");
+        assert_eq!(
+            store.policy_versions(1).await.unwrap().len(),
+            1,
             "{backend}"
         );
 
@@ -379,9 +409,9 @@ async fn concurrent_writes_all_succeed() {
                     .map(|_| 0)
             }));
             let store = store.clone();
-            tasks.push(tokio::spawn(
-                async move { store.insert_policy("p", "t").await },
-            ));
+            tasks.push(tokio::spawn(async move {
+                store.insert_policy("p", "t", "").await
+            }));
         }
         let mut versions = Vec::new();
         for task in tasks {

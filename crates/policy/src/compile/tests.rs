@@ -95,13 +95,14 @@ fn rule(
         destinations: destinations.iter().map(|s| net(s)).collect(),
         protocol,
         ports,
+        monitor: false,
     }
 }
 
 #[test]
 fn web_server_gets_port_groups_per_protocol() {
     let policy = Policy::parse(POLICY).unwrap();
-    let config = policy.compile(&devices(), "w1", 7);
+    let config = policy.compile(&devices(), "w1", 7, 0);
     assert_eq!(config.version, 7);
     let sources = ["100.64.0.1/32"];
     let destinations = ["100.64.0.2/32", "fd7a::2/128"];
@@ -140,7 +141,7 @@ fn web_server_gets_port_groups_per_protocol() {
 #[test]
 fn database_gets_deny_before_allow() {
     let policy = Policy::parse(POLICY).unwrap();
-    let config = policy.compile(&devices(), "d1", 1);
+    let config = policy.compile(&devices(), "d1", 1, 0);
     let db = ["100.64.0.3/32"];
     assert_eq!(
         config.rules,
@@ -176,12 +177,12 @@ fn database_gets_deny_before_allow() {
 #[test]
 fn laptop_accepts_nothing_and_unknown_devices_get_no_rules() {
     let policy = Policy::parse(POLICY).unwrap();
-    assert!(policy.compile(&devices(), "l1", 3).rules.is_empty());
-    let unknown = policy.compile(&devices(), "nope", 4);
+    assert!(policy.compile(&devices(), "l1", 3, 0).rules.is_empty());
+    let unknown = policy.compile(&devices(), "nope", 4, 0);
     assert_eq!((unknown.version, unknown.rules.len()), (4, 0));
     assert!(
         Policy::empty()
-            .compile(&devices(), "w1", 0)
+            .compile(&devices(), "w1", 0, 0)
             .rules
             .is_empty()
     );
@@ -200,7 +201,7 @@ fn any_compiles_to_one_rule_and_self_is_never_a_source() {
         groups: vec![],
         posture: None,
     });
-    let config = policy.compile(&network, "w2", 1);
+    let config = policy.compile(&network, "w2", 1, 0);
     let web_to_web: Vec<&FilterRule> = config
         .rules
         .iter()
@@ -223,11 +224,11 @@ fn any_compiles_to_one_rule_and_self_is_never_a_source() {
 fn peers_follow_allowed_flows_in_both_directions() {
     let policy = Policy::parse(POLICY).unwrap();
     let network = devices();
-    assert_eq!(policy.peers_of(&network, "l1"), ["d1", "w1"]);
-    assert_eq!(policy.peers_of(&network, "w1"), ["d1", "l1"]);
-    assert_eq!(policy.peers_of(&network, "d1"), ["l1", "w1"]);
-    assert!(policy.peers_of(&network, "nope").is_empty());
-    assert!(Policy::empty().peers_of(&network, "l1").is_empty());
+    assert_eq!(policy.peers_of(&network, "l1", 0), ["d1", "w1"]);
+    assert_eq!(policy.peers_of(&network, "w1", 0), ["d1", "l1"]);
+    assert_eq!(policy.peers_of(&network, "d1", 0), ["l1", "w1"]);
+    assert!(policy.peers_of(&network, "nope", 0).is_empty());
+    assert!(Policy::empty().peers_of(&network, "l1", 0).is_empty());
 }
 
 #[test]
@@ -264,17 +265,17 @@ fn peers_exclude_devices_whose_allows_are_shadowed() {
         )
     };
     let shadowed = policy(&(rule("d", "\"any\"", "deny") + &rule("x", "\"tcp/443\"", "allow")));
-    assert!(shadowed.peers_of(&network, "a").is_empty());
+    assert!(shadowed.peers_of(&network, "a", 0).is_empty());
     let shadowed = policy(
         &(rule("d1", "\"tcp/1-1000\"", "deny")
             + &rule("d2", "\"tcp/1001-65535\"", "deny")
             + &rule("x", "\"tcp\"", "allow")),
     );
-    assert!(shadowed.peers_of(&network, "b").is_empty());
+    assert!(shadowed.peers_of(&network, "b", 0).is_empty());
     let partly =
         policy(&(rule("d", "\"tcp/22\"", "deny") + &rule("x", "\"tcp/22\", \"tcp/443\"", "allow")));
-    assert_eq!(partly.peers_of(&network, "a"), ["b"]);
-    assert_eq!(partly.peers_of(&network, "b"), ["a"]);
+    assert_eq!(partly.peers_of(&network, "a", 0), ["b"]);
+    assert_eq!(partly.peers_of(&network, "b", 0), ["a"]);
     let deny_only = policy(&rule("d", "\"any\"", "deny"));
-    assert!(deny_only.peers_of(&network, "a").is_empty());
+    assert!(deny_only.peers_of(&network, "a", 0).is_empty());
 }

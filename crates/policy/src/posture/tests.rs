@@ -326,7 +326,7 @@ fn hypothetical_endpoints_are_assumed_compliant() {
 fn compile_drops_a_non_compliant_source_until_it_complies() {
     let policy = Policy::parse(POLICY).unwrap();
     let sources = |network: &[Device]| -> Vec<IpNet> {
-        let config = policy.compile(network, "d1", 1);
+        let config = policy.compile(network, "d1", 1, 0);
         config.rules.into_iter().flat_map(|r| r.sources).collect()
     };
     let db = database(Some(compliant()));
@@ -342,7 +342,7 @@ fn compile_drops_a_non_compliant_source_until_it_complies() {
     let mut open_disk = compliant();
     open_disk.disk_encrypted = Some(false);
     let network = [laptop(Some(compliant())), database(Some(open_disk))];
-    assert!(policy.compile(&network, "d1", 1).rules.is_empty());
+    assert!(policy.compile(&network, "d1", 1, 0).rules.is_empty());
 }
 
 #[test]
@@ -351,8 +351,8 @@ fn peers_follow_compliance() {
     let peers = |laptop_posture: Option<Posture>, db_posture: Option<Posture>| {
         let network = [laptop(laptop_posture), database(db_posture)];
         (
-            policy.peers_of(&network, "l1"),
-            policy.peers_of(&network, "d1"),
+            policy.peers_of(&network, "l1", 0),
+            policy.peers_of(&network, "d1", 0),
         )
     };
     let none: Vec<String> = Vec::new();

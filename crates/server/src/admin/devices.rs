@@ -28,6 +28,9 @@ impl AdminService {
                 .map_err(internal)?;
             device.approved = true;
             tracing::info!(name = %device.name, "device approved");
+            self.hub
+                .events()
+                .publish("device.approved", &device.name, format!("by {actor}"));
         }
         self.hub.reload().await.map_err(internal)?;
         Ok(self.device_message(&device))
@@ -88,6 +91,9 @@ impl AdminService {
                 .map_err(internal)?;
             device.key_expires_at = Some(now);
             tracing::info!(name = %device.name, "node key expired by an admin");
+            self.hub
+                .events()
+                .publish("device.expired", &device.name, format!("by {actor}"));
         }
         self.hub.reload().await.map_err(internal)?;
         Ok(self.device_message(&device))

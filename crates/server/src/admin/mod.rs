@@ -9,6 +9,8 @@ mod api_keys;
 mod audit;
 mod devices;
 pub mod gate;
+mod observe;
+mod policy;
 pub mod roles;
 mod users;
 
@@ -17,7 +19,6 @@ use std::time::Duration;
 
 use base64::Engine;
 use tonic::{Request, Response, Status};
-use ztmesh_policy::Policy;
 use ztmesh_proto::{JoinToken, v1};
 use ztmesh_rpc::v1::admin_server::Admin;
 
@@ -32,8 +33,6 @@ use crate::store::{Actor, DeviceRecord, DeviceStatus, Store, unix_now};
 /// Default and longest join token lifetimes.
 const DEFAULT_TOKEN_LIFETIME: Duration = Duration::from_secs(24 * 3600);
 const MAX_TOKEN_LIFETIME: Duration = Duration::from_secs(365 * 24 * 3600);
-/// Largest policy text accepted.
-const MAX_POLICY_BYTES: usize = 1024 * 1024;
 
 /// Implementation of `ztmesh.v1.Admin`.
 pub struct AdminService {
@@ -180,6 +179,10 @@ impl Admin for AdminService {
                 .map_err(internal)?;
             device.status = DeviceStatus::Revoked;
             tracing::info!(name = %device.name, "device revoked");
+            self.hub
+                .events()
+                .publish("device.revoked", &device.name, format!("by {actor}"));
+            self.hub.telemetry().forget(&device.id);
         }
         // Always publish, also when the device was already revoked: a retry
         // after a failed publish must still cut the device off.
@@ -194,16 +197,9 @@ impl Admin for AdminService {
         request: Request<v1::GetPolicyRequest>,
     ) -> Result<Response<v1::GetPolicyResponse>, Status> {
         self.authorize(&request).await?;
-        let record = self.store.latest_policy().await.map_err(internal)?;
-        Ok(Response::new(match record {
-            Some(r) => v1::GetPolicyResponse {
-                text: r.text,
-                version: r.version,
-                created_at: r.created_at,
-                author: r.author,
-            },
-            None => v1::GetPolicyResponse::default(),
-        }))
+        self.get_policy_impl(request.into_inner())
+            .await
+            .map(Response::new)
     }
 
     async fn set_policy(
@@ -211,31 +207,9 @@ impl Admin for AdminService {
         request: Request<v1::SetPolicyRequest>,
     ) -> Result<Response<v1::SetPolicyResponse>, Status> {
         let actor = self.authorize(&request).await?;
-        let text = request.into_inner().text;
-        parse_policy(&text)?;
-        let before = self.store.latest_policy().await.map_err(internal)?;
-        let version = self
-            .store
-            .insert_policy(&text, &actor.id)
+        self.set_policy_impl(&actor, request.into_inner())
             .await
-            .map_err(internal)?;
-        let before = before.map_or_else(String::new, |p| {
-            serde_json::json!({ "version": p.version }).to_string()
-        });
-        let after = serde_json::json!({ "version": version }).to_string();
-        self.store
-            .audit(
-                &actor,
-                "policy.set",
-                &format!("version {version}"),
-                &before,
-                &after,
-            )
-            .await
-            .map_err(internal)?;
-        self.hub.reload().await.map_err(internal)?;
-        tracing::info!(version, "policy updated");
-        Ok(Response::new(v1::SetPolicyResponse { version }))
+            .map(Response::new)
     }
 
     async fn validate_policy(
@@ -243,11 +217,58 @@ impl Admin for AdminService {
         request: Request<v1::ValidatePolicyRequest>,
     ) -> Result<Response<v1::ValidatePolicyResponse>, Status> {
         self.authorize(&request).await?;
-        let policy = parse_policy(&request.into_inner().text)?;
-        Ok(Response::new(v1::ValidatePolicyResponse {
-            rules: u32::try_from(policy.rule_count()).unwrap_or(u32::MAX),
-            segments: u32::try_from(policy.segment_names().count()).unwrap_or(u32::MAX),
-        }))
+        self.validate_policy_impl(request.into_inner())
+            .map(Response::new)
+    }
+
+    async fn check_policy(
+        &self,
+        request: Request<v1::CheckPolicyRequest>,
+    ) -> Result<Response<v1::CheckPolicyResponse>, Status> {
+        self.authorize(&request).await?;
+        self.check_policy_impl(request.into_inner())
+            .map(Response::new)
+    }
+
+    async fn list_policy_versions(
+        &self,
+        request: Request<v1::ListPolicyVersionsRequest>,
+    ) -> Result<Response<v1::ListPolicyVersionsResponse>, Status> {
+        self.authorize(&request).await?;
+        self.list_policy_versions_impl(request.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    async fn list_flows(
+        &self,
+        request: Request<v1::ListFlowsRequest>,
+    ) -> Result<Response<v1::ListFlowsResponse>, Status> {
+        self.authorize(&request).await?;
+        self.list_flows_impl(request.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    type WatchEventsStream = observe::EventStream;
+
+    async fn watch_events(
+        &self,
+        request: Request<v1::WatchEventsRequest>,
+    ) -> Result<Response<Self::WatchEventsStream>, Status> {
+        self.authorize(&request).await?;
+        self.watch_events_impl(request.into_inner())
+            .map(Response::new)
+    }
+
+    async fn rollback_policy(
+        &self,
+        request: Request<v1::RollbackPolicyRequest>,
+    ) -> Result<Response<v1::SetPolicyResponse>, Status> {
+        let actor = self.authorize(&request).await?;
+        self.rollback_policy_impl(&actor, request.into_inner())
+            .await
+            .map(Response::new)
     }
 
     async fn create_user(
@@ -421,13 +442,6 @@ impl Admin for AdminService {
             .await
             .map(Response::new)
     }
-}
-
-fn parse_policy(text: &str) -> Result<Policy, Status> {
-    if text.len() > MAX_POLICY_BYTES {
-        return Err(Status::invalid_argument("the policy is larger than 1 MiB"));
-    }
-    Policy::parse(text).map_err(|e| Status::invalid_argument(e.to_string()))
 }
 
 fn validate_tag(tag: &str) -> Result<(), Status> {

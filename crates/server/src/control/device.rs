@@ -134,6 +134,19 @@ impl ControlService {
             .map_err(internal)?;
         if changed {
             tracing::info!(name = %device.name, posture = ?record, "device posture changed");
+            let known = |v: Option<bool>| v.map_or("unknown", |v| if v { "yes" } else { "no" });
+            self.hub.events().publish(
+                "device.posture",
+                &device.name,
+                format!(
+                    "{} {}, daemon {}, disk encrypted {}, firewall {}",
+                    record.os,
+                    record.os_version,
+                    record.daemon_version,
+                    known(record.disk_encrypted),
+                    known(record.firewall)
+                ),
+            );
             self.hub.reload().await.map_err(internal)?;
         }
         device.posture = Some(record);

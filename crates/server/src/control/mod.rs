@@ -2,6 +2,7 @@
 //! login), the sync stream, key rotation and posture reports.
 
 mod device;
+mod flows;
 
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
@@ -88,6 +89,14 @@ impl ControlService {
             )
             .await?;
         tracing::info!(name = %device.name, address = %device.address, owner = ?device.owner, tags = ?device.tags, approved = device.approved, "device enrolled");
+        self.hub.events().publish(
+            "device.enrolled",
+            &device.name,
+            match &device.owner {
+                Some(owner) => format!("user {owner}, address {}", device.address),
+                None => format!("tags {}, address {}", device.tags.join(","), device.address),
+            },
+        );
         // The enrollment is committed; a failed publish must not make the
         // device believe it failed. Its first sync publishes again.
         if let Err(e) = self.hub.reload().await {
@@ -239,6 +248,13 @@ impl Control for ControlService {
         self.report_posture_impl(request).await.map(Response::new)
     }
 
+    async fn report_flows(
+        &self,
+        request: Request<v1::FlowReport>,
+    ) -> Result<Response<v1::FlowReportResponse>, Status> {
+        self.report_flows_impl(request).await.map(Response::new)
+    }
+
     type SyncStream = SyncStream;
 
     async fn sync(
@@ -260,7 +276,8 @@ impl Control for ControlService {
             }
         }
         let (tx, rx) = mpsc::channel(16);
-        let guard = self.hub.connect(&device.id);
+        let remote_text = remote.map_or_else(|| "unknown".to_owned(), |r| r.to_string());
+        let guard = self.hub.connect(&device.id, &device.name, &remote_text);
         let mut states = self.hub.subscribe();
         let mut closing = self.hub.closing();
         tracing::info!(name = %device.name, remote = ?remote, "device connected");

@@ -23,6 +23,13 @@ pub struct Actor {
     pub source: String,
 }
 
+/// The actor's id (`apikey:ID`, ...), as messages and events name it.
+impl std::fmt::Display for Actor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.id)
+    }
+}
+
 impl Actor {
     /// The server itself (bootstrap, timers).
     pub fn system(id: &str) -> Actor {

@@ -7,32 +7,23 @@ mod api_keys;
 mod audit;
 mod devices;
 mod enroll;
+mod flows;
+mod policies;
 mod users;
 
 use anyhow::{Context, Result, anyhow};
+use sqlx::AnyPool;
 use sqlx::any::AnyPoolOptions;
-use sqlx::{AnyPool, Row};
 
 pub use api_keys::{ApiKeyRecord, RevokeOutcome};
 pub use audit::{Actor, AuditFilter, AuditRecord};
 pub use devices::{DeviceRecord, DeviceStatus, PostureRecord};
 pub use enroll::{Credential, EnrollError, NewDevice, TokenRecord};
+pub use flows::{FlowQuery, FlowRow};
+pub use policies::PolicyRecord;
 pub use users::{DEFAULT_KEY_EXPIRY_SECONDS, Settings, UserRecord};
 
 use self::audit::insert_audit;
-
-/// A stored policy version.
-#[derive(Debug, Clone)]
-pub struct PolicyRecord {
-    /// Increasing version number, from 1.
-    pub version: u64,
-    /// Source text.
-    pub text: String,
-    /// Who set it (API key id).
-    pub author: String,
-    /// Unix seconds.
-    pub created_at: i64,
-}
 
 /// Handle on the database.
 #[derive(Clone)]
@@ -88,57 +79,6 @@ impl Store {
             pool,
             audit_signal: std::sync::Arc::new(tokio::sync::watch::channel(0).0),
         })
-    }
-
-    /// The newest policy, if any was ever set.
-    pub async fn latest_policy(&self) -> Result<Option<PolicyRecord>> {
-        let row = sqlx::query(
-            "SELECT version, text, author, created_at FROM policies ORDER BY version DESC LIMIT 1",
-        )
-        .fetch_optional(&self.pool)
-        .await?;
-        row.map(|r| {
-            Ok(PolicyRecord {
-                version: u64::try_from(r.try_get::<i64, _>("version")?)?,
-                text: r.try_get("text")?,
-                author: r.try_get("author")?,
-                created_at: r.try_get("created_at")?,
-            })
-        })
-        .transpose()
-    }
-
-    /// Stores a new policy version and returns its number.
-    pub async fn insert_policy(&self, text: &str, author: &str) -> Result<u64> {
-        // One statement that writes first: a read-then-write transaction
-        // can fail at once with "database is locked" on SQLite while another
-        // connection writes (the lock upgrade would deadlock). Two
-        // concurrent inserts on PostgreSQL can pick the same number; the
-        // loser hits the primary key and retries.
-        for _attempt in 0..5 {
-            let inserted = sqlx::query(
-                "INSERT INTO policies (version, text, author, created_at) \
-                 SELECT COALESCE(MAX(version), 0) + 1, $1, $2, $3 FROM policies \
-                 RETURNING version",
-            )
-            .bind(text)
-            .bind(author)
-            .bind(unix_now())
-            .fetch_one(&self.pool)
-            .await;
-            match inserted {
-                Ok(row) => return Ok(u64::try_from(row.try_get::<i64, _>("version")?)?),
-                Err(e) => {
-                    let e = anyhow::Error::from(e);
-                    if !is_unique_violation(&e) {
-                        return Err(e);
-                    }
-                }
-            }
-        }
-        Err(anyhow!(
-            "another policy was being stored at the same time; try again"
-        ))
     }
 }
 

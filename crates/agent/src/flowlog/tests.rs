@@ -1,0 +1,114 @@
+use ztmesh_filter::{DropReason, PacketInfo};
+
+use super::*;
+
+fn event(sport: u16, dport: u16, verdict: FlowVerdict, rule: Option<&str>) -> FlowEvent {
+    FlowEvent {
+        rule: rule.map(str::to_owned),
+        verdict,
+        packet: PacketInfo {
+            src: "100.64.0.1".parse().unwrap(),
+            dst: "100.64.0.2".parse().unwrap(),
+            proto: 6,
+            src_port: sport,
+            dst_port: dport,
+            tcp_flags: 2,
+            icmp_type: None,
+        },
+        bytes: 60,
+    }
+}
+
+#[test]
+fn same_flow_events_aggregate_and_drops_come_first() {
+    let mut aggregator = Aggregator::default();
+    let denied = FlowVerdict::Dropped(DropReason::Denied);
+    let batch = FlowBatch {
+        events: vec![
+            event(1000, 443, FlowVerdict::Allowed, Some("web")),
+            event(2000, 22, denied, Some("no-ssh")),
+            event(2000, 22, denied, Some("no-ssh")),
+            event(3000, 5432, FlowVerdict::Monitored, Some("watch-db")),
+        ],
+        counters: CounterSnapshot {
+            policy_version: 7,
+            rule_hits: vec![("web".into(), 1), ("no-ssh".into(), 2)],
+            events_lost: 3,
+            ..CounterSnapshot::default()
+        },
+    };
+    aggregator.add(batch, 100);
+    aggregator.add(
+        FlowBatch {
+            events: vec![event(2000, 22, denied, Some("no-ssh"))],
+            counters: CounterSnapshot {
+                policy_version: 7,
+                ..CounterSnapshot::default()
+            },
+        },
+        101,
+    );
+    let report = aggregator.take_report(50);
+    let summary: Vec<(&str, u32, u64, u64, i64, i64)> = report
+        .records
+        .iter()
+        .map(|r| {
+            (
+                r.verdict.as_str(),
+                r.dst_port,
+                r.packets,
+                r.bytes,
+                r.first_seen,
+                r.last_seen,
+            )
+        })
+        .collect();
+    assert_eq!(
+        summary,
+        [
+            ("denied", 22, 3, 180, 100, 101),
+            ("monitored", 5432, 1, 60, 100, 100),
+            ("allowed", 443, 1, 60, 100, 100),
+        ]
+    );
+    assert_eq!(report.records[0].rule, "no-ssh");
+    assert_eq!((report.policy_version, report.started_at), (7, 50));
+    // Counters are the latest snapshot.
+    assert!(report.rule_hits.is_empty());
+    assert_eq!(report.records_lost, 0);
+    assert!(aggregator.take_report(50).records.is_empty());
+}
+
+#[test]
+fn reports_are_capped_and_the_rest_counted() {
+    let mut aggregator = Aggregator::default();
+    let events = (0..MAX_AGGREGATED as u32 + 10)
+        .map(|i| {
+            event(
+                (i % 60000) as u16,
+                (i / 60000) as u16 + 1,
+                FlowVerdict::Dropped(DropReason::NoRule),
+                None,
+            )
+        })
+        .collect();
+    aggregator.add(
+        FlowBatch {
+            events,
+            counters: CounterSnapshot {
+                events_lost: 5,
+                ..CounterSnapshot::default()
+            },
+        },
+        1,
+    );
+    let report = aggregator.take_report(0);
+    assert_eq!(report.records.len(), MAX_RECORDS);
+    let expected_lost = 5 + 10 + (MAX_AGGREGATED - MAX_RECORDS) as u64;
+    assert_eq!(report.records_lost, expected_lost);
+    aggregator.count_lost(MAX_RECORDS);
+    assert_eq!(
+        aggregator.take_report(0).records_lost,
+        expected_lost + MAX_RECORDS as u64
+    );
+}
