@@ -1,4 +1,8 @@
-//! Compiles the .proto messages with protox (pure Rust), so no system protoc is needed.
+//! Compiles the .proto messages with protox (pure Rust), so no system protoc
+//! is needed, and writes the encoded descriptor set for gRPC reflection and
+//! for code that enumerates the services (the admin role table check).
+
+use prost::Message;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../proto");
@@ -7,6 +11,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         println!("cargo:rerun-if-changed={}", root.join(file).display());
     }
     let fds = protox::compile(files, [&root])?;
+    let out = std::path::PathBuf::from(std::env::var("OUT_DIR")?);
+    std::fs::write(out.join("ztmesh_descriptor.bin"), fds.encode_to_vec())?;
     prost_build::Config::new().compile_fds(fds)?;
     Ok(())
 }

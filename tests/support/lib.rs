@@ -146,6 +146,42 @@ impl TestServer {
         AdminClient::new(self.channel.clone())
     }
 
+    /// The TLS channel to the server (for generic gRPC clients).
+    pub fn channel(&self) -> Channel {
+        self.channel.clone()
+    }
+
+    /// A request carrying `api_key` instead of the owner key.
+    pub fn request_as<T>(&self, api_key: &str, message: T) -> Request<T> {
+        let mut request = Request::new(message);
+        request.metadata_mut().insert(
+            "authorization",
+            format!("Bearer {api_key}").parse().unwrap(),
+        );
+        request
+    }
+
+    /// Creates an API key with `role` using `creator`'s key; returns the
+    /// whole secret.
+    pub async fn api_key_as(
+        &self,
+        creator: &str,
+        role: &str,
+        expires_in_seconds: u64,
+    ) -> Result<String, tonic::Status> {
+        self.admin()
+            .create_api_key(self.request_as(
+                creator,
+                v1::CreateApiKeyRequest {
+                    role: role.into(),
+                    expires_in_seconds,
+                    description: format!("test {role} key"),
+                },
+            ))
+            .await
+            .map(|r| r.into_inner().secret)
+    }
+
     pub async fn token(&self, tags: &[&str], reusable: bool, expires_in_seconds: u64) -> String {
         self.admin()
             .create_join_token(self.request(v1::CreateJoinTokenRequest {

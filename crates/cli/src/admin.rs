@@ -10,6 +10,8 @@ use tonic::transport::Channel;
 use ztmesh_proto::v1;
 use ztmesh_rpc::v1::admin_client::AdminClient;
 
+use crate::api_keys::ApiKeysCommand;
+use crate::audit::AuditArgs;
 use crate::identity::{DeviceTrust, GroupsCommand, SettingsCommand, UsersCommand};
 use crate::observe::{EventsArgs, FlowsArgs};
 use crate::policy::PolicyCommand;
@@ -51,6 +53,11 @@ enum AdminCommand {
     /// Network settings: device approval, node key lifetime.
     #[command(subcommand)]
     Settings(SettingsCommand),
+    /// Admin API keys with roles (owner, admin, policy-editor, auditor).
+    #[command(subcommand, name = "api-keys")]
+    ApiKeys(ApiKeysCommand),
+    /// The audit log: who changed what, when, from where.
+    Audit(AuditArgs),
     /// Flow records reported by daemons (accepted, monitored, dropped).
     Flows(FlowsArgs),
     /// Follow live events: devices connecting, posture, policy versions.
@@ -185,6 +192,8 @@ pub async fn run(args: AdminArgs) -> Result<()> {
         AdminCommand::Users(command) => crate::identity::users(&client, command).await?,
         AdminCommand::Groups(command) => crate::identity::groups(&client, command).await?,
         AdminCommand::Settings(command) => crate::identity::settings(&client, command).await?,
+        AdminCommand::ApiKeys(command) => crate::api_keys::run(&client, command).await?,
+        AdminCommand::Audit(args) => crate::audit::run(&client, args).await?,
         AdminCommand::Policy(command) => crate::policy::run(&client, command, policy_text).await?,
         AdminCommand::Flows(args) => crate::observe::flows(&client, args).await?,
         AdminCommand::Events(args) => crate::observe::events(&client, args).await?,

@@ -346,7 +346,7 @@ pub async fn device_trust(client: &Client, command: DeviceTrust) -> Result<()> {
     Ok(())
 }
 
-fn expiry_text(at: i64) -> String {
+pub(crate) fn expiry_text(at: i64) -> String {
     if at == 0 {
         return "never".to_owned();
     }

@@ -1,6 +1,8 @@
 //! `ztmesh`: the one binary. Thin glue over `ztmesh-server` and `ztmesh-agent`.
 
 mod admin;
+mod api_keys;
+mod audit;
 mod identity;
 mod import;
 mod login;

@@ -10,6 +10,12 @@ pub mod v1 {
     include!(concat!(env!("OUT_DIR"), "/ztmesh.v1.rs"));
 }
 
+/// The encoded `FileDescriptorSet` of every ztmesh .proto file: served by
+/// gRPC reflection, and the list of RPCs the admin role table is checked
+/// against.
+pub const FILE_DESCRIPTOR_SET: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/ztmesh_descriptor.bin"));
+
 mod convert;
 mod token;
 

@@ -33,6 +33,7 @@ use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 use ztmesh_rpc::v1::admin_server::AdminServer;
 use ztmesh_rpc::v1::control_server::ControlServer;
 
+pub use admin::roles;
 pub use hub::Hub;
 pub use store::Store;
 
@@ -131,11 +132,17 @@ pub async fn init(config: &ServerConfig, sans: &[String]) -> Result<InitOutcome>
     )?;
     let key_id = random_token(6);
     let secret = random_token(32);
+    let key = store::ApiKeyRecord {
+        id: key_id.clone(),
+        role: "owner".to_owned(),
+        description: "bootstrap owner key".to_owned(),
+        created_at: store::unix_now(),
+        created_by: "server".to_owned(),
+        expires_at: None,
+        revoked_at: None,
+    };
     store
-        .insert_api_key(&key_id, &hash_secret(&secret), "owner")
-        .await?;
-    store
-        .audit("server", "api_key.create", &key_id, "bootstrap owner key")
+        .insert_api_key(&key, &hash_secret(&secret), &store::Actor::system("server"))
         .await?;
     std::fs::write(config.data_dir.join(INIT_MARKER), "")
         .context("writing the initialisation marker")?;
@@ -178,6 +185,10 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<()> {
     ensure_private_dir(&config.data_dir)?;
+    // Fail closed: a role table that does not cover the Admin service
+    // exactly stops the server before it accepts a call.
+    let roles = admin::roles::RoleTable::builtin()
+        .context("the admin role table (proto/ztmesh/v1/admin-roles.md) is not usable")?;
     let ca = Arc::new(CertificateAuthority::load(&config.data_dir)?);
     let chain = std::fs::read_to_string(config.data_dir.join("server.pem"))
         .context("reading server.pem")?;
@@ -214,12 +225,20 @@ pub async fn run(
         config.overlay_v4,
     );
     let admin = admin::AdminService::new(
-        store,
+        store.clone(),
         hub.clone(),
         Arc::clone(&ca),
         identity,
         advertise_url.clone(),
     );
+    let admin = admin::gate::AdminGate::new(AdminServer::new(admin), store, roles);
+    let (reflection_v1, reflection_v1alpha) = reflection_services()?;
+    let (health_reporter, health) = tonic_health::server::health_reporter();
+    for service in ["", CONTROL_SERVICE, admin::roles::ADMIN_SERVICE] {
+        health_reporter
+            .set_service_status(service, tonic_health::ServingStatus::Serving)
+            .await;
+    }
     tracing::info!(listen = %local, advertise = %advertise_url, ca_fingerprint = %ca.fingerprint(), "coordination server running");
     Server::builder()
         .tls_config(tls)
@@ -227,14 +246,51 @@ pub async fn run(
         .http2_keepalive_interval(Some(Duration::from_secs(10)))
         .http2_keepalive_timeout(Some(Duration::from_secs(10)))
         .add_service(ControlServer::new(control))
-        .add_service(AdminServer::new(admin))
+        .add_service(admin)
+        .add_service(health)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
         .serve_with_incoming_shutdown(TcpIncoming::from(listener), async move {
             shutdown.await;
+            for service in ["", CONTROL_SERVICE, admin::roles::ADMIN_SERVICE] {
+                health_reporter
+                    .set_service_status(service, tonic_health::ServingStatus::NotServing)
+                    .await;
+            }
             hub.close();
         })
         .await
         .context("serving gRPC")?;
     Ok(())
+}
+
+/// Full name of the device-facing service (health reports it).
+const CONTROL_SERVICE: &str = "ztmesh.v1.Control";
+
+/// gRPC server reflection, v1 and v1alpha (some clients, e.g. Python's
+/// grpcio, speak only v1alpha), over every ztmesh service. Reflection
+/// needs no API key: it shows only the schema, which is public.
+fn reflection_services() -> Result<(
+    tonic_reflection::server::v1::ServerReflectionServer<
+        impl tonic_reflection::server::v1::ServerReflection,
+    >,
+    tonic_reflection::server::v1alpha::ServerReflectionServer<
+        impl tonic_reflection::server::v1alpha::ServerReflection,
+    >,
+)> {
+    let builder = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(ztmesh_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    Ok((
+        builder()
+            .build_v1()
+            .context("building the gRPC reflection service (v1)")?,
+        builder()
+            .build_v1alpha()
+            .context("building the gRPC reflection service (v1alpha)")?,
+    ))
 }
 
 /// `https://IP:PORT` for a specific listen address, `https://HOSTNAME:PORT` otherwise.

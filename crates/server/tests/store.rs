@@ -9,7 +9,8 @@ use std::sync::Arc;
 use sqlx::Row;
 use ztmesh_server::secrets::{hash_secret, random_token};
 use ztmesh_server::store::{
-    Credential, DeviceStatus, EnrollError, NewDevice, Settings, Store, unix_now,
+    Actor, ApiKeyRecord, Credential, DeviceStatus, EnrollError, NewDevice, Settings, Store,
+    unix_now,
 };
 
 fn overlay() -> ipnet::Ipv4Net {
@@ -66,7 +67,7 @@ async fn token(store: &Store, reusable: bool, expires_at: i64) -> (String, Strin
             false,
             &["web".into()],
             expires_at,
-            "test",
+            &Actor::system("test"),
         )
         .await
         .unwrap();
@@ -80,6 +81,7 @@ fn device<'a>(id: &'a str, key: &'a str) -> NewDevice<'a> {
         public_key: key,
         cert_fingerprint: key,
         key_expires_at: None,
+        source: "192.0.2.1:40000",
     }
 }
 
@@ -223,7 +225,7 @@ async fn enrollment_rules_policies_and_audit() {
 
         // Revocation and lookups.
         store
-            .set_status(&a.id, DeviceStatus::Revoked, "test")
+            .set_status(&a.id, DeviceStatus::Revoked, &Actor::system("test"))
             .await
             .unwrap();
         let found = store.device_by_fingerprint("ka").await.unwrap().unwrap();
@@ -285,15 +287,28 @@ async fn enrollment_rules_policies_and_audit() {
 
         // Audit.
         store
-            .audit("apikey:x", "device.revoke", "a", "")
+            .audit(&Actor::system("apikey:x"), "device.revoke", "a", "", "")
             .await
             .unwrap();
         let entries = store.audit_entries().await.unwrap();
         assert_eq!(entries.last().unwrap().1, "device.revoke", "{backend}");
 
         // No secret is stored in clear: dump every text column.
+        let key = ApiKeyRecord {
+            id: "k1".into(),
+            role: "owner".into(),
+            description: String::new(),
+            created_at: unix_now(),
+            created_by: "test".into(),
+            expires_at: None,
+            revoked_at: None,
+        };
         store
-            .insert_api_key("k1", &hash_secret("api-secret-value"), "owner")
+            .insert_api_key(
+                &key,
+                &hash_secret("api-secret-value"),
+                &Actor::system("test"),
+            )
             .await
             .unwrap();
         let dump = dump_text(&url).await;
@@ -326,9 +341,12 @@ async fn dump_text(url: &str) -> String {
             "id, name, public_key, address, tags, cert_fingerprint, status",
         ),
         ("join_tokens", "id, secret_hash, tags, created_by"),
-        ("api_keys", "id, key_hash, role"),
+        ("api_keys", "id, key_hash, role, description, created_by"),
         ("policies", "text, author"),
-        ("audit_log", "actor, action, target, detail"),
+        (
+            "audit_log",
+            "actor, role, action, target, detail, before_state, after_state, source",
+        ),
     ] {
         let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
             "SELECT {columns} FROM {table}"

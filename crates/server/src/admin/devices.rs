@@ -7,7 +7,7 @@ use ztmesh_proto::v1;
 use super::AdminService;
 use crate::error::internal;
 use crate::netmap::policy_device;
-use crate::store::{Settings, expiry_from, unix_now};
+use crate::store::{Actor, Settings, expiry_from, unix_now};
 
 /// Shortest node key lifetime accepted (the daemon rotates at two thirds).
 const MIN_KEY_EXPIRY_SECONDS: u64 = 3;
@@ -17,7 +17,7 @@ const MAX_KEY_EXPIRY_SECONDS: u64 = 3650 * 24 * 3600;
 impl AdminService {
     pub(super) async fn approve_device_impl(
         &self,
-        actor: &str,
+        actor: &Actor,
         req: v1::DeviceRef,
     ) -> Result<v1::Device, Status> {
         let mut device = self.find_device(&req.device).await?;
@@ -38,7 +38,7 @@ impl AdminService {
 
     pub(super) async fn show_device_impl(
         &self,
-        _actor: &str,
+        _actor: &Actor,
         req: v1::DeviceRef,
     ) -> Result<v1::DeviceDetail, Status> {
         let device = self.find_device(&req.device).await?;
@@ -79,7 +79,7 @@ impl AdminService {
 
     pub(super) async fn expire_device_impl(
         &self,
-        actor: &str,
+        actor: &Actor,
         req: v1::DeviceRef,
     ) -> Result<v1::Device, Status> {
         let mut device = self.find_device(&req.device).await?;
@@ -101,7 +101,7 @@ impl AdminService {
 
     pub(super) async fn set_device_expiry_impl(
         &self,
-        actor: &str,
+        actor: &Actor,
         req: v1::SetDeviceExpiryRequest,
     ) -> Result<v1::Device, Status> {
         let mut device = self.find_device(&req.device).await?;
@@ -141,7 +141,7 @@ impl AdminService {
 
     pub(super) async fn get_settings_impl(
         &self,
-        _actor: &str,
+        _actor: &Actor,
         _req: v1::GetSettingsRequest,
     ) -> Result<v1::Settings, Status> {
         let settings = self.store.settings().await.map_err(internal)?;
@@ -150,7 +150,7 @@ impl AdminService {
 
     pub(super) async fn update_settings_impl(
         &self,
-        actor: &str,
+        actor: &Actor,
         req: v1::UpdateSettingsRequest,
     ) -> Result<v1::Settings, Status> {
         let mut settings = self.store.settings().await.map_err(internal)?;

@@ -1,9 +1,17 @@
-//! The Admin service: join tokens, devices, users, settings and policy,
-//! behind API keys.
+//! The Admin service: join tokens, devices, users, settings, policy, API
+//! keys and the audit log, behind API keys with roles.
+//!
+//! [`gate::AdminGate`] authenticates every call and checks the role table
+//! before a handler runs; handlers take the admitted caller from
+//! [`AdminService::authorize`].
 
+mod api_keys;
+mod audit;
 mod devices;
+pub mod gate;
 mod observe;
 mod policy;
+pub mod roles;
 mod users;
 
 use std::sync::Arc;
@@ -19,8 +27,8 @@ use crate::hub::Hub;
 use crate::identity::Identity;
 use crate::netmap::standing;
 use crate::pki::CertificateAuthority;
-use crate::secrets::{hash_secret, random_token, split_secret, verify_secret};
-use crate::store::{DeviceRecord, DeviceStatus, Store, unix_now};
+use crate::secrets::{hash_secret, random_token};
+use crate::store::{Actor, DeviceRecord, DeviceStatus, Store, unix_now};
 
 /// Default and longest join token lifetimes.
 const DEFAULT_TOKEN_LIFETIME: Duration = Duration::from_secs(24 * 3600);
@@ -53,35 +61,14 @@ impl AdminService {
         }
     }
 
-    /// Checks the bearer API key; returns the key id (the actor in the audit log).
-    async fn authorize<T>(&self, request: &Request<T>) -> Result<String, Status> {
-        let unauthenticated = || {
-            Status::unauthenticated(
-                "a valid admin API key is required: pass --api-key or set ZTMESH_API_KEY (shown once by `ztmesh server init`)",
-            )
-        };
-        let header = request
-            .metadata()
-            .get("authorization")
-            .and_then(|v| v.to_str().ok())
-            .ok_or_else(unauthenticated)?;
-        let key = header.strip_prefix("Bearer ").ok_or_else(unauthenticated)?;
-        let (id, secret) = split_secret(key).ok_or_else(unauthenticated)?;
-        let (stored, role) = self
-            .store
-            .api_key(id)
-            .await
-            .map_err(internal)?
-            .ok_or_else(unauthenticated)?;
-        if !verify_secret(secret, &stored) {
-            return Err(unauthenticated());
-        }
-        if role != "owner" {
-            return Err(Status::permission_denied(format!(
-                "role `{role}` may not do this"
-            )));
-        }
-        Ok(format!("apikey:{id}"))
+    /// The caller the gate admitted (key id, role, peer address): the
+    /// actor of the audit log. Fails closed if the service is ever served
+    /// without its gate.
+    async fn authorize<T>(&self, request: &Request<T>) -> Result<Actor, Status> {
+        request.extensions().get::<Actor>().cloned().ok_or_else(|| {
+            tracing::error!("an admin call arrived without passing the gate; refused");
+            Status::unauthenticated("this admin call was not authenticated; it is refused")
+        })
     }
 
     /// A device by name or id, or a clear not-found status.
@@ -401,6 +388,58 @@ impl Admin for AdminService {
     ) -> Result<Response<v1::Settings>, Status> {
         let actor = self.authorize(&request).await?;
         self.update_settings_impl(&actor, request.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    async fn create_api_key(
+        &self,
+        request: Request<v1::CreateApiKeyRequest>,
+    ) -> Result<Response<v1::CreateApiKeyResponse>, Status> {
+        let actor = self.authorize(&request).await?;
+        self.create_api_key_impl(&actor, request.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    async fn list_api_keys(
+        &self,
+        request: Request<v1::ListApiKeysRequest>,
+    ) -> Result<Response<v1::ListApiKeysResponse>, Status> {
+        self.authorize(&request).await?;
+        self.list_api_keys_impl(request.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    async fn revoke_api_key(
+        &self,
+        request: Request<v1::RevokeApiKeyRequest>,
+    ) -> Result<Response<v1::RevokeApiKeyResponse>, Status> {
+        let actor = self.authorize(&request).await?;
+        self.revoke_api_key_impl(&actor, request.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    async fn list_audit(
+        &self,
+        request: Request<v1::ListAuditRequest>,
+    ) -> Result<Response<v1::ListAuditResponse>, Status> {
+        self.authorize(&request).await?;
+        self.list_audit_impl(request.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    type WatchAuditStream = audit::AuditStream;
+
+    async fn watch_audit(
+        &self,
+        request: Request<v1::WatchAuditRequest>,
+    ) -> Result<Response<Self::WatchAuditStream>, Status> {
+        let actor = self.authorize(&request).await?;
+        self.watch_audit_impl(&actor, request.into_inner())
             .await
             .map(Response::new)
     }

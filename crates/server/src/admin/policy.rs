@@ -10,7 +10,7 @@ use ztmesh_proto::v1;
 use super::AdminService;
 use crate::error::internal;
 use crate::netmap::{NetworkState, Standing, policy_device, standing};
-use crate::store::{PolicyRecord, unix_now};
+use crate::store::{Actor, PolicyRecord, unix_now};
 
 /// Largest policy text accepted.
 const MAX_POLICY_BYTES: usize = 1024 * 1024;
@@ -80,7 +80,7 @@ impl AdminService {
 
     pub(super) async fn set_policy_impl(
         &self,
-        actor: &str,
+        actor: &Actor,
         req: v1::SetPolicyRequest,
     ) -> Result<v1::SetPolicyResponse, Status> {
         check_comment(&req.comment)?;
@@ -129,7 +129,7 @@ impl AdminService {
 
     pub(super) async fn rollback_policy_impl(
         &self,
-        actor: &str,
+        actor: &Actor,
         req: v1::RollbackPolicyRequest,
     ) -> Result<v1::SetPolicyResponse, Status> {
         check_comment(&req.comment)?;
@@ -153,19 +153,34 @@ impl AdminService {
     /// pushes it to every daemon.
     async fn store_policy(
         &self,
-        actor: &str,
+        actor: &Actor,
         text: &str,
         comment: &str,
         policy: &Policy,
         action: &str,
     ) -> Result<v1::SetPolicyResponse, Status> {
+        let before = self
+            .store
+            .latest_policy()
+            .await
+            .map_err(internal)?
+            .map_or_else(String::new, |p| {
+                serde_json::json!({ "version": p.version }).to_string()
+            });
         let version = self
             .store
-            .insert_policy(text, actor, comment)
+            .insert_policy(text, &actor.id, comment)
             .await
             .map_err(internal)?;
+        let after = serde_json::json!({ "version": version, "comment": comment }).to_string();
         self.store
-            .audit(actor, action, &format!("version {version}"), comment)
+            .audit(
+                actor,
+                action,
+                &format!("version {version}"),
+                &before,
+                &after,
+            )
             .await
             .map_err(internal)?;
         self.hub.reload().await.map_err(internal)?;

@@ -8,12 +8,12 @@ use ztmesh_proto::v1;
 use super::AdminService;
 use crate::error::internal;
 use crate::identity::{validate_group, validate_user_name};
-use crate::store::{UserRecord, unix_now};
+use crate::store::{Actor, UserRecord, unix_now};
 
 impl AdminService {
     pub(super) async fn create_user_impl(
         &self,
-        actor: &str,
+        actor: &Actor,
         req: v1::CreateUserRequest,
     ) -> Result<v1::CreateUserResponse, Status> {
         validate_user_name(&req.name)?;
@@ -79,7 +79,7 @@ impl AdminService {
 
     pub(super) async fn list_users_impl(
         &self,
-        _actor: &str,
+        _actor: &Actor,
         _req: v1::ListUsersRequest,
     ) -> Result<v1::ListUsersResponse, Status> {
         let users = self.store.users().await.map_err(internal)?;
@@ -94,7 +94,7 @@ impl AdminService {
 
     pub(super) async fn set_user_disabled_impl(
         &self,
-        actor: &str,
+        actor: &Actor,
         req: v1::SetUserDisabledRequest,
     ) -> Result<v1::User, Status> {
         let mut user = self.find_user(&req.name).await?;
@@ -115,7 +115,7 @@ impl AdminService {
 
     pub(super) async fn delete_user_impl(
         &self,
-        actor: &str,
+        actor: &Actor,
         req: v1::DeleteUserRequest,
     ) -> Result<v1::DeleteUserResponse, Status> {
         let user = self.find_user(&req.name).await?;
@@ -133,7 +133,7 @@ impl AdminService {
 
     pub(super) async fn list_groups_impl(
         &self,
-        _actor: &str,
+        _actor: &Actor,
         _req: v1::ListGroupsRequest,
     ) -> Result<v1::ListGroupsResponse, Status> {
         let users = self.store.users().await.map_err(internal)?;
@@ -156,7 +156,7 @@ impl AdminService {
 
     pub(super) async fn set_group_member_impl(
         &self,
-        actor: &str,
+        actor: &Actor,
         req: v1::SetGroupMemberRequest,
     ) -> Result<v1::User, Status> {
         validate_group(&req.group)?;

@@ -9,7 +9,7 @@ use super::{ControlService, refusal};
 use crate::error::internal;
 use crate::netmap::{Standing, policy_device, standing};
 use crate::pki::der_fingerprint;
-use crate::store::{DeviceRecord, PostureRecord, expiry_from, unix_now};
+use crate::store::{Actor, DeviceRecord, PostureRecord, expiry_from, unix_now};
 
 /// Longest text field accepted in a posture report.
 const MAX_POSTURE_FIELD: usize = 256;
@@ -65,6 +65,13 @@ impl ControlService {
         request: Request<v1::RotateKeyRequest>,
     ) -> Result<v1::RotateKeyResponse, Status> {
         let device = self.authenticate(&request).await?;
+        let actor = Actor {
+            id: format!("device:{}", device.id),
+            role: "device".to_owned(),
+            source: request
+                .remote_addr()
+                .map_or_else(String::new, |a| a.to_string()),
+        };
         let req = request.into_inner();
         let public_key = ztmesh_proto::parse_public_key(&req.wireguard_public_key)
             .map_err(|e| Status::invalid_argument(format!("wireguard_public_key: {e}")))?;
@@ -90,6 +97,7 @@ impl ControlService {
                 &public_key,
                 &fingerprint,
                 expires_at,
+                &actor,
             )
             .await
             .map_err(|e| {

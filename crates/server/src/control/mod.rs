@@ -22,7 +22,7 @@ use crate::identity::{Identity, LoginError};
 use crate::netmap::Standing;
 use crate::pki::CertificateAuthority;
 use crate::secrets::{random_token, split_secret};
-use crate::store::{Credential, DeviceRecord, NewDevice, Settings, Store, unix_now};
+use crate::store::{Actor, Credential, DeviceRecord, NewDevice, Settings, Store, unix_now};
 
 /// Implementation of `ztmesh.v1.Control`.
 pub struct ControlService {
@@ -59,6 +59,7 @@ impl ControlService {
         wireguard_public_key: &[u8],
         csr_pem: &str,
         settings: &Settings,
+        source: &str,
     ) -> Result<v1::EnrollResponse, crate::store::EnrollError> {
         let public_key = ztmesh_proto::parse_public_key(wireguard_public_key).map_err(|e| {
             crate::store::EnrollError::Invalid(format!("wireguard_public_key: {e}"))
@@ -81,6 +82,7 @@ impl ControlService {
                     public_key: &public_key,
                     cert_fingerprint: &fingerprint,
                     key_expires_at: Some(expires_at),
+                    source,
                 },
                 self.overlay_v4,
                 settings,
@@ -122,6 +124,7 @@ impl Control for ControlService {
         request: Request<v1::EnrollRequest>,
     ) -> Result<Response<v1::EnrollResponse>, Status> {
         let peer = request.remote_addr();
+        let source = peer.map_or_else(String::new, |a| a.to_string());
         let req = request.into_inner();
         let Some((token_id, token_secret)) = split_secret(&req.join_secret) else {
             return Err(Status::unauthenticated(
@@ -142,6 +145,7 @@ impl Control for ControlService {
                 &req.wireguard_public_key,
                 &req.csr_pem,
                 &settings,
+                &source,
             )
             .await
             .map_err(|e| {
@@ -155,6 +159,9 @@ impl Control for ControlService {
         &self,
         request: Request<v1::LoginRequest>,
     ) -> Result<Response<v1::EnrollResponse>, Status> {
+        let peer = request
+            .remote_addr()
+            .map_or_else(String::new, |a| a.to_string());
         let source = request
             .remote_addr()
             .map_or(IpAddr::from([0, 0, 0, 0]), |a| a.ip());
@@ -186,14 +193,17 @@ impl Control for ControlService {
                 } else {
                     "wrong credentials"
                 };
+                // The name is what was typed, not a proven identity: the
+                // actor is anonymous and the name is the object.
+                let actor = Actor {
+                    id: "anonymous".to_owned(),
+                    role: "user".to_owned(),
+                    source: peer.clone(),
+                };
+                let after = serde_json::json!({ "refused": reason }).to_string();
                 if let Err(audit) = self
                     .store
-                    .audit(
-                        &format!("source:{source}"),
-                        "login.failed",
-                        &req.user,
-                        reason,
-                    )
+                    .audit(&actor, "login.failed", &req.user, "", &after)
                     .await
                 {
                     tracing::warn!(error = %format!("{audit:#}"), "auditing a failed login failed");
@@ -211,7 +221,7 @@ impl Control for ControlService {
             totp_step: step,
         };
         let response = self
-            .register(&credential, &req.name, &req.wireguard_public_key, &req.csr_pem, &settings)
+            .register(&credential, &req.name, &req.wireguard_public_key, &req.csr_pem, &settings, &peer)
             .await
             .map_err(|e| {
                 if matches!(e, crate::store::EnrollError::LoginRefused) {

@@ -3,28 +3,34 @@
 //! Uses sqlx's runtime query API through `AnyPool`, so the same queries and
 //! the same `migrations/` run on both backends.
 
+mod api_keys;
+mod audit;
 mod devices;
+mod enroll;
 mod flows;
 mod policies;
 mod users;
 
 use anyhow::{Context, Result, anyhow};
+use sqlx::AnyPool;
 use sqlx::any::AnyPoolOptions;
-use sqlx::{AnyPool, Row};
 
-pub use devices::{
-    Credential, DeviceRecord, DeviceStatus, EnrollError, NewDevice, PostureRecord, TokenRecord,
-};
+pub use api_keys::{ApiKeyRecord, RevokeOutcome};
+pub use audit::{Actor, AuditFilter, AuditRecord};
+pub use devices::{DeviceRecord, DeviceStatus, PostureRecord};
+pub use enroll::{Credential, EnrollError, NewDevice, TokenRecord};
 pub use flows::{FlowQuery, FlowRow};
 pub use policies::PolicyRecord;
 pub use users::{DEFAULT_KEY_EXPIRY_SECONDS, Settings, UserRecord};
 
-use crate::secrets::random_token;
+use self::audit::insert_audit;
 
 /// Handle on the database.
 #[derive(Clone)]
 pub struct Store {
     pool: AnyPool,
+    /// Bumped after every committed audit record (see `audit.rs`).
+    audit_signal: std::sync::Arc<tokio::sync::watch::Sender<u64>>,
 }
 
 /// Current Unix time in seconds.
@@ -66,60 +72,13 @@ impl Store {
             .run(&pool)
             .await
             .context("applying database migrations")?;
-        Ok(Store { pool })
-    }
-
-    /// Stores an API key (hash only).
-    pub async fn insert_api_key(&self, id: &str, key_hash: &str, role: &str) -> Result<()> {
-        sqlx::query(
-            "INSERT INTO api_keys (id, key_hash, role, created_at) VALUES ($1, $2, $3, $4)",
-        )
-        .bind(id)
-        .bind(key_hash)
-        .bind(role)
-        .bind(unix_now())
-        .execute(&self.pool)
-        .await?;
-        Ok(())
-    }
-
-    /// Number of API keys (0 means the server was never initialised).
-    pub async fn api_key_count(&self) -> Result<i64> {
-        let row = sqlx::query("SELECT COUNT(*) AS n FROM api_keys")
-            .fetch_one(&self.pool)
-            .await?;
-        Ok(row.try_get("n")?)
-    }
-
-    /// The stored hash and role of an API key.
-    pub async fn api_key(&self, id: &str) -> Result<Option<(String, String)>> {
-        let row = sqlx::query("SELECT key_hash, role FROM api_keys WHERE id = $1")
-            .bind(id)
-            .fetch_optional(&self.pool)
-            .await?;
-        row.map(|r| Ok((r.try_get("key_hash")?, r.try_get("role")?)))
-            .transpose()
-    }
-
-    /// Appends to the audit log.
-    pub async fn audit(&self, actor: &str, action: &str, target: &str, detail: &str) -> Result<()> {
-        insert_audit(&self.pool, actor, action, target, detail).await
-    }
-
-    /// Audit entries, oldest first: (actor, action, target).
-    pub async fn audit_entries(&self) -> Result<Vec<(String, String, String)>> {
-        let rows = sqlx::query("SELECT actor, action, target FROM audit_log ORDER BY id")
-            .fetch_all(&self.pool)
-            .await?;
-        rows.iter()
-            .map(|r| {
-                Ok((
-                    r.try_get("actor")?,
-                    r.try_get("action")?,
-                    r.try_get("target")?,
-                ))
-            })
-            .collect()
+        audit::protect_audit_log(&pool)
+            .await
+            .context("making the audit log append-only")?;
+        Ok(Store {
+            pool,
+            audit_signal: std::sync::Arc::new(tokio::sync::watch::channel(0).0),
+        })
     }
 }
 
@@ -140,34 +99,6 @@ pub async fn create_database(url: &str, name: &str) -> Result<()> {
         .execute(&pool)
         .await?;
     pool.close().await;
-    Ok(())
-}
-
-async fn insert_audit<'e, E>(
-    executor: E,
-    actor: &str,
-    action: &str,
-    target: &str,
-    detail: &str,
-) -> Result<()>
-where
-    E: sqlx::Executor<'e, Database = sqlx::Any>,
-{
-    // Ids sort in time order (nanoseconds, zero-padded), so entries written
-    // within one second keep their order on every backend.
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos())
-        .unwrap_or(0);
-    sqlx::query("INSERT INTO audit_log (id, at, actor, action, target, detail) VALUES ($1, $2, $3, $4, $5, $6)")
-        .bind(format!("{nanos:024}-{}", random_token(6)))
-        .bind(unix_now())
-        .bind(actor)
-        .bind(action)
-        .bind(target)
-        .bind(detail)
-        .execute(executor)
-        .await?;
     Ok(())
 }
 

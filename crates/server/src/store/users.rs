@@ -6,7 +6,10 @@ use anyhow::{Result, anyhow};
 use sqlx::Row;
 use sqlx::any::AnyRow;
 
-use super::{Store, insert_audit};
+use serde_json::json;
+use sqlx::{Any, Transaction};
+
+use super::{Actor, Store, insert_audit};
 
 /// A user as stored. The password is an argon2id PHC string and the TOTP
 /// seed is sealed with the server's secret box: neither is ever in clear.
@@ -53,7 +56,7 @@ impl Default for Settings {
 
 impl Store {
     /// Creates a user with its groups (audited, one transaction).
-    pub async fn create_user(&self, user: &UserRecord, actor: &str) -> Result<()> {
+    pub async fn create_user(&self, user: &UserRecord, actor: &Actor) -> Result<()> {
         let mut tx = self.pool.begin().await?;
         let exists = sqlx::query("SELECT id FROM users WHERE name = $1")
             .bind(&user.name)
@@ -77,10 +80,9 @@ impl Store {
                 .execute(&mut *tx)
                 .await?;
         }
-        let detail = format!("groups {:?}", user.groups);
-        insert_audit(&mut *tx, actor, "user.create", &user.name, &detail).await?;
-        tx.commit().await?;
-        Ok(())
+        let after = user_state(&mut tx, &user.id).await?;
+        insert_audit(&mut *tx, actor, "user.create", &user.name, "", &after).await?;
+        self.commit_audited(tx).await
     }
 
     /// Every user with groups, by name.
@@ -117,8 +119,10 @@ impl Store {
     }
 
     /// Disables or enables a user (audited).
-    pub async fn set_user_disabled(&self, id: &str, disabled: bool, actor: &str) -> Result<()> {
+    pub async fn set_user_disabled(&self, id: &str, disabled: bool, actor: &Actor) -> Result<()> {
         let mut tx = self.pool.begin().await?;
+        lock_user(&mut tx, id).await?;
+        let before = user_state(&mut tx, id).await?;
         sqlx::query("UPDATE users SET disabled = $1 WHERE id = $2")
             .bind(i64::from(disabled))
             .bind(id)
@@ -129,15 +133,17 @@ impl Store {
         } else {
             "user.enable"
         };
-        insert_audit(&mut *tx, actor, action, id, "").await?;
-        tx.commit().await?;
-        Ok(())
+        let after = user_state(&mut tx, id).await?;
+        insert_audit(&mut *tx, actor, action, id, &before, &after).await?;
+        self.commit_audited(tx).await
     }
 
     /// Deletes a user: its devices are revoked, its groups and record go.
     /// Returns how many devices were revoked.
-    pub async fn delete_user(&self, user: &UserRecord, actor: &str) -> Result<u64> {
+    pub async fn delete_user(&self, user: &UserRecord, actor: &Actor) -> Result<u64> {
         let mut tx = self.pool.begin().await?;
+        lock_user(&mut tx, &user.id).await?;
+        let before = user_state(&mut tx, &user.id).await?;
         let revoked = sqlx::query(
             "UPDATE devices SET status = 'revoked' WHERE owner = $1 AND status = 'active'",
         )
@@ -153,9 +159,9 @@ impl Store {
             .bind(&user.id)
             .execute(&mut *tx)
             .await?;
-        let detail = format!("{revoked} devices revoked");
-        insert_audit(&mut *tx, actor, "user.delete", &user.name, &detail).await?;
-        tx.commit().await?;
+        let after = json!({ "deleted": true, "devices_revoked": revoked }).to_string();
+        insert_audit(&mut *tx, actor, "user.delete", &user.name, &before, &after).await?;
+        self.commit_audited(tx).await?;
         Ok(revoked)
     }
 
@@ -165,9 +171,11 @@ impl Store {
         user_id: &str,
         group: &str,
         member: bool,
-        actor: &str,
+        actor: &Actor,
     ) -> Result<()> {
         let mut tx = self.pool.begin().await?;
+        lock_user(&mut tx, user_id).await?;
+        let before = user_state(&mut tx, user_id).await?;
         sqlx::query("DELETE FROM user_groups WHERE user_id = $1 AND group_name = $2")
             .bind(user_id)
             .bind(group)
@@ -181,9 +189,9 @@ impl Store {
                 .await?;
         }
         let action = if member { "group.add" } else { "group.remove" };
-        insert_audit(&mut *tx, actor, action, group, user_id).await?;
-        tx.commit().await?;
-        Ok(())
+        let after = user_state(&mut tx, user_id).await?;
+        insert_audit(&mut *tx, actor, action, group, &before, &after).await?;
+        self.commit_audited(tx).await
     }
 
     /// user id -> sorted groups.
@@ -206,26 +214,21 @@ impl Store {
         let rows = sqlx::query("SELECT name, value FROM settings")
             .fetch_all(&self.pool)
             .await?;
-        let mut settings = Settings::default();
-        for row in rows {
-            let name: String = row.try_get("name")?;
-            let value: String = row.try_get("value")?;
-            match name.as_str() {
-                "device_approval" => settings.device_approval = value == "true",
-                "key_expiry_seconds" => {
-                    settings.key_expiry_seconds = value
-                        .parse()
-                        .map_err(|_| anyhow!("stored setting key_expiry_seconds `{value}`"))?;
-                }
-                _ => {}
-            }
-        }
-        Ok(settings)
+        settings_from_rows(&rows)
     }
 
     /// Writes the settings (audited).
-    pub async fn set_settings(&self, settings: &Settings, actor: &str) -> Result<()> {
+    pub async fn set_settings(&self, settings: &Settings, actor: &Actor) -> Result<()> {
         let mut tx = self.pool.begin().await?;
+        // Write first (see `lock_user`).
+        sqlx::query("UPDATE settings SET value = value")
+            .execute(&mut *tx)
+            .await?;
+        let before = settings_json(&settings_from_rows(
+            &sqlx::query("SELECT name, value FROM settings")
+                .fetch_all(&mut *tx)
+                .await?,
+        )?);
         for (name, value) in [
             ("device_approval", settings.device_approval.to_string()),
             (
@@ -243,11 +246,81 @@ impl Store {
                 .execute(&mut *tx)
                 .await?;
         }
-        let detail = format!("{settings:?}");
-        insert_audit(&mut *tx, actor, "settings.update", "network", &detail).await?;
-        tx.commit().await?;
-        Ok(())
+        let after = settings_json(settings);
+        insert_audit(
+            &mut *tx,
+            actor,
+            "settings.update",
+            "network",
+            &before,
+            &after,
+        )
+        .await?;
+        self.commit_audited(tx).await
     }
+}
+
+/// Settings from their rows, with defaults for anything never set.
+fn settings_from_rows(rows: &[AnyRow]) -> Result<Settings> {
+    let mut settings = Settings::default();
+    for row in rows {
+        let name: String = row.try_get("name")?;
+        let value: String = row.try_get("value")?;
+        match name.as_str() {
+            "device_approval" => settings.device_approval = value == "true",
+            "key_expiry_seconds" => {
+                settings.key_expiry_seconds = value
+                    .parse()
+                    .map_err(|_| anyhow!("stored setting key_expiry_seconds `{value}`"))?;
+            }
+            _ => {}
+        }
+    }
+    Ok(settings)
+}
+
+fn settings_json(settings: &Settings) -> String {
+    json!({
+        "device_approval": settings.device_approval,
+        "key_expiry_seconds": settings.key_expiry_seconds,
+    })
+    .to_string()
+}
+
+/// Takes the write lock (SQLite) or the row lock (PostgreSQL) before
+/// reading the state to audit: a read-then-write transaction fails at once
+/// with "database is locked" on SQLite while another connection writes.
+async fn lock_user(tx: &mut Transaction<'_, Any>, id: &str) -> Result<()> {
+    sqlx::query("UPDATE users SET disabled = disabled WHERE id = $1")
+        .bind(id)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
+/// The audited state of a user: never its password hash or TOTP seed.
+async fn user_state(tx: &mut Transaction<'_, Any>, id: &str) -> Result<String> {
+    let Some(row) = sqlx::query("SELECT name, disabled FROM users WHERE id = $1")
+        .bind(id)
+        .fetch_optional(&mut **tx)
+        .await?
+    else {
+        return Ok(String::new());
+    };
+    let groups: Vec<String> =
+        sqlx::query("SELECT group_name FROM user_groups WHERE user_id = $1 ORDER BY group_name")
+            .bind(id)
+            .fetch_all(&mut **tx)
+            .await?
+            .iter()
+            .map(|r| r.try_get("group_name"))
+            .collect::<Result<_, _>>()?;
+    Ok(json!({
+        "name": row.try_get::<String, _>("name")?,
+        "disabled": row.try_get::<i64, _>("disabled")? != 0,
+        "groups": groups,
+    })
+    .to_string())
 }
 
 fn user_from_row(row: &AnyRow) -> Result<UserRecord> {
