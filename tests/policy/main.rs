@@ -684,4 +684,39 @@ async fn flow_records_events_and_metrics_reach_the_admin() {
         .await
         .unwrap_err();
     assert!(error.message().contains("unknown event kind"), "{error:?}");
+
+    // An auditor may watch; revoking its key ends the stream.
+    let owner = server.admin_key().to_owned();
+    let auditor = server.api_key_as(&owner, "auditor", 0).await.unwrap();
+    let auditor_id = auditor
+        .trim_start_matches("ztk_")
+        .split('.')
+        .next()
+        .unwrap()
+        .to_owned();
+    let mut watching = server
+        .admin()
+        .watch_events(server.request_as(&auditor, v1::WatchEventsRequest { kinds: vec![] }))
+        .await
+        .unwrap()
+        .into_inner();
+    server
+        .admin()
+        .revoke_api_key(server.request(v1::RevokeApiKeyRequest { id: auditor_id }))
+        .await
+        .unwrap();
+    let ended = tokio::time::timeout(WAIT, async {
+        loop {
+            match watching.message().await {
+                Ok(Some(_)) => continue,
+                Ok(None) => return None,
+                Err(status) => return Some(status),
+            }
+        }
+    })
+    .await
+    .expect("the stream of a revoked key ends within seconds")
+    .expect("with a status");
+    assert_eq!(ended.code(), tonic::Code::Unauthenticated, "{ended:?}");
+    assert!(ended.message().contains("event stream"), "{ended:?}");
 }

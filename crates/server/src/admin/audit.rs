@@ -141,7 +141,7 @@ impl Watch {
                 }
                 () = tx.closed() => return,
             }
-            if let Err(status) = self.key_still_valid().await {
+            if let Err(status) = key_still_usable(&self.store, &self.key_id, "audit stream").await {
                 let _ = tx.send(Err(status)).await;
                 return;
             }
@@ -164,24 +164,6 @@ impl Watch {
                 return;
             }
             self.seen.retain(|_, at| *at >= from);
-        }
-    }
-
-    /// Unauthenticated once the watching key is revoked or expired.
-    async fn key_still_valid(&self) -> Result<(), Status> {
-        let usable = self
-            .store
-            .api_key(&self.key_id)
-            .await
-            .map_err(internal)?
-            .is_some_and(|(_, key)| key.is_usable(unix_now()));
-        if usable {
-            Ok(())
-        } else {
-            Err(Status::unauthenticated(format!(
-                "API key `{}` was revoked or expired; the audit stream ends. Ask an owner or admin for a new key (`ztmesh admin api-keys create`)",
-                self.key_id
-            )))
         }
     }
 
@@ -242,5 +224,26 @@ fn record_message(r: AuditRecord) -> v1::AuditRecord {
         before: r.before,
         after: r.after,
         source: r.source,
+    }
+}
+
+/// Unauthenticated once the watching key `key_id` is revoked or expired:
+/// long streams check it as they go, so a revoked key stops seeing data.
+pub(super) async fn key_still_usable(
+    store: &Store,
+    key_id: &str,
+    what: &str,
+) -> Result<(), Status> {
+    let usable = store
+        .api_key(key_id)
+        .await
+        .map_err(internal)?
+        .is_some_and(|(_, key)| key.is_usable(unix_now()));
+    if usable {
+        Ok(())
+    } else {
+        Err(Status::unauthenticated(format!(
+            "API key `{key_id}` was revoked or expired; the {what} ends. Ask an owner or admin for a new key (`ztmesh admin api-keys create`)"
+        )))
     }
 }

@@ -257,8 +257,13 @@ impl Admin for AdminService {
         &self,
         request: Request<v1::WatchEventsRequest>,
     ) -> Result<Response<Self::WatchEventsStream>, Status> {
-        self.authorize(&request).await?;
-        self.watch_events_impl(request.into_inner())
+        let actor = self.authorize(&request).await?;
+        let key_id = actor
+            .id
+            .strip_prefix("apikey:")
+            .unwrap_or_default()
+            .to_owned();
+        self.watch_events_impl(key_id, request.into_inner())
             .map(Response::new)
     }
 

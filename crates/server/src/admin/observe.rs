@@ -10,6 +10,7 @@ use tonic::Status;
 use ztmesh_proto::v1;
 
 use super::AdminService;
+use super::audit::key_still_usable;
 use crate::error::internal;
 use crate::events::KINDS;
 use crate::store::{FlowQuery, unix_now};
@@ -17,6 +18,8 @@ use crate::store::{FlowQuery, unix_now};
 /// Records listed when the request gives no limit, and the most listed.
 const DEFAULT_FLOWS: u32 = 100;
 const MAX_FLOWS: u32 = 10_000;
+/// How often a watching key is checked again.
+const KEY_RECHECK: std::time::Duration = std::time::Duration::from_secs(1);
 /// Default look-back of `ListFlows`.
 const DEFAULT_SINCE_SECONDS: i64 = 3600;
 
@@ -76,8 +79,11 @@ impl AdminService {
         Ok(v1::ListFlowsResponse { flows })
     }
 
+    /// Streams events; the key `key_id` is checked again every second and
+    /// the stream ends when it is revoked or expires.
     pub(super) fn watch_events_impl(
         &self,
+        key_id: String,
         req: v1::WatchEventsRequest,
     ) -> Result<EventStream, Status> {
         if let Some(unknown) = req.kinds.iter().find(|k| !KINDS.contains(&k.as_str())) {
@@ -90,11 +96,21 @@ impl AdminService {
         let mut events = self.hub.events().subscribe();
         let mut closing = self.hub.closing();
         let kinds = req.kinds;
+        let store = self.store.clone();
         let (tx, rx) = mpsc::channel(64);
         tokio::spawn(async move {
+            let mut recheck = tokio::time::interval(KEY_RECHECK);
             loop {
                 let event = tokio::select! {
                     event = events.recv() => event,
+                    _ = recheck.tick() => {
+                        if let Err(status) = key_still_usable(&store, &key_id, "event stream").await {
+                            let _ = tx.send(Err(status)).await;
+                            return;
+                        }
+                        continue;
+                    }
+                    () = tx.closed() => return,
                     _ = closing.changed() => return,
                 };
                 let message = match event {
