@@ -152,6 +152,10 @@ struct FlowEntry {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct TableFull;
 
+/// Flows the table always has room for without growing (see
+/// [`Conntrack::keep_headroom`]).
+const MIN_HEADROOM: usize = 1024;
+
 /// Bounded flow table.
 #[derive(Debug, Clone)]
 pub(crate) struct Conntrack {
@@ -163,12 +167,29 @@ pub(crate) struct Conntrack {
 }
 
 impl Conntrack {
-    /// An empty table.
+    /// An empty table with room for [`MIN_HEADROOM`] flows.
     pub(crate) fn new(limits: FilterLimits) -> Self {
-        Conntrack {
+        let mut conntrack = Conntrack {
             limits,
             flows: HashMap::new(),
             earliest_expiry: None,
+        };
+        conntrack.keep_headroom();
+        conntrack
+    }
+
+    /// Grows the table ahead of need, so that inserting a flow on the
+    /// packet path does not allocate: called at creation and by
+    /// [`Conntrack::expire`] (about once a second), it keeps room for at
+    /// least [`MIN_HEADROOM`] more flows, or half as many as are tracked,
+    /// within `max_flows`. Only a burst of more new flows than that within
+    /// one second makes an insert grow the table.
+    fn keep_headroom(&mut self) {
+        let len = self.flows.len();
+        let wanted = (len / 2).max(MIN_HEADROOM);
+        let room = self.limits.max_flows.saturating_sub(len).min(wanted);
+        if self.flows.capacity() - len < room {
+            self.flows.reserve(room);
         }
     }
 
@@ -255,6 +276,7 @@ impl Conntrack {
             live
         });
         self.earliest_expiry = earliest;
+        self.keep_headroom();
     }
 
     /// Revokes the inbound-opened flows whose opening packet `allowed` no

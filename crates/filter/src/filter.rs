@@ -7,6 +7,7 @@ use crate::counters::{Counters, DropReason};
 use crate::flow_events::{FlowEvent, FlowEvents, FlowVerdict};
 use crate::fragments::FragmentTracker;
 use crate::icmp_error::quoted_packet;
+use crate::index::RuleIndex;
 use crate::packet::{Datagram, PacketInfo, parse_datagram};
 use crate::rule::{Action, FilterConfig, FilterRule};
 
@@ -29,6 +30,8 @@ pub enum Verdict {
 pub struct Filter {
     version: u64,
     rules: Vec<CompiledRule>,
+    /// Finds the first matching rule without scanning them all.
+    index: RuleIndex,
     conntrack: Conntrack,
     fragments: FragmentTracker,
     counters: Counters,
@@ -51,6 +54,7 @@ impl Filter {
         Filter {
             version: 0,
             rules: Vec::new(),
+            index: RuleIndex::default(),
             conntrack: Conntrack::new(limits),
             fragments: FragmentTracker::new(
                 limits.max_fragmented_datagrams,
@@ -87,13 +91,18 @@ impl Filter {
                 rule,
             })
             .collect();
+        let refs: Vec<&FilterRule> = self.rules.iter().map(|c| &c.rule).collect();
+        self.index = RuleIndex::build(&refs);
         self.version = config.version;
         // Drop what is already dead first so the re-check only judges live flows.
         self.conntrack.expire(now);
         let has_policy = self.has_policy();
-        let rules = &self.rules;
+        let (rules, index) = (&self.rules, &self.index);
         let revoked = self.conntrack.revoke_inbound(|opening| {
-            has_policy && first_match(rules, opening).is_some_and(|rule| rule.rule.passes())
+            has_policy
+                && index
+                    .first_match(rules, |c| &c.rule, opening)
+                    .is_some_and(|rule| rule.rule.passes())
         });
         self.counters.count_revoked_flows(revoked);
         self.fragments.clear();
@@ -202,7 +211,7 @@ impl Filter {
         if !self.has_policy() {
             return self.drop_new(None, DropReason::NoPolicy, &info, packet.len());
         }
-        let Some(rule) = first_match(&self.rules, &info) else {
+        let Some(rule) = self.index.first_match(&self.rules, |c| &c.rule, &info) else {
             return self.drop_new(None, DropReason::NoRule, &info, packet.len());
         };
         let (action, monitor, slot) = (rule.rule.action, rule.rule.monitor, rule.counter_slot);
@@ -291,9 +300,4 @@ impl Filter {
         self.counters.count_accepted_inbound();
         Verdict::Accept
     }
-}
-
-/// The first rule matching `packet`, if any.
-fn first_match<'a>(rules: &'a [CompiledRule], packet: &PacketInfo) -> Option<&'a CompiledRule> {
-    rules.iter().find(|compiled| compiled.rule.matches(packet))
 }

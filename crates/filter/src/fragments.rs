@@ -27,7 +27,8 @@ impl FragmentTracker {
         FragmentTracker {
             max_datagrams,
             timeout,
-            passing: HashMap::new(),
+            // Allocated once: a passing first fragment never grows it.
+            passing: HashMap::with_capacity(max_datagrams),
         }
     }
 

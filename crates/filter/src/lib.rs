@@ -20,11 +20,14 @@ mod filter;
 mod flow_events;
 mod fragments;
 mod icmp_error;
+mod index;
 mod ipv6_ext;
 mod packet;
 mod rule;
 mod transport;
 
+#[cfg(test)]
+mod alloc_tests;
 #[cfg(test)]
 mod conntrack_tests;
 #[cfg(test)]
