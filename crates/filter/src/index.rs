@@ -232,10 +232,8 @@ impl PortTable {
                     if let Some(list) = lists.get_mut(k) {
                         list.push(i);
                     }
-                    if stop {
-                        if let Some(slot) = next_open.get_mut(k) {
-                            *slot = k + 1;
-                        }
+                    if stop && let Some(slot) = next_open.get_mut(k) {
+                        *slot = k + 1;
                     }
                     k = find(&mut next_open, k + 1);
                 }
