@@ -11,6 +11,8 @@
 //! re-opening the flow as if this device had started it.
 
 use std::collections::HashMap;
+
+use foldhash::fast::RandomState;
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
@@ -160,7 +162,9 @@ const MIN_HEADROOM: usize = 1024;
 #[derive(Debug, Clone)]
 pub(crate) struct Conntrack {
     limits: FilterLimits,
-    flows: HashMap<FlowKey, FlowEntry>,
+    /// Seeded per process (foldhash): fast, and the keys come from
+    /// authenticated peers only.
+    flows: HashMap<FlowKey, FlowEntry, RandomState>,
     /// No flow expires before this instant (a lower bound, possibly stale),
     /// so a full table is only scanned when something may have expired.
     earliest_expiry: Option<Instant>,
@@ -171,7 +175,7 @@ impl Conntrack {
     pub(crate) fn new(limits: FilterLimits) -> Self {
         let mut conntrack = Conntrack {
             limits,
-            flows: HashMap::new(),
+            flows: HashMap::default(),
             earliest_expiry: None,
         };
         conntrack.keep_headroom();

@@ -19,6 +19,7 @@
 use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
 
+use foldhash::fast::RandomState;
 use ipnet::IpNet;
 
 use crate::packet::{PROTO_TCP, PROTO_UDP, PacketInfo};
@@ -27,7 +28,7 @@ use crate::rule::{FilterRule, Protocol};
 /// The index; built by [`RuleIndex::build`] when a policy is applied.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct RuleIndex {
-    by_source: HashMap<IpAddr, Tables>,
+    by_source: HashMap<IpAddr, Tables, RandomState>,
     wide: Tables,
 }
 
