@@ -113,6 +113,8 @@ step "postgresql" start_postgres
 step "cargo test" cargo test --workspace "${LOCKED[@]}"
 # Figures, not pass/fail: revocation latency over 50 daemons (p50/p99).
 step "revocation benchmark" timeout -k 10 300 cargo run -q -p ztmesh-e2e "${LOCKED[@]}" --example revocation_latency 50 10
+# Daemon memory at start and per peer (200 peers here; 1000 by hand, about 2 minutes to enroll).
+step "memory benchmark" timeout -k 10 300 cargo run -q -p ztmesh-e2e "${LOCKED[@]}" --example daemon_memory 200
 cleanup
 if step "cargo build" cargo build --workspace "${LOCKED[@]}"; then
     if [ "${ZTMESH_SKIP_NETNS:-}" = 1 ] && [ -z "${CI:-}" ]; then
