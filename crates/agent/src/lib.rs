@@ -211,11 +211,41 @@ pub async fn run_with<T: TunIo>(
 }
 
 /// Binds the WireGuard socket with a clear error when the port is taken.
+///
+/// The socket asks for [`UDP_BUFFER_BYTES`] of receive and send buffer so
+/// that bursts at high rates are not dropped while the data plane is busy;
+/// the kernel caps the request at `net.core.rmem_max` / `wmem_max`
+/// (raise those for multi-gigabit links). A refused size is logged, not fatal.
 pub async fn bind_udp(addr: SocketAddr) -> Result<UdpSocket> {
-    UdpSocket::bind(addr).await.with_context(|| {
-        format!("cannot bind the WireGuard UDP socket on {addr}; is another daemon using it? choose another with --listen-port")
-    })
+    let bind_error = || {
+        format!(
+            "cannot bind the WireGuard UDP socket on {addr}; is another daemon using it? choose another with --listen-port"
+        )
+    };
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::DGRAM,
+        Some(socket2::Protocol::UDP),
+    )
+    .with_context(bind_error)?;
+    if let Err(e) = socket.set_recv_buffer_size(UDP_BUFFER_BYTES) {
+        tracing::debug!(error = %e, "could not enlarge the UDP receive buffer");
+    }
+    if let Err(e) = socket.set_send_buffer_size(UDP_BUFFER_BYTES) {
+        tracing::debug!(error = %e, "could not enlarge the UDP send buffer");
+    }
+    socket.set_nonblocking(true).with_context(bind_error)?;
+    socket.bind(&addr.into()).with_context(bind_error)?;
+    tracing::debug!(
+        recv = socket.recv_buffer_size().unwrap_or(0),
+        send = socket.send_buffer_size().unwrap_or(0),
+        "UDP socket buffers"
+    );
+    UdpSocket::from_std(socket.into()).with_context(bind_error)
 }
+
+/// Requested UDP socket buffer size (each direction).
+pub const UDP_BUFFER_BYTES: usize = 4 * 1024 * 1024;
 
 fn first_ipv4(enrollment: &Enrollment) -> Result<Ipv4Addr> {
     enrollment
@@ -227,4 +257,27 @@ fn first_ipv4(enrollment: &Enrollment) -> Result<Ipv4Addr> {
             ipnet::IpNet::V6(_) => None,
         })
         .context("the enrollment record has no IPv4 overlay address")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn the_wireguard_socket_gets_larger_buffers_than_the_default() {
+        let socket = bind_udp(SocketAddr::from(([127, 0, 0, 1], 0)))
+            .await
+            .unwrap();
+        let default: usize = std::fs::read_to_string("/proc/sys/net/core/rmem_default")
+            .ok()
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(212_992);
+        let size = socket2::SockRef::from(&socket).recv_buffer_size().unwrap();
+        assert!(
+            size > default,
+            "receive buffer {size} is not above the default {default}"
+        );
+        let taken = bind_udp(socket.local_addr().unwrap()).await.unwrap_err();
+        assert!(format!("{taken:#}").contains("--listen-port"), "{taken:#}");
+    }
 }
