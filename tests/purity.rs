@@ -3,7 +3,12 @@
 
 use std::process::Command;
 
-const PURE: [&str; 3] = ["ztmesh-policy", "ztmesh-filter", "ztmesh-proto"];
+const PURE: [&str; 4] = [
+    "ztmesh-policy",
+    "ztmesh-filter",
+    "ztmesh-proto",
+    "ztmesh-stun",
+];
 const FORBIDDEN: [&str; 4] = ["tokio", "tonic", "sqlx", "boringtun"];
 
 #[test]

@@ -26,7 +26,7 @@ import traceback
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from lab import Lab, LabError, Skip, binary_path, wait_for  # noqa: E402
+from lab import SERVER_IP, Lab, LabError, Skip, binary_path, wait_for  # noqa: E402
 
 TOTAL_BUDGET = 170  # seconds; the whole test must end well under 3 minutes
 
@@ -196,6 +196,29 @@ def scenario(lab: Lab, r: Results) -> None:
     r.check("n2 daemon metrics count the no_rule drops",
             re.search(r'ztmesh_daemon_packets_total\{direction="inbound",verdict="dropped",reason="no_rule"\} [1-9]', node)
             is not None, node[:400])
+
+    stun_code = (
+        "import os,socket,struct,sys\n"
+        "tid=os.urandom(12)\n"
+        "s=socket.socket(socket.AF_INET,socket.SOCK_DGRAM);s.settimeout(3)\n"
+        f"s.sendto(struct.pack('!HHI',1,0,0x2112A442)+tid,('{SERVER_IP}',3478))\n"
+        "d,_=s.recvfrom(1500)\n"
+        "assert d[8:20]==tid and d[0:2]==bytes([1,1])\n"
+        "i=20\n"
+        "while i+4<=len(d):\n"
+        "  t,l=struct.unpack('!HH',d[i:i+4]);v=d[i+4:i+4+l]\n"
+        "  if t==0x20:\n"
+        "    p=struct.unpack('!H',v[2:4])[0]^0x2112\n"
+        "    a=bytes(x^y for x,y in zip(v[4:8],struct.pack('!I',0x2112A442)))\n"
+        "    print(socket.inet_ntoa(a),p,s.getsockname()[1]);sys.exit(0)\n"
+        "  i+=4+((l+3)//4)*4\n"
+        "sys.exit(1)\n")
+    st = lab.exec_in(lab.ns_of("n1"), [sys.executable, "-c", stun_code], timeout=15)
+    words = st.stdout.split()
+    r.check("the server answers STUN with n1's address and port as it sees them",
+            st.returncode == 0 and len(words) == 3 and words[1] == words[2]
+            and words[0].startswith("10.88."),
+            f"exit {st.returncode}: {(st.stdout + st.stderr).strip()[-300:]!r}")
 
     # --- rejected policy ------------------------------------------------------------
     step("submitting a policy with an undefined segment")

@@ -35,19 +35,22 @@ pub struct ServerArgs {
     /// Prometheus metrics at http://ADDRESS/metrics (plain HTTP: keep it local), or `off`.
     #[arg(long, default_value = "127.0.0.1:9464", value_parser = parse_metrics_listen)]
     metrics_listen: MetricsListen,
+    /// Answer STUN Binding requests (RFC 8489) on this UDP address, so daemons learn their public address; or `off`.
+    #[arg(long, default_value = "0.0.0.0:3478", value_parser = parse_metrics_listen)]
+    stun_listen: MetricsListen,
 }
 
-/// `--metrics-listen`: an address, or off.
+/// `--metrics-listen` / `--stun-listen`: an address, or off.
 pub type MetricsListen = Option<SocketAddr>;
 
-/// Parses `--metrics-listen`: `HOST:PORT` or `off`.
+/// Parses `--metrics-listen` and `--stun-listen`: `HOST:PORT` or `off`.
 pub fn parse_metrics_listen(text: &str) -> Result<MetricsListen, String> {
     if text.eq_ignore_ascii_case("off") {
         return Ok(None);
     }
-    text.parse()
-        .map(Some)
-        .map_err(|_| format!("`{text}` is not an address; write 127.0.0.1:9464, or off"))
+    text.parse().map(Some).map_err(|_| {
+        format!("`{text}` is not an address; write HOST:PORT such as 127.0.0.1:9464, or off")
+    })
 }
 
 #[derive(Subcommand)]
@@ -80,6 +83,7 @@ pub async fn run(args: ServerArgs) -> Result<()> {
         advertise_url: args.advertise_url.clone(),
         overlay_v4: args.overlay_cidr.trunc(),
         metrics_listen: args.metrics_listen,
+        stun_listen: args.stun_listen,
     };
     if let Some(ServerCommand::Init { sans, output }) = args.command {
         let outcome = ztmesh_server::init(&config, &sans).await?;

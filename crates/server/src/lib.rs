@@ -18,6 +18,7 @@ mod netmap;
 pub mod pki;
 pub mod secrets;
 pub mod store;
+mod stun;
 pub mod telemetry;
 
 use std::future::Future;
@@ -54,6 +55,8 @@ pub struct ServerConfig {
     pub overlay_v4: ipnet::Ipv4Net,
     /// Where to serve Prometheus metrics (plain HTTP; keep it local); `None`: off.
     pub metrics_listen: Option<std::net::SocketAddr>,
+    /// Where to answer STUN Binding requests (UDP); `None`: off.
+    pub stun_listen: Option<std::net::SocketAddr>,
 }
 
 impl ServerConfig {
@@ -65,6 +68,7 @@ impl ServerConfig {
             advertise_url: None,
             overlay_v4: default_overlay(),
             metrics_listen: None,
+            stun_listen: None,
         }
     }
 
@@ -197,6 +201,11 @@ pub async fn run(
     let hub = Hub::new(store.clone()).await?;
     hub.spawn_change_timer();
     spawn_flow_pruning(store.clone(), hub.closing());
+    if let Some(addr) = config.stun_listen {
+        let socket = stun::bind(addr).await?;
+        tracing::info!(listen = %addr, "answering STUN binding requests");
+        tokio::spawn(stun::serve(socket, hub.closing()));
+    }
     if let Some(addr) = config.metrics_listen {
         let listener = ztmesh_metrics::bind(addr).await?;
         let for_render = hub.clone();
