@@ -115,6 +115,10 @@ async fn main() {
     );
     println!(
         "build: {}",
-        if cfg!(debug_assertions) { "debug" } else { "release" }
+        if cfg!(debug_assertions) {
+            "debug"
+        } else {
+            "release"
+        }
     );
 }

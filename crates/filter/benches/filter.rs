@@ -108,10 +108,13 @@ fn new_flows(base: &Filter, packets: &[Vec<u8>], iters: u64) -> Duration {
 
 fn benches(c: &mut Criterion) {
     let config = policy(10_000);
-    c.bench_function("apply a policy of 10001 rules (index build, re-check)", |b| {
-        let mut filter = Filter::new(FilterLimits::default());
-        b.iter(|| filter.apply(black_box(config.clone()), Instant::now()))
-    });
+    c.bench_function(
+        "apply a policy of 10001 rules (index build, re-check)",
+        |b| {
+            let mut filter = Filter::new(FilterLimits::default());
+            b.iter(|| filter.apply(black_box(config.clone()), Instant::now()))
+        },
+    );
     for n in [10_000u32, 100] {
         let base = prepared(n);
         let rules = n + 1;
