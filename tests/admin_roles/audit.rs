@@ -221,3 +221,36 @@ async fn audit_scenario(server: TestServer) {
     laptop.stop().await;
     server.stop().await;
 }
+
+#[tokio::test]
+async fn refused_enrollments_are_audited_without_the_secret() {
+    let server = TestServer::start(None).await;
+    let token = server.token(&["web"], false, 0).await;
+    let _first = TestAgent::join(&token, "web-1").await.unwrap();
+    let second = TestAgent::join(&token, "web-2").await;
+    assert!(second.is_err(), "a single-use token works once");
+    let refused = server
+        .admin()
+        .list_audit(server.request(v1::ListAuditRequest {
+            action: "device.enroll_failed".into(),
+            ..Default::default()
+        }))
+        .await
+        .unwrap()
+        .into_inner()
+        .records;
+    assert_eq!(refused.len(), 1, "{refused:#?}");
+    let record = &refused[0];
+    assert_eq!(record.object, "web-2");
+    assert_eq!(record.role, "join-token");
+    assert!(record.actor.starts_with("token:"), "{record:?}");
+    assert!(record.after.contains("refused"), "{record:?}");
+    assert!(!record.source.is_empty(), "{record:?}");
+    let secret = token.rsplit('.').next().unwrap_or_default();
+    for field in [&record.actor, &record.after, &record.object] {
+        assert!(
+            !field.contains(secret),
+            "the token secret leaked into {field}"
+        );
+    }
+}

@@ -138,7 +138,7 @@ impl Control for ControlService {
             id: token_id,
             secret: token_secret,
         };
-        let response = self
+        let refused = match self
             .register(
                 &credential,
                 &req.name,
@@ -148,11 +148,26 @@ impl Control for ControlService {
                 &source,
             )
             .await
-            .map_err(|e| {
-                tracing::info!(name = %req.name, peer = ?peer, reason = %e, "enrollment refused");
-                status_from_enroll(e)
-            })?;
-        Ok(Response::new(response))
+        {
+            Ok(response) => return Ok(Response::new(response)),
+            Err(e) => e,
+        };
+        tracing::info!(name = %req.name, peer = ?peer, reason = %refused, "enrollment refused");
+        // The token id is not secret; the reason never contains the secret.
+        let actor = Actor {
+            id: format!("token:{token_id}"),
+            role: "join-token".to_owned(),
+            source,
+        };
+        let after = serde_json::json!({ "refused": refused.to_string() }).to_string();
+        if let Err(audit) = self
+            .store
+            .audit(&actor, "device.enroll_failed", &req.name, "", &after)
+            .await
+        {
+            tracing::warn!(error = %format!("{audit:#}"), "auditing a refused enrollment failed");
+        }
+        Err(status_from_enroll(refused))
     }
 
     async fn login(
