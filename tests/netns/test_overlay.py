@@ -162,6 +162,13 @@ def scenario(lab: Lab, r: Results) -> None:
                 f"n2 peers: {st.get('peers')}")
     r.run("status n2: peer n1 listed with a handshake", handshake)
 
+    def public_endpoint():
+        pe = lab.status("n2").get("public_endpoint") or ""
+        return (pe.startswith("10.88.") and pe.endswith(":51820"),
+                f"n2 public_endpoint is {pe!r}")
+    r.run("status n2: public endpoint learned over STUN from the WireGuard socket",
+          lambda: wait_for(lambda: public_endpoint()[0], 10) or public_endpoint())
+
     # --- what-if, flow records, metrics --------------------------------------------
     c = lab.admin("policy", "check", "--from", "n1", "--to", "n2", "--port", "tcp/22", check=False)
     r.check("policy check n1 -> n2 tcp/22 answers DENY (default deny)",

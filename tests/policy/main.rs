@@ -557,7 +557,7 @@ async fn flows(server: &TestServer, device: &str, denied: bool) -> Vec<v1::FlowR
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn flow_records_events_and_metrics_reach_the_admin() {
     let metrics = ztmesh_e2e::free_local_addr();
-    let server = TestServer::start_with(None, Some(metrics)).await;
+    let server = TestServer::start_with(None, |c| c.metrics_listen = Some(metrics)).await;
     let mut events = server
         .admin()
         .watch_events(server.request(v1::WatchEventsRequest { kinds: vec![] }))

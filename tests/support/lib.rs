@@ -66,18 +66,18 @@ impl TestServer {
     /// Initialises and starts a server on 127.0.0.1 (SQLite in its data dir,
     /// or `database_url` when given).
     pub async fn start(database_url: Option<String>) -> TestServer {
-        Self::start_with(database_url, None).await
+        Self::start_with(database_url, |_| {}).await
     }
 
-    /// [`TestServer::start`] with Prometheus metrics served on `metrics`.
+    /// [`TestServer::start`] with more settings (metrics, STUN, ...).
     pub async fn start_with(
         database_url: Option<String>,
-        metrics: Option<SocketAddr>,
+        configure: impl FnOnce(&mut ServerConfig),
     ) -> TestServer {
         let dir = TempDir::new("server");
         let mut config = ServerConfig::new(dir.0.join("data"));
         config.database_url = database_url;
-        config.metrics_listen = metrics;
+        configure(&mut config);
         let outcome = ztmesh_server::init(&config, &[]).await.unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -517,4 +517,11 @@ pub async fn scrape(addr: SocketAddr) -> String {
         .split_once("\r\n\r\n")
         .map(|(_, body)| body.to_owned())
         .unwrap_or_default()
+}
+
+/// A free local UDP port (bound and released; fine for tests).
+pub fn free_udp_addr() -> SocketAddr {
+    std::net::UdpSocket::bind("127.0.0.1:0")
+        .and_then(|s| s.local_addr())
+        .unwrap()
 }

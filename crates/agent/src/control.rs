@@ -125,6 +125,7 @@ async fn sync_once(
         .map_err(classify)?
         .into_inner();
     let mut map = NetMap::default();
+    let mut resolved: Option<(String, Option<std::net::SocketAddr>)> = None;
     sessions.send_modify(|n| *n += 1);
     loop {
         let message = match stream.message().await {
@@ -136,6 +137,14 @@ async fn sync_once(
         // untouched and restarts the stream (which begins with a snapshot).
         map.apply(message)
             .map_err(|e| SyncError::Other(anyhow::anyhow!(e)))?;
+        map.stun = match &resolved {
+            Some((name, addr)) if *name == map.stun_server => *addr,
+            _ => {
+                let addr = resolve_stun(&map.stun_server).await;
+                resolved = Some((map.stun_server.clone(), addr));
+                addr
+            }
+        };
         connected.store(true, Ordering::Relaxed);
         tracing::debug!(
             seq = map.seq,
@@ -144,5 +153,46 @@ async fn sync_once(
             "network map updated"
         );
         netmap.send_replace(map.clone());
+    }
+}
+
+/// Resolves the server's STUN address (IPv4 first: the WireGuard socket
+/// is IPv4); `None` when there is none or it does not resolve.
+async fn resolve_stun(name: &str) -> Option<std::net::SocketAddr> {
+    if name.is_empty() {
+        return None;
+    }
+    let lookup = tokio::time::timeout(
+        std::time::Duration::from_secs(3),
+        tokio::net::lookup_host(name.to_owned()),
+    )
+    .await;
+    match lookup {
+        Ok(Ok(addrs)) => {
+            let addrs: Vec<std::net::SocketAddr> = addrs.collect();
+            let found = addrs
+                .iter()
+                .find(|a| a.is_ipv4())
+                .or_else(|| addrs.first())
+                .copied();
+            if found.is_none() {
+                tracing::info!(
+                    stun = name,
+                    "the STUN server name has no address; no endpoint discovery"
+                );
+            }
+            found
+        }
+        Ok(Err(e)) => {
+            tracing::info!(stun = name, error = %e, "cannot resolve the STUN server; no endpoint discovery");
+            None
+        }
+        Err(_) => {
+            tracing::info!(
+                stun = name,
+                "resolving the STUN server timed out; no endpoint discovery"
+            );
+            None
+        }
     }
 }

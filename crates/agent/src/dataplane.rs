@@ -20,6 +20,7 @@ use ztmesh_filter::{
     DropReason, Filter, FilterConfig, FilterLimits, FlowEvent, FlowVerdict, Verdict,
 };
 
+use crate::discovery::Discovery;
 use crate::flowlog::{CounterSnapshot, FlowBatch};
 
 use crate::netmap::{NetMap, PeerDiff, SelfNode};
@@ -75,6 +76,8 @@ struct Engine {
     out: Vec<u8>,
     /// Flow events dropped because the flow log's queue was full.
     flow_events_dropped: u64,
+    /// Public endpoint discovery (STUN) from the WireGuard socket.
+    discovery: Discovery,
 }
 
 struct OldKeys {
@@ -121,6 +124,7 @@ pub async fn run<T: TunIo>(
         old_keys: None,
         out: vec![0; BUF_SIZE],
         flow_events_dropped: 0,
+        discovery: Discovery::default(),
     };
     let initial = netmap.borrow_and_update().clone();
     engine.apply_netmap(&io, &initial).await;
@@ -167,6 +171,7 @@ pub async fn run<T: TunIo>(
                     }
                     engine.filter.expire(Instant::now());
                     engine.hand_over_flows(&flow_reports);
+                    engine.ask_stun(&io).await;
                 }
             }
             Event::NetMap => {
@@ -211,6 +216,10 @@ impl Engine {
     }
 
     async fn on_udp<T: TunIo>(&mut self, io: &Io<T>, from: SocketAddr, datagram: &[u8]) {
+        if ztmesh_stun::is_stun(datagram) {
+            self.discovery.on_datagram(from, datagram, Instant::now());
+            return;
+        }
         // MAC and load check before any expensive work (the X25519 in
         // parse_handshake_anon): under a handshake flood this answers with
         // cookies instead of spending a DH per junk packet.
@@ -328,6 +337,8 @@ impl Engine {
 
     async fn apply_netmap<T: TunIo>(&mut self, io: &Io<T>, map: &NetMap) {
         self.self_node = map.self_node.clone();
+        self.discovery.set_server(map.stun);
+        self.ask_stun(io).await;
         let diff = PeerDiff::between(self.peers.iter().map(|p| &p.info), map.peers.values());
         let added = self.peers.apply(diff);
         if map.filter != self.filter_config {
@@ -373,6 +384,13 @@ impl Engine {
         let keys = self.peers.set_private(private, rate_limiter);
         tracing::info!(peers = keys.len(), "switched to the rotated WireGuard key");
         self.start_handshakes(io, &keys).await;
+    }
+
+    /// Sends a STUN request from the WireGuard socket when one is due.
+    async fn ask_stun<T: TunIo>(&mut self, io: &Io<T>) {
+        if let Some((server, request)) = self.discovery.due(Instant::now()) {
+            send(&io.udp, &request, server).await;
+        }
     }
 
     /// Takes the filter's flow events, logs the monitored ones, and hands
@@ -467,6 +485,7 @@ impl Engine {
                 .map(|(rule, n)| (rule.to_owned(), n))
                 .collect(),
             flows: self.filter.flow_count(),
+            public_endpoint: self.discovery.public().map(|a| a.to_string()),
         }
     }
 }

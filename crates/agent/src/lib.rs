@@ -7,6 +7,7 @@
 
 pub mod control;
 pub mod dataplane;
+pub mod discovery;
 pub mod enroll;
 pub mod flowlog;
 pub mod keys;

@@ -53,6 +53,10 @@ pub struct NetMap {
     pub filter: FilterConfig,
     /// Sequence number of the last message applied.
     pub seq: u64,
+    /// HOST:PORT of the server's STUN responder, as the server names it.
+    pub stun_server: String,
+    /// `stun_server` resolved (by the control client); `None`: no discovery.
+    pub stun: Option<SocketAddr>,
 }
 
 /// A control message that cannot be applied.
@@ -87,6 +91,8 @@ impl NetMap {
                         None => FilterConfig::default(),
                     },
                     seq: message.seq,
+                    stun_server: snapshot.stun_server.clone(),
+                    stun: None,
                 };
                 for peer in &snapshot.peers {
                     let peer = convert_peer(peer)?;
@@ -223,6 +229,7 @@ mod tests {
                     version: 1,
                     rules: vec![],
                 }),
+                stun_server: String::new(),
             })),
         }
     }

@@ -49,6 +49,10 @@ pub struct Status {
     pub rule_hits: BTreeMap<String, u64>,
     /// Tracked flows.
     pub flows: usize,
+    /// Address and port the server's STUN responder last saw this
+    /// daemon's WireGuard socket at (its public endpoint behind NAT).
+    #[serde(default)]
+    pub public_endpoint: Option<String>,
 }
 
 /// One peer in [`Status`].

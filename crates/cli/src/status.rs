@@ -43,8 +43,13 @@ pub async fn run(args: StatusArgs) -> Result<()> {
         },
     );
     println!(
-        "public key {}  udp port {}",
-        status.public_key, status.listen_port
+        "public key {}  udp port {}  public endpoint {}",
+        status.public_key,
+        status.listen_port,
+        status
+            .public_endpoint
+            .as_deref()
+            .unwrap_or("unknown (no STUN answer yet)")
     );
     println!();
     println!(

@@ -182,6 +182,21 @@ fn spawn_flow_pruning(store: Store, mut closing: tokio::sync::watch::Receiver<bo
     });
 }
 
+/// HOST:PORT daemons should send STUN to: the host of the advertised URL
+/// and the STUN port.
+fn stun_advertise(advertise_url: &str, port: u16) -> String {
+    let rest = advertise_url
+        .split_once("://")
+        .map_or(advertise_url, |(_, rest)| rest);
+    let authority = rest.split('/').next().unwrap_or(rest);
+    let host = match authority.rsplit_once(':') {
+        // `[v6]:port` or `host:port`; a bare `[v6]` or host has no port.
+        Some((host, port)) if port.bytes().all(|b| b.is_ascii_digit()) && !host.is_empty() => host,
+        _ => authority,
+    };
+    format!("{host}:{port}")
+}
+
 /// Runs the server on `listener` until `shutdown` resolves.
 pub async fn run(
     config: ServerConfig,
@@ -232,6 +247,9 @@ pub async fn run(
         Arc::clone(&ca),
         Arc::clone(&identity),
         config.overlay_v4,
+        config
+            .stun_listen
+            .map(|stun| stun_advertise(&advertise_url, stun.port())),
     );
     let admin = admin::AdminService::new(
         store.clone(),
@@ -337,4 +355,29 @@ fn server_names(sans: &[String]) -> (Vec<String>, Vec<IpAddr>) {
     addresses.sort();
     addresses.dedup();
     (names, addresses)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stun_is_advertised_at_the_url_host() {
+        assert_eq!(
+            stun_advertise("https://vpn.example.com:7443", 3478),
+            "vpn.example.com:3478"
+        );
+        assert_eq!(
+            stun_advertise("https://10.88.0.1:7443", 3478),
+            "10.88.0.1:3478"
+        );
+        assert_eq!(
+            stun_advertise("https://[2001:db8::1]:7443", 3478),
+            "[2001:db8::1]:3478"
+        );
+        assert_eq!(
+            stun_advertise("https://vpn.example.com", 3479),
+            "vpn.example.com:3479"
+        );
+    }
 }

@@ -228,6 +228,7 @@ impl DeviceView {
             self_node: Some(self.self_node.clone()),
             peers: self.peers.values().cloned().collect(),
             filter: Some(self.filter.clone()),
+            stun_server: String::new(),
         }
     }
 

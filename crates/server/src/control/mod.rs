@@ -31,6 +31,8 @@ pub struct ControlService {
     ca: Arc<CertificateAuthority>,
     identity: Arc<Identity>,
     overlay_v4: ipnet::Ipv4Net,
+    /// HOST:PORT of the STUN responder, sent in every snapshot.
+    stun_server: Option<String>,
 }
 
 impl ControlService {
@@ -41,6 +43,7 @@ impl ControlService {
         ca: Arc<CertificateAuthority>,
         identity: Arc<Identity>,
         overlay_v4: ipnet::Ipv4Net,
+        stun_server: Option<String>,
     ) -> Self {
         Self {
             store,
@@ -48,6 +51,7 @@ impl ControlService {
             ca,
             identity,
             overlay_v4,
+            stun_server,
         }
     }
 
@@ -295,6 +299,7 @@ impl Control for ControlService {
         let guard = self.hub.connect(&device.id, &device.name, &remote_text);
         let mut states = self.hub.subscribe();
         let mut closing = self.hub.closing();
+        let stun_server = self.stun_server.clone();
         tracing::info!(name = %device.name, remote = ?remote, "device connected");
         tokio::spawn(async move {
             let _online = guard;
@@ -307,7 +312,9 @@ impl Control for ControlService {
                 }
             };
             let mut seq = 1;
-            let first = message(seq, v1::sync_message::Kind::Snapshot(last.snapshot()));
+            let mut snapshot = last.snapshot();
+            snapshot.stun_server = stun_server.clone().unwrap_or_default();
+            let first = message(seq, v1::sync_message::Kind::Snapshot(snapshot));
             if tx.send(Ok(first)).await.is_err() {
                 return;
             }
