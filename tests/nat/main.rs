@@ -54,3 +54,48 @@ async fn daemon_learns_its_public_endpoint_over_stun() {
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(other.status().await.public_endpoint, None);
 }
+
+/// Calls ReportEndpoint with the device's own certificate.
+async fn report(
+    agent: &TestAgent,
+    endpoint: &str,
+) -> Result<ztmesh_proto::v1::EndpointReportResponse, tonic::Status> {
+    let keys = ztmesh_agent::keys::DeviceKeys::load(&agent.state).unwrap();
+    let enrollment = agent.state.enrollment().unwrap().unwrap();
+    let config = ztmesh_agent::control::ControlConfig {
+        server_url: enrollment.server_url,
+        ca_pem: keys.ca_cert_pem.clone(),
+        credentials: std::sync::Arc::new(std::sync::RwLock::new(
+            ztmesh_agent::control::Credentials {
+                cert_pem: keys.client_cert_pem.clone(),
+                key_pem: keys.identity_key_pem.clone(),
+            },
+        )),
+        listen_port: 0,
+    };
+    ztmesh_rpc::v1::control_client::ControlClient::new(config.channel().await.unwrap())
+        .report_endpoint(ztmesh_proto::v1::EndpointReport {
+            public_endpoint: endpoint.into(),
+        })
+        .await
+        .map(tonic::Response::into_inner)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reported_endpoint_is_taken_only_at_the_connecting_address() {
+    let server = TestServer::start(None).await;
+    let agent = TestAgent::join(&server.token(&["web"], false, 0).await, "web-1")
+        .await
+        .unwrap();
+    // A NAT maps the WireGuard port to another port at the same address.
+    let accepted = report(&agent, "127.0.0.1:40001").await.unwrap();
+    assert!(accepted.accepted, "{accepted:?}");
+    assert_eq!(server.device("web-1").await.endpoints, ["127.0.0.1:40001"]);
+    // Another address would aim the peers' handshakes at a third party.
+    let refused = report(&agent, "198.51.100.7:40001").await.unwrap();
+    assert!(!refused.accepted);
+    assert!(refused.reason.contains("not at 127.0.0.1"), "{refused:?}");
+    assert_eq!(server.device("web-1").await.endpoints, ["127.0.0.1:40001"]);
+    let bad = report(&agent, "nonsense").await.unwrap_err();
+    assert_eq!(bad.code(), tonic::Code::InvalidArgument);
+}

@@ -59,6 +59,8 @@ pub struct Links {
     pub flow_reports: mpsc::Sender<FlowBatch>,
     /// Whether the control stream is up (for status).
     pub connected: Arc<AtomicBool>,
+    /// The public endpoint learned over STUN, for the reporter.
+    pub public_endpoint: watch::Sender<Option<SocketAddr>>,
 }
 
 /// Everything the loop owns besides the I/O.
@@ -78,6 +80,8 @@ struct Engine {
     flow_events_dropped: u64,
     /// Public endpoint discovery (STUN) from the WireGuard socket.
     discovery: Discovery,
+    /// Where the public endpoint goes to be reported.
+    public_endpoint: watch::Sender<Option<SocketAddr>>,
 }
 
 struct OldKeys {
@@ -110,6 +114,7 @@ pub async fn run<T: TunIo>(
         mut rekeys,
         flow_reports,
         connected,
+        public_endpoint,
     } = links;
     let public = PublicKey::from(&private);
     let rate_limiter = Arc::new(RateLimiter::new(&public, HANDSHAKE_RATE_LIMIT));
@@ -125,6 +130,7 @@ pub async fn run<T: TunIo>(
         out: vec![0; BUF_SIZE],
         flow_events_dropped: 0,
         discovery: Discovery::default(),
+        public_endpoint,
     };
     let initial = netmap.borrow_and_update().clone();
     engine.apply_netmap(&io, &initial).await;
@@ -217,7 +223,10 @@ impl Engine {
 
     async fn on_udp<T: TunIo>(&mut self, io: &Io<T>, from: SocketAddr, datagram: &[u8]) {
         if ztmesh_stun::is_stun(datagram) {
-            self.discovery.on_datagram(from, datagram, Instant::now());
+            if let Some(public) = self.discovery.on_datagram(from, datagram, Instant::now()) {
+                self.public_endpoint
+                    .send_if_modified(|known| known.replace(public) != Some(public));
+            }
             return;
         }
         // MAC and load check before any expensive work (the X25519 in

@@ -161,6 +161,7 @@ pub async fn run_with<T: TunIo>(
     let (sessions_tx, sessions_rx) = watch::channel(0u64);
     let (rekey_tx, rekey_rx) = mpsc::channel(2);
     let (flow_tx, flow_rx) = mpsc::channel(flowlog::BATCH_QUEUE);
+    let (public_tx, public_rx) = watch::channel(None);
     let connected = Arc::new(AtomicBool::new(false));
     let control_config = ControlConfig {
         server_url: enrollment.server_url.clone(),
@@ -188,6 +189,11 @@ pub async fn run_with<T: TunIo>(
             control_config.clone(),
             posture.source,
             posture.interval,
+            sessions_rx.clone(),
+        )),
+        tokio::spawn(lifecycle::endpoint_loop(
+            control_config.clone(),
+            public_rx,
             sessions_rx,
         )),
         tokio::spawn(flowlog::report_loop(
@@ -202,6 +208,7 @@ pub async fn run_with<T: TunIo>(
         rekeys: rekey_rx,
         flow_reports: flow_tx,
         connected,
+        public_endpoint: public_tx,
     };
     let result = dataplane::run(io, keys.wireguard, links, shutdown).await;
     for task in tasks {

@@ -238,3 +238,50 @@ mod tests {
         assert_eq!(rotation_due_at(&node), None);
     }
 }
+
+/// Reports the public endpoint learned over STUN to the server whenever it
+/// changes and on every new control session (a reconnect resets the
+/// server's record to the observed address).
+pub async fn endpoint_loop(
+    config: ControlConfig,
+    mut public: watch::Receiver<Option<std::net::SocketAddr>>,
+    mut sessions: watch::Receiver<u64>,
+) {
+    let mut reported: Option<(std::net::SocketAddr, u64)> = None;
+    loop {
+        let session = *sessions.borrow_and_update();
+        let current = *public.borrow_and_update();
+        if let Some(endpoint) = current
+            && session > 0
+            && reported != Some((endpoint, session))
+        {
+            match send_endpoint(&config, endpoint).await {
+                Ok(response) if response.accepted => reported = Some((endpoint, session)),
+                Ok(response) => {
+                    tracing::info!(%endpoint, reason = %response.reason, "the server did not take the public endpoint");
+                    reported = Some((endpoint, session));
+                }
+                Err(e) => {
+                    tracing::debug!(error = %format!("{e:#}"), "reporting the public endpoint failed; retrying")
+                }
+            }
+        }
+        tokio::select! {
+            () = tokio::time::sleep(std::time::Duration::from_secs(5)) => {}
+            changed = sessions.changed() => if changed.is_err() { return; },
+            changed = public.changed() => if changed.is_err() { return; },
+        }
+    }
+}
+
+async fn send_endpoint(
+    config: &ControlConfig,
+    endpoint: std::net::SocketAddr,
+) -> Result<v1::EndpointReportResponse> {
+    Ok(ControlClient::new(config.channel().await?)
+        .report_endpoint(v1::EndpointReport {
+            public_endpoint: endpoint.to_string(),
+        })
+        .await?
+        .into_inner())
+}

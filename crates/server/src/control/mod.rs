@@ -2,6 +2,7 @@
 //! login), the sync stream, key rotation and posture reports.
 
 mod device;
+mod endpoint;
 mod flows;
 
 use std::net::{IpAddr, SocketAddr};
@@ -272,6 +273,13 @@ impl Control for ControlService {
         request: Request<v1::FlowReport>,
     ) -> Result<Response<v1::FlowReportResponse>, Status> {
         self.report_flows_impl(request).await.map(Response::new)
+    }
+
+    async fn report_endpoint(
+        &self,
+        request: Request<v1::EndpointReport>,
+    ) -> Result<Response<v1::EndpointReportResponse>, Status> {
+        self.report_endpoint_impl(request).await.map(Response::new)
     }
 
     type SyncStream = SyncStream;
