@@ -216,29 +216,6 @@ async fn send_posture(config: &ControlConfig, report: &PostureReport) -> Result<
         .collect())
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn rotation_is_due_two_thirds_through() {
-        let mut node = SelfNode {
-            id: "d".into(),
-            key_issued_at: 1000,
-            key_expires_at: 1900,
-            ..SelfNode::default()
-        };
-        assert_eq!(rotation_due_at(&node), Some(1600));
-        node.key_expires_at = 0;
-        assert_eq!(
-            rotation_due_at(&node),
-            Some(1000 + NEVER_EXPIRING_CERT_SECONDS * 2 / 3)
-        );
-        node.id.clear();
-        assert_eq!(rotation_due_at(&node), None);
-    }
-}
-
 /// Reports the public endpoint learned over STUN to the server whenever it
 /// changes and on every new control session (a reconnect resets the
 /// server's record to the observed address).
@@ -284,4 +261,27 @@ async fn send_endpoint(
         })
         .await?
         .into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rotation_is_due_two_thirds_through() {
+        let mut node = SelfNode {
+            id: "d".into(),
+            key_issued_at: 1000,
+            key_expires_at: 1900,
+            ..SelfNode::default()
+        };
+        assert_eq!(rotation_due_at(&node), Some(1600));
+        node.key_expires_at = 0;
+        assert_eq!(
+            rotation_due_at(&node),
+            Some(1000 + NEVER_EXPIRING_CERT_SECONDS * 2 / 3)
+        );
+        node.id.clear();
+        assert_eq!(rotation_due_at(&node), None);
+    }
 }
