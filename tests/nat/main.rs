@@ -87,7 +87,18 @@ async fn a_reported_endpoint_is_taken_only_at_the_connecting_address() {
     let agent = TestAgent::join(&server.token(&["web"], false, 0).await, "web-1")
         .await
         .unwrap();
-    // A NAT maps the WireGuard port to another port at the same address.
+    // Once its stream is up (connecting records the observed endpoint)...
+    let start = std::time::Instant::now();
+    while !ztmesh_agent::status::query(&agent.state.socket_path())
+        .await
+        .is_ok_and(|s| s.control_connected)
+        || server.device("web-1").await.endpoints.is_empty()
+    {
+        assert!(start.elapsed() < Duration::from_secs(5), "web-1 did not connect");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // ...a NAT mapping the WireGuard port to another port at the same
+    // address is taken.
     let accepted = report(&agent, "127.0.0.1:40001").await.unwrap();
     assert!(accepted.accepted, "{accepted:?}");
     assert_eq!(server.device("web-1").await.endpoints, ["127.0.0.1:40001"]);
