@@ -94,7 +94,10 @@ async fn a_reported_endpoint_is_taken_only_at_the_connecting_address() {
         .is_ok_and(|s| s.control_connected)
         || server.device("web-1").await.endpoints.is_empty()
     {
-        assert!(start.elapsed() < Duration::from_secs(5), "web-1 did not connect");
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "web-1 did not connect"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     // ...a NAT mapping the WireGuard port to another port at the same
