@@ -8,28 +8,32 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use base64::Engine as _;
-use base64::engine::general_purpose::STANDARD;
 use boringtun::noise::handshake::parse_handshake_anon;
 use boringtun::noise::rate_limiter::RateLimiter;
 use boringtun::noise::{Packet, TunnResult};
 use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, watch};
 use x25519_dalek::{PublicKey, StaticSecret};
-use ztmesh_filter::{
-    DropReason, Filter, FilterConfig, FilterLimits, FlowEvent, FlowVerdict, Verdict,
-};
+use ztmesh_filter::{DropReason, Filter, FilterConfig, FilterLimits, Verdict};
 
+use crate::batch::{TunReadBatch, TunWriteBatch, UdpSendBatch};
 use crate::discovery::Discovery;
-use crate::flowlog::{CounterSnapshot, FlowBatch};
+use crate::flowlog::FlowBatch;
 
 use crate::netmap::{NetMap, PeerDiff, SelfNode};
 use crate::peers::{PeerTable, Slot};
-use crate::status::{PeerStatus, Status, StatusRequest};
+use crate::status::StatusRequest;
 use crate::tunio::TunIo;
+use crate::udpio::Wire;
 
-/// Largest datagram or packet handled (plus room for WireGuard overhead).
+mod report;
+use report::log_monitored;
+
+/// Scratch room for handshake messages and packets queued during a handshake.
 const BUF_SIZE: usize = 65_536 + 256;
+/// UDP reads (each up to a `recvmmsg` of GRO super-datagrams) per wake-up,
+/// so that a flood on the socket cannot starve the TUN side.
+const UDP_READS_PER_WAKE: usize = 4;
 /// How often boringtun's timers run.
 const TIMER_TICK: Duration = Duration::from_millis(250);
 /// WireGuard message type of a cookie reply.
@@ -92,8 +96,8 @@ struct OldKeys {
 }
 
 enum Event {
-    Tun(std::io::Result<usize>),
-    Udp(std::io::Result<(usize, SocketAddr)>),
+    Tun(std::io::Result<()>),
+    Udp(std::io::Result<()>),
     Tick,
     NetMap,
     Rekey(StaticSecret),
@@ -134,8 +138,8 @@ pub async fn run<T: TunIo>(
     };
     let initial = netmap.borrow_and_update().clone();
     engine.apply_netmap(&io, &initial).await;
-    let mut tun_buf = vec![0u8; BUF_SIZE];
-    let mut udp_buf = vec![0u8; BUF_SIZE];
+    let mut wire = Wire::new(&io.udp)?;
+    let mut batches = Batches::default();
     let mut tick = tokio::time::interval(TIMER_TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut ticks: u64 = 0;
@@ -143,8 +147,8 @@ pub async fn run<T: TunIo>(
         // The select only picks the event; handling happens after it so the
         // receive futures no longer borrow the buffers.
         let event = tokio::select! {
-            r = io.tun.recv(&mut tun_buf) => Event::Tun(r),
-            r = io.udp.recv_from(&mut udp_buf) => Event::Udp(r),
+            r = io.tun.recv_batch(&mut batches.tun_in) => Event::Tun(r),
+            r = io.udp.readable() => Event::Udp(r),
             _ = tick.tick() => Event::Tick,
             r = netmap.changed() => if r.is_ok() { Event::NetMap } else { Event::Stop },
             Some(reply) = status_requests.recv() => Event::Status(reply),
@@ -153,19 +157,12 @@ pub async fn run<T: TunIo>(
         };
         match event {
             Event::Tun(r) => {
-                let n = r?;
-                if let Some(packet) = tun_buf.get(..n) {
-                    engine.on_tun(&io, packet).await;
-                }
+                r?;
+                engine.on_tun_batch(&io, &wire, &mut batches).await;
             }
-            Event::Udp(Ok((n, from))) => {
-                if let Some(datagram) = udp_buf.get(..n) {
-                    engine.on_udp(&io, from, datagram).await;
-                }
-            }
-            Event::Udp(Err(e)) => {
-                // ICMP port unreachable from a peer surfaces here on Linux; not fatal.
-                tracing::debug!(error = %e, "udp receive error");
+            Event::Udp(r) => {
+                r?;
+                engine.on_udp_ready(&io, &mut wire, &mut batches).await?;
             }
             Event::Tick => {
                 ticks += 1;
@@ -194,7 +191,24 @@ pub async fn run<T: TunIo>(
 }
 
 impl Engine {
-    async fn on_tun<T: TunIo>(&mut self, io: &Io<T>, packet: &[u8]) {
+    /// Encrypts one TUN read (with offloads: all segments of a super-packet)
+    /// into the send batch, and sends it with as few system calls as GSO allows.
+    async fn on_tun_batch<T: TunIo>(&mut self, io: &Io<T>, wire: &Wire, batches: &mut Batches) {
+        let now = Instant::now();
+        let Batches {
+            tun_in, udp_out, ..
+        } = batches;
+        for packet in tun_in.packets() {
+            if udp_out.needs_flush(packet.len()) {
+                wire.flush(&io.udp, udp_out).await;
+            }
+            self.on_tun(packet, now, udp_out);
+        }
+        wire.flush(&io.udp, udp_out).await;
+    }
+
+    /// Route by allowed IPs, outbound filter, encrypt into the send batch.
+    fn on_tun(&mut self, packet: &[u8], now: Instant, udp_out: &mut UdpSendBatch) {
         // The kernel's own IPv6 chatter and traffic to non-peers ends here.
         let Some(dst) = ztmesh_filter::destination_address(packet) else {
             return;
@@ -202,16 +216,18 @@ impl Engine {
         let Some(key) = self.peers.route(dst) else {
             return;
         };
-        if let Verdict::Drop(_) = self.filter.outbound(packet, Instant::now()) {
+        if let Verdict::Drop(_) = self.filter.outbound(packet, now) {
             return;
         }
         let Some(peer) = self.peers.get_mut(&key) else {
             return;
         };
-        match peer.sending_tunn().encapsulate(packet, &mut self.out) {
+        let endpoint = peer.endpoint;
+        match peer.sending_tunn().encapsulate(packet, udp_out.room()) {
             TunnResult::WriteToNetwork(datagram) => {
-                if let Some(endpoint) = peer.endpoint {
-                    send(&io.udp, datagram, endpoint).await;
+                let len = datagram.len();
+                if let Some(endpoint) = endpoint {
+                    udp_out.commit(len, endpoint);
                 }
             }
             TunnResult::Err(e) => {
@@ -221,7 +237,48 @@ impl Engine {
         }
     }
 
-    async fn on_udp<T: TunIo>(&mut self, io: &Io<T>, from: SocketAddr, datagram: &[u8]) {
+    /// Reads what waits on the UDP socket (a few `recvmmsg` calls at most),
+    /// decrypts and filters it into the TUN batch, and writes that batch.
+    /// Only a dead TUN device is an error.
+    async fn on_udp_ready<T: TunIo>(
+        &mut self,
+        io: &Io<T>,
+        wire: &mut Wire,
+        batches: &mut Batches,
+    ) -> std::io::Result<()> {
+        let tun_out = &mut batches.tun_out;
+        for _ in 0..UDP_READS_PER_WAKE {
+            match wire.try_recv(&io.udp) {
+                Ok(true) => {}
+                Ok(false) => break,
+                Err(e) => {
+                    // ICMP port unreachable from a peer surfaces here on Linux; not fatal.
+                    tracing::debug!(error = %e, "udp receive error");
+                    break;
+                }
+            }
+            let now = Instant::now();
+            for (from, datagram) in wire.datagrams() {
+                if tun_out.is_full() {
+                    io.tun.send_batch(tun_out).await?;
+                }
+                self.on_udp(io, from, datagram, now, tun_out).await;
+            }
+        }
+        if !tun_out.is_empty() {
+            io.tun.send_batch(tun_out).await?;
+        }
+        Ok(())
+    }
+
+    async fn on_udp<T: TunIo>(
+        &mut self,
+        io: &Io<T>,
+        from: SocketAddr,
+        datagram: &[u8],
+        now: Instant,
+        tun_out: &mut TunWriteBatch,
+    ) {
         if ztmesh_stun::is_stun(datagram) {
             if let Some(public) = self.discovery.on_datagram(from, datagram, Instant::now()) {
                 self.public_endpoint
@@ -256,6 +313,8 @@ impl Engine {
                 return;
             }
         };
+        // Data decrypts straight into the TUN batch; handshakes use scratch.
+        let is_data = matches!(packet, Packet::PacketData(_));
         let target = match packet {
             Packet::HandshakeInit(p) => {
                 match parse_handshake_anon(&self.private, &self.public, &p) {
@@ -291,7 +350,12 @@ impl Engine {
                 }
             },
         };
-        match tunn.decapsulate(Some(from.ip()), datagram, &mut self.out) {
+        let dst = match tun_out.slot(datagram.len()) {
+            Some(slot) if is_data => slot,
+            _ => &mut self.out[..],
+        };
+        let mut delivered = None;
+        match tunn.decapsulate(Some(from.ip()), datagram, dst) {
             TunnResult::WriteToNetwork(reply) if reply.first() == Some(&COOKIE_REPLY) => {
                 // An unauthenticated answer: send it, but do not let it move
                 // the peer's endpoint.
@@ -311,17 +375,30 @@ impl Engine {
             TunnResult::WriteToTunnelV4(packet, src) => {
                 *endpoint = Some(from);
                 let allowed = allowed_ips.iter().any(|n| n.contains(&IpAddr::V4(src)));
-                deliver(io, &mut self.filter, allowed, packet).await;
+                if admit(&mut self.filter, allowed, packet, now) {
+                    delivered = Some(packet.len());
+                }
             }
             TunnResult::WriteToTunnelV6(packet, src) => {
                 *endpoint = Some(from);
                 let allowed = allowed_ips.iter().any(|n| n.contains(&IpAddr::V6(src)));
-                deliver(io, &mut self.filter, allowed, packet).await;
+                if admit(&mut self.filter, allowed, packet, now) {
+                    delivered = Some(packet.len());
+                }
             }
             TunnResult::Err(e) => {
                 tracing::debug!(peer = %name, error = ?e, "decapsulate failed")
             }
             TunnResult::Done => {}
+        }
+        if let Some(len) = delivered {
+            if !is_data {
+                // Not decrypted into the slot (never expected): copy it there.
+                if let (Some(slot), Some(packet)) = (tun_out.slot(len), self.out.get(..len)) {
+                    slot.copy_from_slice(packet);
+                }
+            }
+            tun_out.commit(len);
         }
     }
 
@@ -419,127 +496,26 @@ impl Engine {
             self.flow_events_dropped += batch.events.len() as u64;
         }
     }
-
-    fn counter_snapshot(&self) -> CounterSnapshot {
-        let counters = self.filter.counters();
-        let (rx_bytes, tx_bytes) = self.peers.iter().fold((0u64, 0u64), |(rx, tx), p| {
-            let (_, sent, received, _, _) = p.tunn.stats();
-            (rx + received as u64, tx + sent as u64)
-        });
-        CounterSnapshot {
-            policy_version: self.filter.version(),
-            rule_hits: counters
-                .rule_hits()
-                .map(|(rule, n)| (rule.to_owned(), n))
-                .collect(),
-            drops: counters
-                .iter_drops()
-                .map(|(reason, n)| (reason.as_str().to_owned(), n))
-                .collect(),
-            accepted_inbound: counters.accepted_inbound(),
-            monitored: counters.monitored(),
-            events_lost: counters.flow_events_lost() + self.flow_events_dropped,
-            rx_bytes,
-            tx_bytes,
-        }
-    }
-
-    fn status<T: TunIo>(&self, io: &Io<T>, control_connected: bool) -> Status {
-        let counters = self.filter.counters();
-        let mut peers: Vec<PeerStatus> = self
-            .peers
-            .iter()
-            .map(|p| {
-                let (handshake, tx, rx, _, _) = p.tunn.stats();
-                PeerStatus {
-                    name: p.info.name.clone(),
-                    public_key: STANDARD.encode(p.info.public_key),
-                    endpoint: p.endpoint.map(|e| e.to_string()),
-                    allowed_ips: p.info.allowed_ips.iter().map(ToString::to_string).collect(),
-                    last_handshake_secs: handshake.map(|d| d.as_secs()),
-                    rx_bytes: rx as u64,
-                    tx_bytes: tx as u64,
-                }
-            })
-            .collect();
-        peers.sort_by(|a, b| a.name.cmp(&b.name));
-        Status {
-            name: self.self_node.name.clone(),
-            addresses: self
-                .self_node
-                .addresses
-                .iter()
-                .map(ToString::to_string)
-                .collect(),
-            public_key: STANDARD.encode(self.public.as_bytes()),
-            listen_port: io.udp.local_addr().map(|a| a.port()).unwrap_or(0),
-            control_connected,
-            policy_version: self.filter.version(),
-            peers,
-            drops: counters
-                .iter_drops()
-                .map(|(reason, n)| (reason.as_str().to_owned(), n))
-                .collect(),
-            accepted_inbound: counters.accepted_inbound(),
-            accepted_outbound: counters.accepted_outbound(),
-            accepted_inbound_bytes: counters.accepted_inbound_bytes(),
-            accepted_outbound_bytes: counters.accepted_outbound_bytes(),
-            dropped_bytes: counters
-                .iter_drops()
-                .map(|(reason, _)| (reason.as_str().to_owned(), counters.dropped_bytes(reason)))
-                .collect(),
-            monitored: counters.monitored(),
-            rule_hits: counters
-                .rule_hits()
-                .map(|(rule, n)| (rule.to_owned(), n))
-                .collect(),
-            flows: self.filter.flow_count(),
-            public_endpoint: self.discovery.public().map(|a| a.to_string()),
-        }
-    }
 }
 
-/// Logs the flows that monitored deny rules let through, each at info
-/// level, up to 20 a call, then a count.
-fn log_monitored(events: &[FlowEvent]) {
-    const LOGGED_PER_CALL: usize = 20;
-    let flows: Vec<&FlowEvent> = events
-        .iter()
-        .filter(|e| e.verdict == FlowVerdict::Monitored)
-        .collect();
-    for flow in flows.iter().take(LOGGED_PER_CALL) {
-        let p = &flow.packet;
-        tracing::info!(
-            rule = flow.rule.as_deref().unwrap_or_default(),
-            src = %p.src,
-            dst = %p.dst,
-            proto = p.proto,
-            dst_port = p.dst_port,
-            "monitor: flow would be dropped by this rule; passed (monitor mode)"
-        );
-    }
-    if flows.len() > LOGGED_PER_CALL {
-        tracing::info!(
-            more = flows.len() - LOGGED_PER_CALL,
-            "monitor: more flows would have been dropped; see `ztmesh status` for counts"
-        );
-    }
-}
-
-/// Cryptokey routing, then the filter, then the TUN.
-async fn deliver<T: TunIo>(io: &Io<T>, filter: &mut Filter, source_allowed: bool, packet: &[u8]) {
+/// Cryptokey routing, then the filter: whether the packet may go to the TUN.
+fn admit(filter: &mut Filter, source_allowed: bool, packet: &[u8], now: Instant) -> bool {
     if packet.is_empty() {
-        return;
+        return false;
     }
     if !source_allowed {
         filter.record_drop(DropReason::CryptokeyRouting, packet.len());
-        return;
+        return false;
     }
-    if filter.inbound(packet, Instant::now()) == Verdict::Accept
-        && let Err(e) = io.tun.send(packet).await
-    {
-        tracing::debug!(error = %e, "tun write failed");
-    }
+    filter.inbound(packet, now) == Verdict::Accept
+}
+
+/// The packet batches of the loop, allocated once.
+#[derive(Default)]
+struct Batches {
+    tun_in: TunReadBatch,
+    tun_out: TunWriteBatch,
+    udp_out: UdpSendBatch,
 }
 
 async fn send(udp: &UdpSocket, datagram: &[u8], to: SocketAddr) {

@@ -5,6 +5,7 @@
 
 #![warn(clippy::indexing_slicing)]
 
+pub mod batch;
 pub mod control;
 pub mod dataplane;
 pub mod discovery;
@@ -21,6 +22,7 @@ pub mod state;
 pub mod status;
 pub mod tls;
 pub mod tunio;
+pub mod udpio;
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
@@ -57,6 +59,9 @@ pub struct UpOptions {
     pub overlay_prefix: u8,
     /// Where to serve Prometheus metrics; `None`: off.
     pub metrics_listen: Option<SocketAddr>,
+    /// Ask the kernel for TUN offloads (TSO/GRO with a virtio-net header);
+    /// falls back to a plain device when the kernel refuses.
+    pub tun_offload: bool,
 }
 
 /// Enrolls if needed, then runs the daemon on a real TUN until `shutdown`.
@@ -67,7 +72,12 @@ pub async fn up(options: UpOptions, shutdown: watch::Receiver<bool>) -> Result<(
         ensure_enrolled(&state, options.join.as_deref(), options.name.as_deref()).await?;
     let address = first_ipv4(&enrollment)?;
     status::ensure_not_running(&state.socket_path()).await?;
-    let tun = tunio::create_kernel_tun(&options.tun_name, address, options.overlay_prefix)?;
+    let tun = tunio::create_kernel_tun(
+        &options.tun_name,
+        address,
+        options.overlay_prefix,
+        options.tun_offload,
+    )?;
     let udp = bind_udp(SocketAddr::from((
         Ipv4Addr::UNSPECIFIED,
         options.listen_port,

@@ -5,8 +5,10 @@ use std::future::Future;
 use std::io;
 use std::net::Ipv4Addr;
 
-use anyhow::{Result, bail};
+use anyhow::{Result, anyhow, bail};
 use tokio::sync::{Mutex, mpsc};
+
+use crate::batch::{HEADROOM, TunReadBatch, TunWriteBatch};
 
 /// A device that carries whole IP packets.
 pub trait TunIo: Send + Sync + 'static {
@@ -14,11 +16,42 @@ pub trait TunIo: Send + Sync + 'static {
     fn recv(&self, buf: &mut [u8]) -> impl Future<Output = io::Result<usize>> + Send;
     /// Writes one packet.
     fn send(&self, packet: &[u8]) -> impl Future<Output = io::Result<()>> + Send;
+
+    /// Reads the next packets: one read, which on a device with offloads
+    /// can be a TCP super-packet that arrives split into its segments.
+    fn recv_batch(&self, batch: &mut TunReadBatch) -> impl Future<Output = io::Result<()>> + Send {
+        async move {
+            let len = self.recv(batch.single_buffer()).await?;
+            batch.set_single(len);
+            Ok(())
+        }
+    }
+
+    /// Writes the batch's packets (coalescing them where the device can)
+    /// and empties it. A packet that cannot be written is dropped, as a
+    /// full device queue would; only a dead device is an error.
+    fn send_batch(&self, batch: &mut TunWriteBatch) -> impl Future<Output = io::Result<()>> + Send {
+        async move {
+            for packet in batch.packets() {
+                self.send(packet).await?;
+            }
+            batch.clear();
+            Ok(())
+        }
+    }
 }
 
-/// A real kernel TUN device.
+/// A real kernel TUN device, with TCP segmentation and receive offloads
+/// (virtio-net header) when the kernel has them.
 pub struct KernelTun {
-    device: tun::AsyncDevice,
+    device: tun_rs::AsyncDevice,
+}
+
+impl KernelTun {
+    /// Whether the device carries offloaded super-packets.
+    pub fn offload(&self) -> bool {
+        self.device.tcp_gso()
+    }
 }
 
 impl TunIo for KernelTun {
@@ -29,43 +62,103 @@ impl TunIo for KernelTun {
     async fn send(&self, packet: &[u8]) -> io::Result<()> {
         self.device.send(packet).await.map(|_| ())
     }
+
+    async fn recv_batch(&self, batch: &mut TunReadBatch) -> io::Result<()> {
+        batch.count = 0;
+        let TunReadBatch {
+            original,
+            bufs,
+            sizes,
+            count,
+        } = batch;
+        match self.device.recv_multiple(original, bufs, sizes, 0).await {
+            Ok(n) => *count = n,
+            // A read the offload code could not split (no OS error behind
+            // it): that one packet is lost, the device goes on.
+            Err(e) if e.raw_os_error().is_none() => {
+                tracing::debug!(error = %e, "tun read dropped");
+            }
+            Err(e) => return Err(e),
+        }
+        Ok(())
+    }
+
+    async fn send_batch(&self, batch: &mut TunWriteBatch) -> io::Result<()> {
+        let count = batch.count;
+        batch.count = 0;
+        let Some(bufs) = batch.bufs.get_mut(..count) else {
+            return Ok(());
+        };
+        match self
+            .device
+            .send_multiple(&mut batch.gro, bufs, HEADROOM)
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(e) if e.raw_os_error() == Some(libc::EBADFD) => Err(e),
+            Err(e) => {
+                tracing::debug!(error = %e, "tun write failed");
+                Ok(())
+            }
+        }
+    }
 }
 
 /// MTU of the overlay interface: 1500 minus WireGuard and outer UDP/IPv4 overhead, with room for IPv6 outer headers.
 pub const OVERLAY_MTU: u16 = 1420;
 
 /// Creates and brings up the TUN device with our overlay address; the
-/// prefix routes the whole overlay range through it.
-pub fn create_kernel_tun(name: &str, address: Ipv4Addr, prefix: u8) -> Result<KernelTun> {
-    let netmask = u32::MAX.checked_shl(32 - u32::from(prefix)).unwrap_or(0);
-    let mut config = tun::Configuration::default();
-    config
-        .tun_name(name)
-        .address(address)
-        .netmask(Ipv4Addr::from(netmask))
-        .mtu(OVERLAY_MTU)
-        .up();
-    match tun::create_as_async(&config) {
-        Ok(device) => Ok(KernelTun { device }),
-        Err(e) => {
-            let text = e.to_string();
-            if text.contains("ermission")
-                || text.contains("EPERM")
-                || text.contains("not permitted")
-            {
-                bail!(
-                    "cannot create the TUN device `{name}`: permission denied; ztmesh needs root or the CAP_NET_ADMIN capability (and access to /dev/net/tun): run it with sudo, or `setcap cap_net_admin+ep` on the binary"
-                );
-            }
-            if text.contains("busy") || text.contains("EBUSY") {
-                bail!(
-                    "cannot create the TUN device `{name}`: it is in use by another daemon or program; stop that one, or choose another interface with --tun"
-                );
-            }
-            bail!(
-                "cannot create the TUN device `{name}`: {text}; check that /dev/net/tun exists (modprobe tun)"
-            )
+/// prefix routes the whole overlay range through it. With `offload`, the
+/// device is asked for TCP segmentation and receive offloads; a kernel
+/// that refuses them gets a plain device instead.
+pub fn create_kernel_tun(
+    name: &str,
+    address: Ipv4Addr,
+    prefix: u8,
+    offload: bool,
+) -> Result<KernelTun> {
+    let build = |offload: bool| {
+        tun_rs::DeviceBuilder::new()
+            .name(name)
+            .ipv4(address, prefix, None)
+            .mtu(OVERLAY_MTU)
+            .offload(offload)
+            .enable(true)
+            .build_async()
+    };
+    let device = match build(offload) {
+        Ok(device) => device,
+        Err(e) if offload && !is_fatal(&e) => {
+            tracing::info!(error = %e, "TUN offloads unavailable; using a plain TUN device");
+            build(false).map_err(|e| explain(name, &e))?
         }
+        Err(e) => return Err(explain(name, &e)),
+    };
+    let device = KernelTun { device };
+    tracing::info!(tun = name, offload = device.offload(), "TUN device up");
+    Ok(device)
+}
+
+/// Errors that another set of flags cannot cure.
+fn is_fatal(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EPERM | libc::EACCES | libc::EBUSY | libc::ENOENT)
+    )
+}
+
+fn explain(name: &str, e: &io::Error) -> anyhow::Error {
+    let text = e.to_string();
+    match e.raw_os_error() {
+        Some(libc::EPERM | libc::EACCES) => anyhow!(
+            "cannot create the TUN device `{name}`: permission denied; ztmesh needs root or the CAP_NET_ADMIN capability (and access to /dev/net/tun): run it with sudo, or `setcap cap_net_admin+ep` on the binary"
+        ),
+        Some(libc::EBUSY) => anyhow!(
+            "cannot create the TUN device `{name}`: it is in use by another daemon or program; stop that one, or choose another interface with --tun"
+        ),
+        _ => anyhow!(
+            "cannot create the TUN device `{name}`: {text}; check that /dev/net/tun exists (modprobe tun)"
+        ),
     }
 }
 

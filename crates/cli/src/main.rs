@@ -61,6 +61,10 @@ struct UpArgs {
     /// Prometheus metrics at http://ADDRESS/metrics (plain HTTP: keep it local), or `off`.
     #[arg(long, default_value = "127.0.0.1:9465", value_parser = server::parse_metrics_listen)]
     metrics_listen: server::MetricsListen,
+    /// Do not ask the kernel for TUN segmentation/receive offloads (TSO/GRO);
+    /// every packet then costs its own read and write. For comparison and debugging.
+    #[arg(long)]
+    no_tun_offload: bool,
 }
 
 fn main() -> ExitCode {
@@ -106,6 +110,7 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
         listen_port: args.listen_port,
         overlay_prefix: args.overlay_prefix,
         metrics_listen: args.metrics_listen,
+        tun_offload: !args.no_tun_offload,
     };
     ztmesh_agent::up(options, shutdown_signal()).await
 }

@@ -1,0 +1,289 @@
+#!/usr/bin/env python3
+"""Side-by-side throughput benchmark: ztmesh against userspace WireGuard.
+
+Run as root through run.sh. Two namespaces joined by a veth pair; each
+tunnel in turn between them; iperf3 TCP (1 and 4 streams, both directions),
+UDP goodput (both directions) and ping RTT, with the CPU seconds the tunnel
+processes used. Rounds interleave the implementations. Prints min/median/max
+and ratio matrices, and writes the raw results as JSON. Stdlib only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import re
+import signal
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import report  # noqa: E402
+import tools  # noqa: E402
+import tunnels  # noqa: E402
+from netlab import BenchError, Netlab, tail  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[2]
+IPERF_PORT = 5201
+UDP_LEN = 1380  # fits the 1420 overlay MTU: 1380 + 8 (UDP) + 20 (IPv4) = 1408
+
+IMPLS = ["veth", "ztmesh", "boringtun", "boringtun-t1", "gotatun", "wireguard-go"]
+OPTIONAL_IMPLS = ["wg-kernel"]  # only with --only: the kernel module, as a second reference
+
+# test name: extra iperf3 client arguments ("-rev": the server sends, -R)
+TESTS = {
+    "tcp1": [], "tcp1-rev": ["-R"], "tcp4": ["-P", "4"], "tcp4-rev": ["-P", "4", "-R"],
+    "udp": ["-u", "-b", "0", "-l", str(UDP_LEN)],
+    "udp-rev": ["-u", "-b", "0", "-l", str(UDP_LEN), "-R"],
+}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--rounds", type=int, default=3, help="rounds (default 3), interleaved")
+    ap.add_argument("--seconds", type=int, default=10, help="seconds per iperf3 test (default 10)")
+    ap.add_argument("--only", default="",
+                    help=f"comma-separated subset of: {','.join(IMPLS + OPTIONAL_IMPLS)}")
+    ap.add_argument("--tests", default="",
+                    help=f"comma-separated subset of: {','.join(TESTS)},ping")
+    ap.add_argument("--json", default="", help="where to write raw results "
+                    "(default deploy/bench/results/bench-TIMESTAMP.json)")
+    ap.add_argument("--keep-logs", action="store_true", help="keep the temp dir with the logs")
+    args = ap.parse_args()
+
+    impls = [s.strip() for s in args.only.split(",") if s.strip()] or list(IMPLS)
+    unknown = [i for i in impls if i not in IMPLS + OPTIONAL_IMPLS]
+    if unknown:
+        ap.error(f"unknown implementation(s) {unknown}; known: {IMPLS + OPTIONAL_IMPLS}")
+    tests = [s.strip() for s in args.tests.split(",") if s.strip()] or list(TESTS) + ["ping"]
+    bad = [t for t in tests if t not in list(TESTS) + ["ping"]]
+    if bad:
+        ap.error(f"unknown test(s) {bad}; known: {list(TESTS) + ['ping']}")
+    if args.rounds < 1 or args.seconds < 1:
+        ap.error("--rounds and --seconds must be at least 1")
+    if os.geteuid() != 0:
+        print("bench: must run as root (namespaces, TUN devices); try: sudo deploy/bench/run.sh",
+              file=sys.stderr)
+        return 1
+
+    zt = Path(os.environ.get("ZTMESH_BIN") or REPO / "target" / "release" / "ztmesh")
+    if "ztmesh" in impls and not (zt.is_file() and os.access(zt, os.X_OK)):
+        print(f"bench: no ztmesh binary at {zt}.\n"
+              f"  build it with:  (cd {REPO} && cargo build --release --locked -p ztmesh)\n"
+              "  or point ZTMESH_BIN at one.", file=sys.stderr)
+        return 2
+    try:
+        bins = tools.ensure(impls)
+    except tools.ToolError as e:
+        print(f"bench: {e}", file=sys.stderr)
+        return 2
+    bins["ztmesh"] = str(zt)
+
+    out_path = Path(args.json) if args.json else (
+        REPO / "deploy" / "bench" / "results"
+        / f"bench-{dt.datetime.now().strftime('%Y%m%d-%H%M%S')}.json")
+    meta = {"started": dt.datetime.now().isoformat(timespec="seconds"),
+            "rounds": args.rounds, "seconds": args.seconds, "impls": impls, "tests": tests,
+            "kernel": platform.release(), "cpus": os.cpu_count(), "cpu_model": _cpu_model(),
+            "versions": tools.versions(impls, bins), "udp_len": UDP_LEN,
+            "overlay_mtu": tunnels.OVERLAY_MTU, "loadavg_start": _loadavg()}
+
+    def on_term(signum, frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, on_term)
+
+    t_start = time.monotonic()
+    lab = Netlab()
+    results: list[dict] = []
+    up: dict[str, tunnels.Tunnel] = {}
+    failed: dict[str, str] = {}
+    rc = 0
+    try:
+        lab.build()
+        for i, name in enumerate(impls):
+            lab.say(f"bringing up {name}")
+            try:
+                t = _bring_up(lab, i, name, bins)
+                _wait_reachable(lab, t)
+                up[name] = t
+                lab.say(f"{name} up: {lab.ns_a} -> {t.dst_ip} ({t.facts})")
+            except BenchError as e:
+                failed[name] = str(e)
+                print(f"[bench] {name} FAILED to come up: {e}", file=sys.stderr)
+        meta["tunnels"] = {n: {"dst_ip": t.dst_ip, **t.facts} for n, t in up.items()}
+        meta["failed"] = failed
+        iperf = lab.spawn("iperf3-server", lab.ns_b, ["iperf3", "-s", "-p", str(IPERF_PORT)])
+        lab.wait(lambda: _listening(lab, IPERF_PORT) or iperf.dead_error(), 10,
+                 "iperf3 server")
+        for rnd in range(1, args.rounds + 1):
+            for name in impls:
+                if name not in up:
+                    continue
+                for test in tests:
+                    lab.say(f"round {rnd}/{args.rounds}: {name} {test}")
+                    r = _measure(lab, up[name], test, args.seconds)
+                    r.update(round=rnd, impl=name, test=test)
+                    if r.get("error"):
+                        print(f"[bench] {name} {test}: {r['error']}", file=sys.stderr)
+                        if test != "ping":  # a failed client can leave the server stuck
+                            iperf = _restart_iperf(lab, iperf)
+                    results.append(r)
+        zt_t = up.get("ztmesh")
+        if zt_t is not None:
+            st = zt_t.status()
+            hits = st.get("rule_hits") or {}
+            meta["ztmesh_status_b"] = {
+                "policy_version": st.get("policy_version"), "drops": st.get("drops"),
+                "accepted_inbound": st.get("accepted_inbound"),
+                "rules_with_hit_counters": len(hits),
+                "rule_hits_nonzero": {k: v for k, v in hits.items() if v}}
+    except KeyboardInterrupt as e:
+        print(f"\n[bench] interrupted ({e or 'Ctrl-C'}); cleaning up", file=sys.stderr)
+        rc = 130
+        meta["interrupted"] = str(e) or "Ctrl-C"
+    except BenchError as e:
+        print(f"[bench] error: {e}", file=sys.stderr)
+        for p in lab.procs:
+            print(f"----- {p.name} ({p.log}) -----\n{tail(p.log, 15)}", file=sys.stderr)
+        rc = 1
+    finally:
+        lab.close(keep_tmp=args.keep_logs)
+    meta["elapsed_seconds"] = round(time.monotonic() - t_start, 1)
+    meta["loadavg_end"] = _loadavg()
+    if results:
+        out_path.parent.mkdir(parents=True, exist_ok=True)
+        out_path.write_text(json.dumps({"meta": meta, "results": results}, indent=1) + "\n")
+        print(report.render(meta, results))
+        print(f"\nraw results: {out_path}")
+    if failed:
+        print(f"did not come up: {', '.join(f'{k} ({v[:200]})' for k, v in failed.items())}")
+        rc = rc or 1
+    return rc
+
+
+def _bring_up(lab: Netlab, index: int, name: str, bins: dict[str, str]) -> tunnels.Tunnel:
+    if name == "veth":
+        return tunnels.up_veth(lab, index)
+    if name == "ztmesh":
+        return tunnels.up_ztmesh(lab, index, bins["ztmesh"])
+    impl = tools.WG_IMPLS[name]
+    return tunnels.up_wireguard(lab, index, impl, bins.get(name))
+
+
+def _wait_reachable(lab: Netlab, t: tunnels.Tunnel) -> None:
+    def ok():
+        for p in t.procs:
+            p.raise_if_dead()
+        return lab.run(["ip", "netns", "exec", lab.ns_a, "ping", "-c", "1", "-W", "1", t.dst_ip],
+                       timeout=5, check=False).returncode == 0
+    lab.wait(ok, 30, f"{t.name}: ping {t.dst_ip} from {lab.ns_a}")
+
+
+def _listening(lab: Netlab, port: int) -> bool:
+    out = lab.run(["ip", "netns", "exec", lab.ns_b, "ss", "-Hltn", f"sport = :{port}"],
+                  check=False).stdout
+    return bool(out.strip())
+
+
+def _restart_iperf(lab: Netlab, old):
+    lab.stop(old)
+    p = lab.spawn("iperf3-server", lab.ns_b, ["iperf3", "-s", "-p", str(IPERF_PORT)])
+    lab.wait(lambda: _listening(lab, IPERF_PORT) or p.dead_error(), 10, "iperf3 server")
+    return p
+
+
+def _measure(lab: Netlab, t: tunnels.Tunnel, test: str, seconds: int) -> dict:
+    """One measurement, with the tunnel's CPU seconds and the host's busy CPU seconds."""
+    time.sleep(0.5)  # let the previous test's queues drain
+    cpu0, host0, w0 = _cpu(t), _host_busy(), time.monotonic()
+    if test == "ping":
+        r = _ping(lab, t.dst_ip)
+    else:
+        r = _iperf(lab, t.dst_ip, TESTS[test], seconds)
+    r["wall_s"] = round(time.monotonic() - w0, 3)
+    r["tunnel_cpu_s"] = round(_cpu(t) - cpu0, 3) if t.procs else None
+    r["host_cpu_s"] = round(_host_busy() - host0, 3)
+    return r
+
+
+def _iperf(lab: Netlab, dst: str, extra: list[str], seconds: int) -> dict:
+    args = ["ip", "netns", "exec", lab.ns_a, "iperf3", "-c", dst, "-p", str(IPERF_PORT),
+            "-t", str(seconds), "-J", "--connect-timeout", "5000", *extra]
+    try:
+        p = lab.run(args, timeout=seconds + 30, check=False)
+    except BenchError as e:
+        return {"error": str(e)}
+    try:
+        j = json.loads(p.stdout)
+    except json.JSONDecodeError:
+        return {"error": f"iperf3 exited {p.returncode}, no JSON: {(p.stderr or p.stdout)[-300:]}"}
+    if j.get("error"):
+        return {"error": f"iperf3: {j['error']}"}
+    end = j.get("end", {})
+    recv = end.get("sum_received") or end.get("sum") or {}
+    r = {"mbps": round(recv.get("bits_per_second", 0) / 1e6, 2)}
+    if "-u" in extra:
+        r["loss_pct"] = round(recv.get("lost_percent", 0.0), 3)
+        r["sent_mbps"] = round((end.get("sum_sent") or {}).get("bits_per_second", 0) / 1e6, 2)
+    else:
+        r["retransmits"] = (end.get("sum_sent") or {}).get("retransmits")
+    return r
+
+
+def _ping(lab: Netlab, dst: str) -> dict:
+    p = lab.run(["ip", "netns", "exec", lab.ns_a, "ping", "-q", "-c", "20", "-i", "0.1",
+                 "-W", "2", dst], timeout=30, check=False)
+    m = re.search(r"= ([\d.]+)/([\d.]+)/([\d.]+)/([\d.]+) ms", p.stdout)
+    lost = re.search(r"([\d.]+)% packet loss", p.stdout)
+    if not m:
+        return {"error": f"ping: no rtt line (exit {p.returncode}): {p.stdout[-300:]}"}
+    return {"rtt_ms": float(m.group(2)), "rtt_min_ms": float(m.group(1)),
+            "rtt_max_ms": float(m.group(3)), "ping_loss_pct": float(lost.group(1)) if lost else None}
+
+
+_TICK = os.sysconf("SC_CLK_TCK")
+
+
+def _cpu(t: tunnels.Tunnel) -> float:
+    """utime+stime of the tunnel's processes (all their threads), in seconds."""
+    total = 0
+    for p in t.procs:
+        try:
+            fields = Path(f"/proc/{p.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])  # fields 14 and 15 of stat(5)
+    return total / _TICK
+
+
+def _host_busy() -> float:
+    """Busy CPU seconds of the whole machine (all cores; includes iperf3 and softirq)."""
+    parts = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
+    v = [int(x) for x in parts]
+    idle = v[3] + (v[4] if len(v) > 4 else 0)
+    return (sum(v[:8]) - idle) / _TICK
+
+
+def _loadavg() -> str:
+    """1, 5 and 15 minute load averages: other work on the machine skews the numbers."""
+    return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

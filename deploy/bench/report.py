@@ -1,0 +1,105 @@
+"""The printed report: a summary of medians, then per metric min/median/max of
+every implementation and the ratio of its median to every other's. (The
+whole-machine CPU, `host_cpu_s`, is in the JSON only: on a small machine it
+is every core for the whole test, whatever the tunnel.)"""
+
+from __future__ import annotations
+
+import statistics
+
+# (metric key in a result, label, unit, better)
+METRICS = [("mbps", "goodput", "Mbit/s", "higher"),
+           ("loss_pct", "loss at the receiver", "%", "lower"),
+           ("tunnel_cpu_s", "tunnel processes' CPU", "s", "lower"),
+           ("rtt_ms", "ping RTT (mean of 20)", "ms", "lower")]
+
+
+def render(meta: dict, results: list[dict]) -> str:
+    impls = [i for i in meta["impls"] if any(r["impl"] == i for r in results)]
+    tests = meta["tests"]
+    out = [_header(meta)]
+    out += ["", "Medians (goodput in Mbit/s; ping: mean RTT in ms)"]
+    out.append(_row(["impl", *tests], first=13))
+    for impl in impls:
+        cells = []
+        for t in tests:
+            key = "rtt_ms" if t == "ping" else "mbps"
+            m = _median(results, impl, t, key)
+            cells.append("-" if m is None else f"{m:.3f}" if key == "rtt_ms" else f"{m:.0f}")
+        out.append(_row([impl, *cells], first=13))
+
+    for test in tests:
+        for key, label, unit, better in METRICS:
+            if (test == "ping") != (key == "rtt_ms") or (key == "loss_pct" and "udp" not in test):
+                continue
+            vals = {i: _values(results, i, test, key) for i in impls}
+            if not any(vals.values()):
+                continue
+            out += ["", f"{test}: {label}, {unit} ({better} is better); ratio = row median / "
+                        "column median"]
+            out.append(_row(["impl", "min", "median", "max", "n", *[f"/{_abbr(i)}" for i in impls]],
+                            first=13))
+            med = {i: statistics.median(v) if v else None for i, v in vals.items()}
+            for i in impls:
+                v = vals[i]
+                if not v:
+                    out.append(_row([i, "-", "-", "-", "0", *["-"] * len(impls)], first=13))
+                    continue
+                ratios = ["-" if not med[j] or med[i] is None else f"{med[i] / med[j]:.2f}"
+                          for j in impls]
+                out.append(_row([i, _fmt(min(v)), _fmt(med[i]), _fmt(max(v)), str(len(v)),
+                                 *ratios], first=13))
+    errs = [r for r in results if r.get("error")]
+    if errs:
+        out += ["", f"{len(errs)} failed measurement(s):"]
+        out += [f"  round {r['round']} {r['impl']} {r['test']}: {r['error'][:200]}" for r in errs]
+    return "\n".join(out)
+
+
+def _header(meta: dict) -> str:
+    lines = [f"ztmesh bench: {meta['rounds']} round(s) x {meta['seconds']} s per iperf3 test, "
+             f"{meta['cpus']} CPUs ({meta['cpu_model']}), kernel {meta['kernel']}, "
+             f"overlay MTU {meta['overlay_mtu']}, UDP payload {meta['udp_len']} B, "
+             f"took {meta.get('elapsed_seconds', '?')} s",
+             f"  load average at start: {meta.get('loadavg_start')}, at end: "
+             f"{meta.get('loadavg_end')} (other work on the machine skews every number)"]
+    for k, v in meta.get("versions", {}).items():
+        lines.append(f"  {k}: {v}")
+    zt = meta.get("tunnels", {}).get("ztmesh")
+    if zt:
+        lines.append(f"  ztmesh policy: {zt.get('rules')} rules in {zt.get('segments')} segments, "
+                     f"{zt.get('rules_matching_bench_pair')} of them from a segment of the client "
+                     f"to one of the server (the iperf3 rule is last)")
+    st = meta.get("ztmesh_status_b")
+    if st:
+        lines.append(f"  ztmesh server-side daemon at the end: {st['rules_with_hit_counters']} "
+                     f"rules in its filter, new flows by rule {st['rule_hits_nonzero']}, "
+                     f"drops {({k: v for k, v in (st['drops'] or {}).items() if v}) or 'none'}")
+    return "\n".join(lines)
+
+
+def _values(results: list[dict], impl: str, test: str, key: str) -> list[float]:
+    return [r[key] for r in results if r["impl"] == impl and r["test"] == test
+            and not r.get("error") and isinstance(r.get(key), (int, float))]
+
+
+def _median(results: list[dict], impl: str, test: str, key: str) -> float | None:
+    v = _values(results, impl, test, key)
+    return statistics.median(v) if v else None
+
+
+def _fmt(x: float) -> str:
+    if abs(x) >= 100:
+        return f"{x:.0f}"
+    if abs(x) >= 1:
+        return f"{x:.2f}"
+    return f"{x:.3f}"
+
+
+def _abbr(impl: str) -> str:
+    return {"boringtun": "bt", "boringtun-t1": "bt-t1", "wireguard-go": "wg-go",
+            "wg-kernel": "wg-kern", "gotatun": "gota", "ztmesh": "zt"}.get(impl, impl)
+
+
+def _row(cells: list[str], first: int = 13, width: int = 9) -> str:
+    return cells[0].ljust(first) + "".join(c.rjust(width) for c in cells[1:])
