@@ -121,6 +121,7 @@ def main() -> int:
         iperf = lab.spawn("iperf3-server", lab.ns_b, ["iperf3", "-s", "-p", str(IPERF_PORT)])
         lab.wait(lambda: _listening(lab, IPERF_PORT) or iperf.dead_error(), 10,
                  "iperf3 server")
+        _hold(lab, up)
         for rnd in range(1, args.rounds + 1):
             for name in impls:
                 if name not in up:
@@ -196,6 +197,21 @@ def _restart_iperf(lab: Netlab, old):
     p = lab.spawn("iperf3-server", lab.ns_b, ["iperf3", "-s", "-p", str(IPERF_PORT)])
     lab.wait(lambda: _listening(lab, IPERF_PORT) or p.dead_error(), 10, "iperf3 server")
     return p
+
+
+def _hold(lab: Netlab, up: dict) -> None:
+    """ZTMESH_BENCH_HOLD=FILE: with every tunnel up, wait (at most an hour)
+    until FILE is removed, so the setup can be profiled by hand."""
+    hold = os.environ.get("ZTMESH_BENCH_HOLD")
+    if not hold:
+        return
+    Path(hold).write_text("".join(
+        f"{n} {lab.ns_a} -> {lab.ns_b} {t.dst_ip} pids {[p.pid for p in t.procs]}\n"
+        for n, t in up.items()))
+    lab.say(f"holding: tunnels listed in {hold}; remove it to go on")
+    deadline = time.monotonic() + 3600
+    while Path(hold).exists() and time.monotonic() < deadline:
+        time.sleep(0.5)
 
 
 def _measure(lab: Netlab, t: tunnels.Tunnel, test: str, seconds: int) -> dict:

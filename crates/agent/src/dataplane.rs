@@ -34,6 +34,9 @@ const BUF_SIZE: usize = 65_536 + 256;
 /// UDP reads (each up to a `recvmmsg` of GRO super-datagrams) per wake-up,
 /// so that a flood on the socket cannot starve the TUN side.
 const UDP_READS_PER_WAKE: usize = 4;
+/// TUN reads per wake-up (each a packet, or a super-packet's segments),
+/// for the same reason the other way round.
+const TUN_READS_PER_WAKE: usize = 64;
 /// How often boringtun's timers run.
 const TIMER_TICK: Duration = Duration::from_millis(250);
 /// WireGuard message type of a cookie reply.
@@ -158,7 +161,7 @@ pub async fn run<T: TunIo>(
         match event {
             Event::Tun(r) => {
                 r?;
-                engine.on_tun_batch(&io, &wire, &mut batches).await;
+                engine.on_tun_ready(&io, &wire, &mut batches).await?;
             }
             Event::Udp(r) => {
                 r?;
@@ -191,20 +194,33 @@ pub async fn run<T: TunIo>(
 }
 
 impl Engine {
-    /// Encrypts one TUN read (with offloads: all segments of a super-packet)
-    /// into the send batch, and sends it with as few system calls as GSO allows.
-    async fn on_tun_batch<T: TunIo>(&mut self, io: &Io<T>, wire: &Wire, batches: &mut Batches) {
+    /// Encrypts the TUN read that woke us and what else waits on the
+    /// device (a few dozen reads at most; with offloads each can be all
+    /// segments of a super-packet) into the send batch, and sends it with
+    /// as few system calls as GSO allows. Only a dead TUN is an error.
+    async fn on_tun_ready<T: TunIo>(
+        &mut self,
+        io: &Io<T>,
+        wire: &Wire,
+        batches: &mut Batches,
+    ) -> std::io::Result<()> {
         let now = Instant::now();
         let Batches {
             tun_in, udp_out, ..
         } = batches;
-        for packet in tun_in.packets() {
-            if udp_out.needs_flush(packet.len()) {
-                wire.flush(&io.udp, udp_out).await;
+        for _ in 0..TUN_READS_PER_WAKE {
+            for packet in tun_in.packets() {
+                if udp_out.needs_flush(packet.len()) {
+                    wire.flush(&io.udp, udp_out).await;
+                }
+                self.on_tun(packet, now, udp_out);
             }
-            self.on_tun(packet, now, udp_out);
+            if !io.tun.try_recv_batch(tun_in)? {
+                break;
+            }
         }
         wire.flush(&io.udp, udp_out).await;
+        Ok(())
     }
 
     /// Route by allowed IPs, outbound filter, encrypt into the send batch.

@@ -27,6 +27,15 @@ pub trait TunIo: Send + Sync + 'static {
         }
     }
 
+    /// Like [`recv_batch`](Self::recv_batch), but only what is already
+    /// waiting: `Ok(false)` when nothing is. The data plane drains the
+    /// device with it after a wake-up, so that the datagrams of many reads
+    /// leave in one GSO send.
+    fn try_recv_batch(&self, batch: &mut TunReadBatch) -> io::Result<bool> {
+        batch.count = 0;
+        Ok(false)
+    }
+
     /// Writes the batch's packets (coalescing them where the device can)
     /// and empties it. A packet that cannot be written is dropped, as a
     /// full device queue would; only a dead device is an error.
@@ -83,6 +92,25 @@ impl TunIo for KernelTun {
         Ok(())
     }
 
+    fn try_recv_batch(&self, batch: &mut TunReadBatch) -> io::Result<bool> {
+        batch.count = 0;
+        let TunReadBatch {
+            original,
+            bufs,
+            sizes,
+            count,
+        } = batch;
+        match self.device.try_recv_multiple(original, bufs, sizes, 0) {
+            Ok(n) => *count = n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
+            Err(e) if e.raw_os_error().is_none() => {
+                tracing::debug!(error = %e, "tun read dropped");
+            }
+            Err(e) => return Err(e),
+        }
+        Ok(true)
+    }
+
     async fn send_batch(&self, batch: &mut TunWriteBatch) -> io::Result<()> {
         let count = batch.count;
         batch.count = 0;
@@ -135,7 +163,12 @@ pub fn create_kernel_tun(
         Err(e) => return Err(explain(name, &e)),
     };
     let device = KernelTun { device };
-    tracing::info!(tun = name, offload = device.offload(), "TUN device up");
+    tracing::info!(
+        tun = name,
+        tcp_offload = device.offload(),
+        udp_offload = device.device.udp_gso(),
+        "TUN device up"
+    );
     Ok(device)
 }
 
