@@ -29,6 +29,7 @@ impl Wire {
     /// Sets the socket up for batched I/O (GRO on where the kernel has it).
     pub fn new(udp: &UdpSocket) -> io::Result<Self> {
         let state = UdpSocketState::new(udp.into())?;
+        allow_fragmentation(udp);
         tracing::info!(
             gso_segments = state.max_gso_segments(),
             gro_segments = state.gro_segments(),
@@ -98,25 +99,111 @@ impl Wire {
         batch.clear();
     }
 
-    /// One send; waits while the socket buffer is full. Other errors lose
-    /// the datagrams, as UDP loses them anyway (quinn-udp turns GSO off
-    /// when the kernel or the device refuses it).
+    /// One run. A GSO send the kernel refuses (quinn-udp then turns GSO
+    /// off for good on EIO; a link whose MTU is below the segment size
+    /// refuses with EINVAL) goes again one datagram at a time, which the
+    /// kernel may fragment.
     async fn transmit(&self, udp: &UdpSocket, transmit: &Transmit<'_>) {
+        let Err(e) = self.send_one(udp, transmit).await else {
+            return;
+        };
+        let Some(size) = transmit.segment_size else {
+            tracing::debug!(to = %transmit.destination, error = %e, "udp send failed");
+            return;
+        };
+        tracing::debug!(to = %transmit.destination, error = %e, "GSO send refused; sending the datagrams one by one");
+        for datagram in transmit.contents.chunks(size.max(1)) {
+            let single = Transmit {
+                contents: datagram,
+                segment_size: None,
+                ..transmit.clone()
+            };
+            if let Err(e) = self.send_one(udp, &single).await {
+                tracing::debug!(to = %transmit.destination, error = %e, "udp send failed");
+            }
+        }
+    }
+
+    /// One send; waits while the socket buffer is full. Other errors lose
+    /// the datagrams, as UDP loses them anyway.
+    async fn send_one(&self, udp: &UdpSocket, transmit: &Transmit<'_>) -> io::Result<()> {
         loop {
             match udp.try_io(Interest::WRITABLE, || {
                 self.state.try_send(udp.into(), transmit)
             }) {
-                Ok(()) => return,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    if udp.writable().await.is_err() {
-                        return;
-                    }
-                }
-                Err(e) => {
-                    tracing::debug!(to = %transmit.destination, error = %e, "udp send failed");
-                    return;
-                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => udp.writable().await?,
+                other => return other,
             }
         }
+    }
+}
+
+/// quinn-udp forbids fragmentation: it is made for QUIC, which probes the
+/// path MTU itself. WireGuard does not probe; like the kernel's WireGuard,
+/// let the kernel fragment a datagram that a smaller link cannot carry
+/// whole, rather than have it lost without a word.
+fn allow_fragmentation(udp: &UdpSocket) {
+    let v4 = rustix::net::sockopt::set_ip_mtu_discover(
+        udp,
+        rustix::net::sockopt::Ipv4PathMtuDiscovery::DONT,
+    );
+    let v6 = match udp.local_addr() {
+        Ok(SocketAddr::V6(_)) => rustix::net::sockopt::set_ipv6_mtu_discover(
+            udp,
+            rustix::net::sockopt::Ipv6PathMtuDiscovery::DONT,
+        ),
+        _ => Ok(()),
+    };
+    if let Err(e) = v4.and(v6) {
+        tracing::debug!(error = %e, "could not allow fragmentation on the WireGuard socket");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn a_gso_run_arrives_whole_datagram_by_datagram_and_fragmentation_stays_allowed() {
+        let a = crate::bind_udp(SocketAddr::from(([127, 0, 0, 1], 0)))
+            .await
+            .unwrap();
+        let b = crate::bind_udp(SocketAddr::from(([127, 0, 0, 1], 0)))
+            .await
+            .unwrap();
+        let (a_addr, b_addr) = (a.local_addr().unwrap(), b.local_addr().unwrap());
+        let wire_a = Wire::new(&a).unwrap();
+        let mut wire_b = Wire::new(&b).unwrap();
+        assert_eq!(
+            rustix::net::sockopt::ip_mtu_discover(&a).unwrap(),
+            rustix::net::sockopt::Ipv4PathMtuDiscovery::DONT
+        );
+        let mut batch = UdpSendBatch::default();
+        let mut sent = Vec::new();
+        for i in 0..20u8 {
+            let len = if i == 19 { 300 } else { 1_000 };
+            batch.room()[..len].fill(i);
+            batch.commit(len, b_addr);
+            sent.push(vec![i; len]);
+        }
+        wire_a.flush(&a, &mut batch).await;
+        assert!(batch.is_empty());
+        let mut got = Vec::new();
+        tokio::time::timeout(Duration::from_secs(5), async {
+            while got.len() < sent.len() {
+                b.readable().await.unwrap();
+                while wire_b.try_recv(&b).unwrap() {
+                    for (from, datagram) in wire_b.datagrams() {
+                        assert_eq!(from, a_addr);
+                        got.push(datagram.to_vec());
+                    }
+                }
+            }
+        })
+        .await
+        .unwrap();
+        assert_eq!(got, sent);
     }
 }
