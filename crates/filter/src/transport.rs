@@ -20,6 +20,7 @@ pub(crate) struct Transport {
 
 /// Reads the transport header of `proto` at the start of `payload`;
 /// protocols other than TCP, UDP and the IP version's ICMP have no ports.
+#[inline(always)]
 pub(crate) fn parse_transport(
     proto: u8,
     is_v6: bool,
