@@ -73,42 +73,30 @@ impl TunIo for KernelTun {
     }
 
     async fn recv_batch(&self, batch: &mut TunReadBatch) -> io::Result<()> {
-        batch.count = 0;
         let TunReadBatch {
             original,
             bufs,
             sizes,
-            count,
+            ..
         } = batch;
-        match self.device.recv_multiple(original, bufs, sizes, 0).await {
-            Ok(n) => *count = n,
-            // A read the offload code could not split (no OS error behind
-            // it): that one packet is lost, the device goes on.
-            Err(e) if e.raw_os_error().is_none() => {
-                tracing::debug!(error = %e, "tun read dropped");
-            }
-            Err(e) => return Err(e),
-        }
-        Ok(())
+        let read = self.device.recv_multiple(original, bufs, sizes, 0).await;
+        settle(batch, read)
     }
 
     fn try_recv_batch(&self, batch: &mut TunReadBatch) -> io::Result<bool> {
-        batch.count = 0;
         let TunReadBatch {
             original,
             bufs,
             sizes,
-            count,
+            ..
         } = batch;
         match self.device.try_recv_multiple(original, bufs, sizes, 0) {
-            Ok(n) => *count = n,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
-            Err(e) if e.raw_os_error().is_none() => {
-                tracing::debug!(error = %e, "tun read dropped");
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                batch.count = 0;
+                Ok(false)
             }
-            Err(e) => return Err(e),
+            read => settle(batch, read).map(|()| true),
         }
-        Ok(true)
     }
 
     async fn send_batch(&self, batch: &mut TunWriteBatch) -> io::Result<()> {
@@ -130,6 +118,19 @@ impl TunIo for KernelTun {
             }
         }
     }
+}
+
+/// Records how many packets a read left in `batch`. A read the offload
+/// code could not split (no OS error behind it) loses that one packet and
+/// the device goes on; an OS error is the device's.
+fn settle(batch: &mut TunReadBatch, read: io::Result<usize>) -> io::Result<()> {
+    batch.count = 0;
+    match read {
+        Ok(n) => batch.count = n,
+        Err(e) if e.raw_os_error().is_none() => tracing::debug!(error = %e, "tun read dropped"),
+        Err(e) => return Err(e),
+    }
+    Ok(())
 }
 
 /// MTU of the overlay interface: 1500 minus WireGuard and outer UDP/IPv4 overhead, with room for IPv6 outer headers.
