@@ -366,9 +366,9 @@ impl Engine {
                 }
             },
         };
-        let dst = match tun_out.slot(datagram.len()) {
-            Some(slot) if is_data => slot,
-            _ => &mut self.out[..],
+        let (dst, into_slot) = match tun_out.slot(datagram.len()) {
+            Some(slot) if is_data => (slot, true),
+            _ => (&mut self.out[..], false),
         };
         let mut delivered = None;
         match tunn.decapsulate(Some(from.ip()), datagram, dst) {
@@ -408,7 +408,7 @@ impl Engine {
             TunnResult::Done => {}
         }
         if let Some(len) = delivered {
-            if !is_data {
+            if !into_slot {
                 // Not decrypted into the slot (never expected): copy it there.
                 if let (Some(slot), Some(packet)) = (tun_out.slot(len), self.out.get(..len)) {
                     slot.copy_from_slice(packet);
