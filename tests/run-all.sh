@@ -60,10 +60,12 @@ skip_step() {
 }
 
 system_packages() {
-    # The netns test needs only iproute2 and python3 (ICMP is done in Python,
-    # so no `ping`); PostgreSQL is installed on demand by tests/pg/postgres.sh.
+    # The netns tests need iproute2, python3 (ICMP is done in Python, so no
+    # `ping`) and nftables (the NAT routers); PostgreSQL is installed on
+    # demand by tests/pg/postgres.sh.
     local missing=()
     command -v ip >/dev/null 2>&1 || missing+=(iproute2)
+    command -v nft >/dev/null 2>&1 || missing+=(nftables)
     command -v runuser >/dev/null 2>&1 || missing+=(util-linux)
     if [ ${#missing[@]} -eq 0 ]; then
         echo "nothing to install"
@@ -98,8 +100,12 @@ netns_test() {
     fi
     # namespaces left behind by an earlier, killed run (only those whose creator is gone)
     python3 tests/netns/lab.py cleanup-stale || true
-    # SIGTERM on overrun: the lab's handler tears everything down
-    timeout -k 20 300 python3 tests/netns/test_overlay.py
+    # SIGTERM on overrun: the lab's handler tears everything down. Both
+    # scenarios run even when the first fails; the step fails if either did.
+    local rc=0
+    timeout -k 20 300 python3 tests/netns/test_overlay.py || rc=1
+    timeout -k 20 240 python3 tests/netns/test_nat.py || rc=1
+    return $rc
 }
 
 LOCKED=()

@@ -396,7 +396,7 @@ impl TestAgent {
     ) -> Result<TestAgent> {
         let address = address_of(&enrollment)?;
         let (tun, handle) = ChannelTun::pair();
-        let udp = ztmesh_agent::bind_udp(SocketAddr::from(([127, 0, 0, 1], 0))).await?;
+        let udp = ztmesh_agent::bind_udp(SocketAddr::from(([127, 0, 0, 1], 0)))?;
         let (stop, stopped) = watch::channel(false);
         let task_state = state.clone();
         let task = tokio::spawn(async move {

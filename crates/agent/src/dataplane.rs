@@ -11,7 +11,6 @@ use std::time::{Duration, Instant};
 use boringtun::noise::handshake::parse_handshake_anon;
 use boringtun::noise::rate_limiter::RateLimiter;
 use boringtun::noise::{Packet, TunnResult};
-use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, watch};
 use x25519_dalek::{PublicKey, StaticSecret};
 use ztmesh_filter::{DropReason, Filter, FilterConfig, FilterLimits, Verdict};
@@ -25,8 +24,11 @@ use crate::peers::{PeerTable, Slot};
 use crate::status::StatusRequest;
 use crate::tunio::TunIo;
 use crate::udpio::Wire;
+use crate::wgsock::WgSocket;
 
+mod events;
 mod report;
+use events::{Event, Watched, next_event};
 use report::log_monitored;
 
 /// Scratch room for handshake messages and packets queued during a handshake.
@@ -39,6 +41,8 @@ const UDP_READS_PER_WAKE: usize = 4;
 const TUN_READS_PER_WAKE: usize = 64;
 /// How often boringtun's timers run.
 const TIMER_TICK: Duration = Duration::from_millis(250);
+/// WireGuard message type of a handshake initiation.
+const HANDSHAKE_INIT: u8 = 1;
 /// WireGuard message type of a cookie reply.
 const COOKIE_REPLY: u8 = 3;
 /// Handshakes per second before the rate limiter answers with cookies.
@@ -51,7 +55,7 @@ pub struct Io<T> {
     /// The TUN side.
     pub tun: T,
     /// The WireGuard UDP socket.
-    pub udp: UdpSocket,
+    pub udp: WgSocket,
 }
 
 /// The channels between the loop and the daemon's other tasks.
@@ -68,6 +72,8 @@ pub struct Links {
     pub connected: Arc<AtomicBool>,
     /// The public endpoint learned over STUN, for the reporter.
     pub public_endpoint: watch::Sender<Option<SocketAddr>>,
+    /// The machine's interface candidates; a change means a new network.
+    pub local_addrs: watch::Receiver<Vec<SocketAddr>>,
 }
 
 /// Everything the loop owns besides the I/O.
@@ -98,22 +104,12 @@ struct OldKeys {
     since: Instant,
 }
 
-enum Event {
-    Tun(std::io::Result<()>),
-    Udp(std::io::Result<()>),
-    Tick,
-    NetMap,
-    Rekey(StaticSecret),
-    Status(StatusRequest),
-    Stop,
-}
-
 /// Runs the data plane until `shutdown` fires or an I/O endpoint fails.
 pub async fn run<T: TunIo>(
     io: Io<T>,
     private: StaticSecret,
     links: Links,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
     let Links {
         mut netmap,
@@ -122,6 +118,7 @@ pub async fn run<T: TunIo>(
         flow_reports,
         connected,
         public_endpoint,
+        local_addrs,
     } = links;
     let public = PublicKey::from(&private);
     let rate_limiter = Arc::new(RateLimiter::new(&public, HANDSHAKE_RATE_LIMIT));
@@ -146,26 +143,29 @@ pub async fn run<T: TunIo>(
     let mut tick = tokio::time::interval(TIMER_TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut ticks: u64 = 0;
+    let mut watched = Watched::new(&netmap, local_addrs, shutdown);
     loop {
-        // The select only picks the event; handling happens after it so the
-        // receive futures no longer borrow the buffers.
-        let event = tokio::select! {
-            r = io.tun.recv_batch(&mut batches.tun_in) => Event::Tun(r),
-            r = io.udp.readable() => Event::Udp(r),
-            _ = tick.tick() => Event::Tick,
-            r = netmap.changed() => if r.is_ok() { Event::NetMap } else { Event::Stop },
-            Some(reply) = status_requests.recv() => Event::Status(reply),
-            Some(key) = rekeys.recv() => Event::Rekey(key),
-            _ = shutdown.changed() => Event::Stop,
-        };
+        let event = std::future::poll_fn(|cx| {
+            next_event(
+                cx,
+                &io,
+                &mut watched,
+                &mut status_requests,
+                &mut rekeys,
+                &mut tick,
+            )
+        })
+        .await;
         match event {
-            Event::Tun(r) => {
-                r?;
-                engine.on_tun_ready(&io, &wire, &mut batches).await?;
-            }
-            Event::Udp(r) => {
-                r?;
-                engine.on_udp_ready(&io, &mut wire, &mut batches).await?;
+            Event::Io { tun, udp } => {
+                // The UDP side first: what it decrypts reaches the TUN
+                // (and a reply generated there) before our own sends.
+                if udp {
+                    engine.on_udp_ready(&io, &mut wire, &mut batches).await?;
+                }
+                if tun {
+                    engine.on_tun_ready(&io, &wire, &mut batches).await?;
+                }
             }
             Event::Tick => {
                 ticks += 1;
@@ -185,6 +185,7 @@ pub async fn run<T: TunIo>(
                 engine.apply_netmap(&io, &map).await;
             }
             Event::Rekey(key) => engine.rekey(&io, key).await,
+            Event::NetworkChanged => engine.on_network_change(&io).await,
             Event::Status(reply) => {
                 let _ = reply.send(engine.status(&io, connected.load(Ordering::Relaxed)));
             }
@@ -208,15 +209,21 @@ impl Engine {
         let Batches {
             tun_in, udp_out, ..
         } = batches;
-        for _ in 0..TUN_READS_PER_WAKE {
+        for read in 0..TUN_READS_PER_WAKE {
+            if !io.tun.try_recv_batch(tun_in)? {
+                break;
+            }
             for packet in tun_in.packets() {
                 if udp_out.needs_flush(packet.len()) {
                     wire.flush(&io.udp, udp_out).await;
                 }
                 self.on_tun(packet, now, udp_out);
             }
-            if !io.tun.try_recv_batch(tun_in)? {
-                break;
+            // A lone packet that woke us (a ping, a request) leaves before
+            // the read that finds nothing more; a flood still leaves in GSO
+            // batches of the reads after it.
+            if read == 0 && tun_in.count == 1 {
+                wire.flush(&io.udp, udp_out).await;
             }
         }
         wire.flush(&io.udp, udp_out).await;
@@ -280,9 +287,13 @@ impl Engine {
                 }
                 self.on_udp(io, from, datagram, now, tun_out).await;
             }
-        }
-        if !tun_out.is_empty() {
-            io.tun.send_batch(tun_out).await?;
+            // Deliver before the next read: a read finds up to eight GRO
+            // super-datagrams, enough to coalesce, and a lone packet (a
+            // ping, a request) is not held back by the read that finds
+            // nothing more.
+            if !tun_out.is_empty() {
+                io.tun.send_batch(tun_out).await?;
+            }
         }
         Ok(())
     }
@@ -331,6 +342,7 @@ impl Engine {
         };
         // Data decrypts straight into the TUN batch; handshakes use scratch.
         let is_data = matches!(packet, Packet::PacketData(_));
+        let is_response = matches!(packet, Packet::HandshakeResponse(_));
         let target = match packet {
             Packet::HandshakeInit(p) => {
                 match parse_handshake_anon(&self.private, &self.public, &p) {
@@ -355,6 +367,7 @@ impl Engine {
         let allowed_ips = &peer.info.allowed_ips;
         let name = &peer.info.name;
         let endpoint = &mut peer.endpoint;
+        let path = &mut peer.path;
         let tunn = match slot {
             Slot::Current => &mut peer.tunn,
             Slot::Retiring => match &mut peer.retiring {
@@ -380,6 +393,9 @@ impl Engine {
             TunnResult::WriteToNetwork(reply) => {
                 // A handshake message that decrypted: the peer proved its key.
                 *endpoint = Some(from);
+                if is_response {
+                    path.answered(from, now);
+                }
                 send(&io.udp, reply, from).await;
                 // Flush packets queued while the handshake was in progress.
                 while let TunnResult::WriteToNetwork(queued) =
@@ -429,12 +445,32 @@ impl Engine {
             self.old_keys = None;
         }
         for peer in self.peers.iter_mut() {
-            if let TunnResult::WriteToNetwork(datagram) = peer.tunn.update_timers(&mut self.out)
-                && let Some(endpoint) = peer.endpoint
-            {
-                send(&io.udp, datagram, endpoint).await;
+            if let TunnResult::WriteToNetwork(datagram) = peer.tunn.update_timers(&mut self.out) {
+                if datagram.first() == Some(&HANDSHAKE_INIT) {
+                    // A retry: the path may be gone, so try every path.
+                    spray(&io.udp, datagram, peer).await;
+                } else if let Some(endpoint) = peer.endpoint {
+                    send(&io.udp, datagram, endpoint).await;
+                }
             }
         }
+    }
+
+    /// The machine is on a new network: ask STUN again at once and start
+    /// handshakes with every peer on every path, so that the tunnels move
+    /// to the new address without waiting for a timer (and the peers'
+    /// NATs see us from there).
+    async fn on_network_change<T: TunIo>(&mut self, io: &Io<T>) {
+        self.discovery.renew();
+        self.ask_stun(io).await;
+        for peer in self.peers.iter_mut() {
+            if let TunnResult::WriteToNetwork(init) =
+                peer.tunn.format_handshake_initiation(&mut self.out, true)
+            {
+                spray(&io.udp, init, peer).await;
+            }
+        }
+        tracing::info!("network changed: handshakes sent to every peer on every path");
     }
 
     async fn apply_netmap<T: TunIo>(&mut self, io: &Io<T>, map: &NetMap) {
@@ -442,7 +478,7 @@ impl Engine {
         self.discovery.set_server(map.stun);
         self.ask_stun(io).await;
         let diff = PeerDiff::between(self.peers.iter().map(|p| &p.info), map.peers.values());
-        let added = self.peers.apply(diff);
+        let probe = self.peers.apply(diff);
         if map.filter != self.filter_config {
             self.filter.apply(map.filter.clone(), Instant::now());
             self.filter_config = map.filter.clone();
@@ -452,18 +488,26 @@ impl Engine {
                 "filter applied"
             );
         }
-        // Start handshakes with new peers so tunnels are up before traffic.
-        self.start_handshakes(io, &added).await;
+        // Handshakes with new peers (tunnels up before traffic) and with
+        // peers on new endpoints (a direct path through their NAT).
+        self.start_handshakes(io, &probe).await;
     }
 
+    /// Handshakes with `keys`, sent on every path each peer may have: to
+    /// where it was last heard from and to all its endpoints. Both sides
+    /// do this when the server tells them of each other (a new peer, new
+    /// endpoints), which opens the way through NATs that map a socket to
+    /// the same public port whatever the destination; the first answer
+    /// sets the path.
     async fn start_handshakes<T: TunIo>(&mut self, io: &Io<T>, keys: &[[u8; 32]]) {
         for key in keys {
+            // Forced: a handshake still in flight went to the old
+            // endpoints, which may be the very reason for this one.
             if let Some(peer) = self.peers.get_mut(key)
-                && let Some(endpoint) = peer.endpoint
                 && let TunnResult::WriteToNetwork(init) =
-                    peer.tunn.format_handshake_initiation(&mut self.out, false)
+                    peer.tunn.format_handshake_initiation(&mut self.out, true)
             {
-                send(&io.udp, init, endpoint).await;
+                spray(&io.udp, init, peer).await;
             }
         }
     }
@@ -534,7 +578,19 @@ struct Batches {
     udp_out: UdpSendBatch,
 }
 
-async fn send(udp: &UdpSocket, datagram: &[u8], to: SocketAddr) {
+/// Sends a handshake initiation to the peer's current endpoint and to each
+/// endpoint the server gave, once each.
+async fn spray(udp: &WgSocket, init: &[u8], peer: &mut crate::peers::Peer) {
+    peer.path.probed(Instant::now());
+    let paths = peer.endpoint.iter().chain(peer.info.endpoints.iter());
+    for (i, to) in paths.clone().enumerate() {
+        if !paths.clone().take(i).any(|seen| seen == to) {
+            send(udp, init, *to).await;
+        }
+    }
+}
+
+async fn send(udp: &WgSocket, datagram: &[u8], to: SocketAddr) {
     if let Err(e) = udp.send_to(datagram, to).await {
         tracing::debug!(to = %to, error = %e, "udp send failed");
     }

@@ -34,6 +34,13 @@ impl Discovery {
         }
     }
 
+    /// Asks again at the next chance: the machine's addresses changed, so
+    /// the mapping the last answer gave may be gone.
+    pub fn renew(&mut self) {
+        self.pending = None;
+        self.answered_at = None;
+    }
+
     /// The request to send now to the server, if one is due.
     pub fn due(&mut self, now: Instant) -> Option<(SocketAddr, [u8; 20])> {
         let server = self.server?;

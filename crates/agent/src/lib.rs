@@ -16,6 +16,7 @@ pub mod lifecycle;
 pub mod login;
 pub mod metrics;
 pub mod netmap;
+pub mod netwatch;
 pub mod peers;
 pub mod posture;
 pub mod state;
@@ -23,6 +24,7 @@ pub mod status;
 pub mod tls;
 pub mod tunio;
 pub mod udpio;
+pub mod wgsock;
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
@@ -31,7 +33,6 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
-use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, watch};
 
 use crate::control::{ControlConfig, Credentials};
@@ -41,6 +42,7 @@ use crate::lifecycle::PostureSource;
 use crate::netmap::NetMap;
 use crate::state::{Enrollment, StateDir};
 use crate::tunio::TunIo;
+use crate::wgsock::WgSocket;
 
 /// Options of `ztmesh up`.
 #[derive(Debug, Clone)]
@@ -81,8 +83,7 @@ pub async fn up(options: UpOptions, shutdown: watch::Receiver<bool>) -> Result<(
     let udp = bind_udp(SocketAddr::from((
         Ipv4Addr::UNSPECIFIED,
         options.listen_port,
-    )))
-    .await?;
+    )))?;
     if let Some(addr) = options.metrics_listen {
         let listener = ztmesh_metrics::bind(addr).await?;
         let socket = state.socket_path();
@@ -172,6 +173,11 @@ pub async fn run_with<T: TunIo>(
     let (rekey_tx, rekey_rx) = mpsc::channel(2);
     let (flow_tx, flow_rx) = mpsc::channel(flowlog::BATCH_QUEUE);
     let (public_tx, public_rx) = watch::channel(None);
+    let socket = netwatch::Socket {
+        bound: io.udp.local_addr()?,
+        tun_name: io.tun.interface_name().unwrap_or_default().to_owned(),
+    };
+    let (local_tx, local_rx) = watch::channel(netwatch::current(&socket));
     let connected = Arc::new(AtomicBool::new(false));
     let control_config = ControlConfig {
         server_url: enrollment.server_url.clone(),
@@ -204,8 +210,10 @@ pub async fn run_with<T: TunIo>(
         tokio::spawn(lifecycle::endpoint_loop(
             control_config.clone(),
             public_rx,
+            local_rx.clone(),
             sessions_rx,
         )),
+        tokio::spawn(netwatch::watch_loop(socket, local_tx)),
         tokio::spawn(flowlog::report_loop(
             control_config,
             flow_rx,
@@ -219,6 +227,7 @@ pub async fn run_with<T: TunIo>(
         flow_reports: flow_tx,
         connected,
         public_endpoint: public_tx,
+        local_addrs: local_rx,
     };
     let result = dataplane::run(io, keys.wireguard, links, shutdown).await;
     for task in tasks {
@@ -234,7 +243,7 @@ pub async fn run_with<T: TunIo>(
 /// that bursts at high rates are not dropped while the data plane is busy;
 /// the kernel caps the request at `net.core.rmem_max` / `wmem_max`
 /// (raise those for multi-gigabit links). A refused size is logged, not fatal.
-pub async fn bind_udp(addr: SocketAddr) -> Result<UdpSocket> {
+pub fn bind_udp(addr: SocketAddr) -> Result<WgSocket> {
     let bind_error = || {
         format!(
             "cannot bind the WireGuard UDP socket on {addr}; is another daemon using it? choose another with --listen-port"
@@ -259,7 +268,7 @@ pub async fn bind_udp(addr: SocketAddr) -> Result<UdpSocket> {
         send = socket.send_buffer_size().unwrap_or(0),
         "UDP socket buffers"
     );
-    UdpSocket::from_std(socket.into()).with_context(bind_error)
+    WgSocket::from_std(socket.into()).with_context(bind_error)
 }
 
 /// Requested UDP socket buffer size (each direction).
@@ -283,19 +292,19 @@ mod tests {
 
     #[tokio::test]
     async fn the_wireguard_socket_gets_larger_buffers_than_the_default() {
-        let socket = bind_udp(SocketAddr::from(([127, 0, 0, 1], 0)))
-            .await
-            .unwrap();
+        let socket = bind_udp(SocketAddr::from(([127, 0, 0, 1], 0))).unwrap();
         let default: usize = std::fs::read_to_string("/proc/sys/net/core/rmem_default")
             .ok()
             .and_then(|v| v.trim().parse().ok())
             .unwrap_or(212_992);
-        let size = socket2::SockRef::from(&socket).recv_buffer_size().unwrap();
+        let size = socket2::SockRef::from(socket.socket())
+            .recv_buffer_size()
+            .unwrap();
         assert!(
             size > default,
             "receive buffer {size} is not above the default {default}"
         );
-        let taken = bind_udp(socket.local_addr().unwrap()).await.unwrap_err();
+        let taken = bind_udp(socket.local_addr().unwrap()).unwrap_err();
         assert!(format!("{taken:#}").contains("--listen-port"), "{taken:#}");
     }
 }

@@ -216,30 +216,35 @@ async fn send_posture(config: &ControlConfig, report: &PostureReport) -> Result<
         .collect())
 }
 
-/// Reports the public endpoint learned over STUN to the server whenever it
+/// Reports where this daemon can be reached (the public endpoint learned
+/// over STUN, and the interface candidates) to the server whenever either
 /// changes and on every new control session (a reconnect resets the
 /// server's record to the observed address).
 pub async fn endpoint_loop(
     config: ControlConfig,
     mut public: watch::Receiver<Option<std::net::SocketAddr>>,
+    mut local: watch::Receiver<Vec<std::net::SocketAddr>>,
     mut sessions: watch::Receiver<u64>,
 ) {
-    let mut reported: Option<(std::net::SocketAddr, u64)> = None;
+    type Reach = (Option<std::net::SocketAddr>, Vec<std::net::SocketAddr>);
+    let mut reported: Option<(Reach, u64)> = None;
     loop {
         let session = *sessions.borrow_and_update();
-        let current = *public.borrow_and_update();
-        if let Some(endpoint) = current
-            && session > 0
-            && reported != Some((endpoint, session))
-        {
-            match send_endpoint(&config, endpoint).await {
-                Ok(response) if response.accepted => reported = Some((endpoint, session)),
+        let current: Reach = (
+            *public.borrow_and_update(),
+            local.borrow_and_update().clone(),
+        );
+        let worth = current.0.is_some() || !current.1.is_empty();
+        if worth && session > 0 && reported.as_ref() != Some(&(current.clone(), session)) {
+            match send_endpoint(&config, &current).await {
                 Ok(response) => {
-                    tracing::info!(%endpoint, reason = %response.reason, "the server did not take the public endpoint");
-                    reported = Some((endpoint, session));
+                    if !response.accepted {
+                        tracing::info!(endpoint = ?current.0, reason = %response.reason, "the server did not take the public endpoint");
+                    }
+                    reported = Some((current, session));
                 }
                 Err(e) => {
-                    tracing::debug!(error = %format!("{e:#}"), "reporting the public endpoint failed; retrying")
+                    tracing::debug!(error = %format!("{e:#}"), "reporting the endpoints failed; retrying")
                 }
             }
         }
@@ -247,17 +252,19 @@ pub async fn endpoint_loop(
             () = tokio::time::sleep(std::time::Duration::from_secs(5)) => {}
             changed = sessions.changed() => if changed.is_err() { return; },
             changed = public.changed() => if changed.is_err() { return; },
+            changed = local.changed() => if changed.is_err() { return; },
         }
     }
 }
 
 async fn send_endpoint(
     config: &ControlConfig,
-    endpoint: std::net::SocketAddr,
+    (public, candidates): &(Option<std::net::SocketAddr>, Vec<std::net::SocketAddr>),
 ) -> Result<v1::EndpointReportResponse> {
     Ok(ControlClient::new(config.channel().await?)
         .report_endpoint(v1::EndpointReport {
-            public_endpoint: endpoint.to_string(),
+            public_endpoint: public.map(|p| p.to_string()).unwrap_or_default(),
+            candidates: candidates.iter().map(ToString::to_string).collect(),
         })
         .await?
         .into_inner())

@@ -56,6 +56,36 @@ pub struct Peer {
     pub endpoint: Option<SocketAddr>,
     /// The tunnel being replaced after a key change, if any.
     pub retiring: Option<Retiring>,
+    /// How the last handshakes we started went.
+    pub path: PathProbe,
+}
+
+/// The handshakes we start, sent on every path at once: when the last
+/// went out, and which path answered first and how fast (the handshake's
+/// round trip, which includes the peer's one key exchange).
+#[derive(Debug, Default, Clone)]
+pub struct PathProbe {
+    sent: Option<Instant>,
+    /// The endpoint that answered the last handshake first.
+    pub answered_by: Option<SocketAddr>,
+    /// Its round trip.
+    pub rtt: Option<Duration>,
+}
+
+impl PathProbe {
+    /// A handshake initiation went out on every path.
+    pub fn probed(&mut self, now: Instant) {
+        self.sent = Some(now);
+    }
+
+    /// Its response came from `from`; later copies of the same answer
+    /// (there are none: the peer answers one initiation once) change nothing.
+    pub fn answered(&mut self, from: SocketAddr, now: Instant) {
+        if let Some(sent) = self.sent.take() {
+            self.answered_by = Some(from);
+            self.rtt = Some(now.saturating_duration_since(sent));
+        }
+    }
 }
 
 impl Peer {
@@ -115,9 +145,10 @@ impl PeerTable {
         }
     }
 
-    /// Applies a diff; returns the keys of added peers (to start handshakes).
-    /// A peer whose key changed (same id, new key) keeps its old tunnel as
-    /// retiring, so traffic flows on until the new handshake completes.
+    /// Applies a diff; returns the keys of added peers and of peers with
+    /// new endpoints (to start handshakes on every path). A peer whose key
+    /// changed (same id, new key) keeps its old tunnel as retiring, so
+    /// traffic flows on until the new handshake completes.
     pub fn apply(&mut self, diff: PeerDiff) -> Vec<[u8; 32]> {
         let mut replaced: HashMap<String, Peer> = HashMap::new();
         for key in diff.removed {
@@ -129,18 +160,22 @@ impl PeerTable {
                 replaced.insert(peer.info.id.clone(), peer);
             }
         }
+        let mut added = Vec::with_capacity(diff.added.len());
         for info in diff.changed {
             if let Some(peer) = self.peers.get_mut(&info.public_key) {
-                if info.endpoints != peer.info.endpoints
-                    && let Some(endpoint) = info.endpoints.first()
-                {
-                    peer.endpoint = Some(*endpoint);
+                if info.endpoints != peer.info.endpoints {
+                    // A path that carries a session stays until an answer
+                    // on another one moves it; without one, the server's
+                    // first endpoint is the best guess.
+                    if peer.endpoint.is_none() || peer.tunn.time_since_last_handshake().is_none() {
+                        peer.endpoint = info.endpoints.first().copied().or(peer.endpoint);
+                    }
+                    added.push(info.public_key);
                 }
                 peer.info = info;
             }
         }
         let now = Instant::now();
-        let mut added = Vec::with_capacity(diff.added.len());
         for info in diff.added {
             let index = self.allocate_index();
             let tunn = self.new_tunn(info.public_key, index);
@@ -165,6 +200,7 @@ impl PeerTable {
                     tunn,
                     index,
                     retiring,
+                    path: PathProbe::default(),
                 },
             );
         }
@@ -198,6 +234,7 @@ impl PeerTable {
                 index: old_index,
                 endpoint: peer.endpoint,
                 retiring: peer.retiring.take(),
+                path: PathProbe::default(),
             };
             self.by_index.remove(&old_index);
             if let Some(old) = &previous.retiring {

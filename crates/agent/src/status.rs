@@ -64,6 +64,18 @@ pub struct PeerStatus {
     pub public_key: String,
     /// Current endpoint.
     pub endpoint: Option<String>,
+    /// The path traffic takes: `direct` to the endpoint once a handshake
+    /// completed, `none` before.
+    #[serde(default)]
+    pub path: String,
+    /// Every endpoint the server gave (the public one, then candidates),
+    /// which handshakes probe.
+    #[serde(default)]
+    pub endpoints: Vec<String>,
+    /// Round trip of the last handshake we started, on the path that
+    /// answered first, in milliseconds.
+    #[serde(default)]
+    pub rtt_ms: Option<f64>,
     /// Inner addresses this peer may use.
     pub allowed_ips: Vec<String>,
     /// Seconds since the last completed handshake.

@@ -4,49 +4,39 @@
 use std::future::Future;
 use std::io;
 use std::net::Ipv4Addr;
+use std::sync::{Mutex, PoisonError};
+use std::task::{Context, Poll};
 
 use anyhow::{Result, anyhow, bail};
-use tokio::sync::{Mutex, mpsc};
+use tokio::sync::mpsc;
+use tokio::sync::mpsc::error::TryRecvError;
 
 use crate::batch::{HEADROOM, TunReadBatch, TunWriteBatch};
 
 /// A device that carries whole IP packets.
+///
+/// The data plane waits with [`poll_readable`](Self::poll_readable) and
+/// then reads with [`try_recv_batch`](Self::try_recv_batch) until nothing
+/// is left: a poll, not a future made anew on every turn of the loop.
 pub trait TunIo: Send + Sync + 'static {
-    /// Reads one packet into `buf`; returns its length.
-    fn recv(&self, buf: &mut [u8]) -> impl Future<Output = io::Result<usize>> + Send;
-    /// Writes one packet.
-    fn send(&self, packet: &[u8]) -> impl Future<Output = io::Result<()>> + Send;
+    /// Ready when a read may find a packet (it can still find none: the
+    /// read then reports `Ok(false)` and the next poll waits again).
+    fn poll_readable(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>>;
 
-    /// Reads the next packets: one read, which on a device with offloads
-    /// can be a TCP super-packet that arrives split into its segments.
-    fn recv_batch(&self, batch: &mut TunReadBatch) -> impl Future<Output = io::Result<()>> + Send {
-        async move {
-            let len = self.recv(batch.single_buffer()).await?;
-            batch.set_single(len);
-            Ok(())
-        }
-    }
-
-    /// Like [`recv_batch`](Self::recv_batch), but only what is already
-    /// waiting: `Ok(false)` when nothing is. The data plane drains the
-    /// device with it after a wake-up, so that the datagrams of many reads
-    /// leave in one GSO send.
-    fn try_recv_batch(&self, batch: &mut TunReadBatch) -> io::Result<bool> {
-        batch.count = 0;
-        Ok(false)
-    }
+    /// Reads what is already waiting, without waiting: `Ok(false)` when
+    /// nothing is. One read can be a TCP super-packet that arrives split
+    /// into its segments.
+    fn try_recv_batch(&self, batch: &mut TunReadBatch) -> io::Result<bool>;
 
     /// Writes the batch's packets (coalescing them where the device can)
     /// and empties it. A packet that cannot be written is dropped, as a
     /// full device queue would; only a dead device is an error.
-    fn send_batch(&self, batch: &mut TunWriteBatch) -> impl Future<Output = io::Result<()>> + Send {
-        async move {
-            for packet in batch.packets() {
-                self.send(packet).await?;
-            }
-            batch.clear();
-            Ok(())
-        }
+    fn send_batch(&self, batch: &mut TunWriteBatch) -> impl Future<Output = io::Result<()>> + Send;
+
+    /// The interface's name, when it is a kernel interface (its addresses
+    /// are the overlay's, never a path to a peer).
+    fn interface_name(&self) -> Option<&str> {
+        None
     }
 }
 
@@ -54,6 +44,7 @@ pub trait TunIo: Send + Sync + 'static {
 /// (virtio-net header) when the kernel has them.
 pub struct KernelTun {
     device: tun_rs::AsyncDevice,
+    name: String,
 }
 
 impl KernelTun {
@@ -64,23 +55,12 @@ impl KernelTun {
 }
 
 impl TunIo for KernelTun {
-    async fn recv(&self, buf: &mut [u8]) -> io::Result<usize> {
-        self.device.recv(buf).await
+    fn poll_readable(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.device.poll_readable(cx)
     }
 
-    async fn send(&self, packet: &[u8]) -> io::Result<()> {
-        self.device.send(packet).await.map(|_| ())
-    }
-
-    async fn recv_batch(&self, batch: &mut TunReadBatch) -> io::Result<()> {
-        let TunReadBatch {
-            original,
-            bufs,
-            sizes,
-            ..
-        } = batch;
-        let read = self.device.recv_multiple(original, bufs, sizes, 0).await;
-        settle(batch, read)
+    fn interface_name(&self) -> Option<&str> {
+        Some(&self.name)
     }
 
     fn try_recv_batch(&self, batch: &mut TunReadBatch) -> io::Result<bool> {
@@ -163,7 +143,10 @@ pub fn create_kernel_tun(
         }
         Err(e) => return Err(explain(name, &e)),
     };
-    let device = KernelTun { device };
+    let device = KernelTun {
+        device,
+        name: name.to_owned(),
+    };
     tracing::info!(
         tun = name,
         tcp_offload = device.offload(),
@@ -223,8 +206,14 @@ pub fn check_net_admin() -> Result<()> {
 /// An in-memory TUN for tests: packets the "kernel" sends in come from one
 /// channel, packets the data plane writes go to another.
 pub struct ChannelTun {
-    inbound: Mutex<mpsc::Receiver<Vec<u8>>>,
+    inbound: Mutex<Inbound>,
     outbound: mpsc::Sender<Vec<u8>>,
+}
+
+/// The receiving end, with the packet a poll found and no read took yet.
+struct Inbound {
+    packets: mpsc::Receiver<Vec<u8>>,
+    peeked: Option<Vec<u8>>,
 }
 
 /// The test's end of a [`ChannelTun`].
@@ -238,11 +227,14 @@ pub struct ChannelTunHandle {
 impl ChannelTun {
     /// A connected pair.
     pub fn pair() -> (ChannelTun, ChannelTunHandle) {
-        let (to_dataplane, inbound) = mpsc::channel(256);
+        let (to_dataplane, packets) = mpsc::channel(256);
         let (outbound, from_dataplane) = mpsc::channel(256);
         (
             ChannelTun {
-                inbound: Mutex::new(inbound),
+                inbound: Mutex::new(Inbound {
+                    packets,
+                    peeked: None,
+                }),
                 outbound,
             },
             ChannelTunHandle {
@@ -253,25 +245,54 @@ impl ChannelTun {
     }
 }
 
+fn closed() -> io::Error {
+    io::Error::new(io::ErrorKind::BrokenPipe, "test TUN closed")
+}
+
 impl TunIo for ChannelTun {
-    async fn recv(&self, buf: &mut [u8]) -> io::Result<usize> {
-        let packet = self
-            .inbound
-            .lock()
-            .await
-            .recv()
-            .await
-            .ok_or_else(|| io::Error::new(io::ErrorKind::BrokenPipe, "test TUN closed"))?;
+    fn poll_readable(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let mut inbound = self.inbound.lock().unwrap_or_else(PoisonError::into_inner);
+        if inbound.peeked.is_some() {
+            return Poll::Ready(Ok(()));
+        }
+        match inbound.packets.poll_recv(cx) {
+            Poll::Ready(Some(packet)) => {
+                inbound.peeked = Some(packet);
+                Poll::Ready(Ok(()))
+            }
+            Poll::Ready(None) => Poll::Ready(Err(closed())),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn try_recv_batch(&self, batch: &mut TunReadBatch) -> io::Result<bool> {
+        let mut inbound = self.inbound.lock().unwrap_or_else(PoisonError::into_inner);
+        let packet = match inbound.peeked.take() {
+            Some(packet) => packet,
+            None => match inbound.packets.try_recv() {
+                Ok(packet) => packet,
+                Err(TryRecvError::Empty) => {
+                    batch.count = 0;
+                    return Ok(false);
+                }
+                Err(TryRecvError::Disconnected) => return Err(closed()),
+            },
+        };
+        let buf = batch.single_buffer();
         let len = packet.len().min(buf.len());
         if let (Some(dst), Some(src)) = (buf.get_mut(..len), packet.get(..len)) {
             dst.copy_from_slice(src);
         }
-        Ok(len)
+        batch.set_single(len);
+        Ok(true)
     }
 
-    async fn send(&self, packet: &[u8]) -> io::Result<()> {
-        // A full channel drops the packet, as a real TUN queue would.
-        let _ = self.outbound.try_send(packet.to_vec());
+    async fn send_batch(&self, batch: &mut TunWriteBatch) -> io::Result<()> {
+        for packet in batch.packets() {
+            // A full channel drops the packet, as a real TUN queue would.
+            let _ = self.outbound.try_send(packet.to_vec());
+        }
+        batch.clear();
         Ok(())
     }
 }

@@ -7,10 +7,9 @@ use std::io::{self, IoSliceMut};
 use std::net::SocketAddr;
 
 use quinn_udp::{RecvMeta, Transmit, UdpSocketState};
-use tokio::io::Interest;
-use tokio::net::UdpSocket;
 
 use crate::batch::UdpSendBatch;
+use crate::wgsock::WgSocket;
 
 /// Receive buffers per system call.
 const RECV_BUFFERS: usize = 8;
@@ -27,8 +26,8 @@ pub struct Wire {
 
 impl Wire {
     /// Sets the socket up for batched I/O (GRO on where the kernel has it).
-    pub fn new(udp: &UdpSocket) -> io::Result<Self> {
-        let state = UdpSocketState::new(udp.into())?;
+    pub fn new(udp: &WgSocket) -> io::Result<Self> {
+        let state = UdpSocketState::new(udp.socket().into())?;
         allow_fragmentation(udp);
         tracing::info!(
             gso_segments = state.max_gso_segments(),
@@ -45,7 +44,7 @@ impl Wire {
 
     /// Reads what is waiting, without waiting: returns `Ok(false)` when
     /// nothing was. The datagrams are then in [`datagrams`](Self::datagrams).
-    pub fn try_recv(&mut self, udp: &UdpSocket) -> io::Result<bool> {
+    pub fn try_recv(&mut self, udp: &WgSocket) -> io::Result<bool> {
         self.received = 0;
         let Self {
             state, bufs, meta, ..
@@ -54,9 +53,7 @@ impl Wire {
         let mut slices: [IoSliceMut<'_>; RECV_BUFFERS] = std::array::from_fn(|_| {
             IoSliceMut::new(it.next().map_or(&mut [][..], Vec::as_mut_slice))
         });
-        match udp.try_io(Interest::READABLE, || {
-            state.recv(udp.into(), &mut slices, meta)
-        }) {
+        match udp.try_read(|socket| state.recv(socket.into(), &mut slices, meta)) {
             Ok(n) => {
                 self.received = n;
                 Ok(true)
@@ -85,7 +82,7 @@ impl Wire {
     }
 
     /// Sends the batch's datagrams, a GSO run per call, and empties it.
-    pub async fn flush(&self, udp: &UdpSocket, batch: &mut UdpSendBatch) {
+    pub async fn flush(&self, udp: &WgSocket, batch: &mut UdpSendBatch) {
         for run in batch.runs(self.state.max_gso_segments()) {
             let transmit = Transmit {
                 destination: run.to,
@@ -103,7 +100,7 @@ impl Wire {
     /// off for good on EIO; a link whose MTU is below the segment size
     /// refuses with EINVAL) goes again one datagram at a time, which the
     /// kernel may fragment.
-    async fn transmit(&self, udp: &UdpSocket, transmit: &Transmit<'_>) {
+    async fn transmit(&self, udp: &WgSocket, transmit: &Transmit<'_>) {
         let Err(e) = self.send_one(udp, transmit).await else {
             return;
         };
@@ -126,15 +123,9 @@ impl Wire {
 
     /// One send; waits while the socket buffer is full. Other errors lose
     /// the datagrams, as UDP loses them anyway.
-    async fn send_one(&self, udp: &UdpSocket, transmit: &Transmit<'_>) -> io::Result<()> {
-        loop {
-            match udp.try_io(Interest::WRITABLE, || {
-                self.state.try_send(udp.into(), transmit)
-            }) {
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => udp.writable().await?,
-                other => return other,
-            }
-        }
+    async fn send_one(&self, udp: &WgSocket, transmit: &Transmit<'_>) -> io::Result<()> {
+        udp.send_with(|socket| self.state.try_send(socket.into(), transmit))
+            .await
     }
 }
 
@@ -142,7 +133,8 @@ impl Wire {
 /// path MTU itself. WireGuard does not probe; like the kernel's WireGuard,
 /// let the kernel fragment a datagram that a smaller link cannot carry
 /// whole, rather than have it lost without a word.
-fn allow_fragmentation(udp: &UdpSocket) {
+fn allow_fragmentation(udp: &WgSocket) {
+    let udp = udp.socket();
     let v4 = rustix::net::sockopt::set_ip_mtu_discover(
         udp,
         rustix::net::sockopt::Ipv4PathMtuDiscovery::DONT,
@@ -167,17 +159,13 @@ mod tests {
 
     #[tokio::test]
     async fn a_gso_run_arrives_whole_datagram_by_datagram_and_fragmentation_stays_allowed() {
-        let a = crate::bind_udp(SocketAddr::from(([127, 0, 0, 1], 0)))
-            .await
-            .unwrap();
-        let b = crate::bind_udp(SocketAddr::from(([127, 0, 0, 1], 0)))
-            .await
-            .unwrap();
+        let a = crate::bind_udp(SocketAddr::from(([127, 0, 0, 1], 0))).unwrap();
+        let b = crate::bind_udp(SocketAddr::from(([127, 0, 0, 1], 0))).unwrap();
         let (a_addr, b_addr) = (a.local_addr().unwrap(), b.local_addr().unwrap());
         let wire_a = Wire::new(&a).unwrap();
         let mut wire_b = Wire::new(&b).unwrap();
         assert_eq!(
-            rustix::net::sockopt::ip_mtu_discover(&a).unwrap(),
+            rustix::net::sockopt::ip_mtu_discover(a.socket()).unwrap(),
             rustix::net::sockopt::Ipv4PathMtuDiscovery::DONT
         );
         let mut batch = UdpSendBatch::default();

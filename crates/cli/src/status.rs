@@ -53,15 +53,18 @@ pub async fn run(args: StatusArgs) -> Result<()> {
     );
     println!();
     println!(
-        "{:<20} {:<18} {:<22} {:<10} {:>10} {:>10}",
-        "PEER", "ADDRESS", "ENDPOINT", "HANDSHAKE", "RX", "TX"
+        "{:<20} {:<18} {:<7} {:<22} {:>9} {:<10} {:>10} {:>10}",
+        "PEER", "ADDRESS", "PATH", "ENDPOINT", "RTT", "HANDSHAKE", "RX", "TX"
     );
     for p in &status.peers {
         println!(
-            "{:<20} {:<18} {:<22} {:<10} {:>10} {:>10}",
+            "{:<20} {:<18} {:<7} {:<22} {:>9} {:<10} {:>10} {:>10}",
             p.name,
             p.allowed_ips.join(","),
+            if p.path.is_empty() { "-" } else { &p.path },
             p.endpoint.as_deref().unwrap_or("-"),
+            p.rtt_ms
+                .map_or_else(|| "-".to_owned(), |ms| format!("{ms:.2}ms")),
             p.last_handshake_secs
                 .map_or_else(|| "never".to_owned(), |s| format!("{s}s ago")),
             p.rx_bytes,

@@ -285,9 +285,21 @@ fn peer_message(d: &DeviceRecord) -> v1::Peer {
         public_key: base64::engine::general_purpose::STANDARD
             .decode(&d.public_key)
             .unwrap_or_default(),
-        endpoints: d.endpoint.iter().cloned().collect(),
+        endpoints: endpoints(d),
         allowed_ips: vec![format!("{}/32", d.address)],
     }
+}
+
+/// Where peers probe a device: the endpoint seen by the server (or found
+/// by STUN) first, then its interface candidates, each once.
+pub(crate) fn endpoints(d: &DeviceRecord) -> Vec<String> {
+    let mut all: Vec<String> = d.endpoint.iter().cloned().collect();
+    for candidate in &d.candidates {
+        if !all.contains(candidate) {
+            all.push(candidate.clone());
+        }
+    }
+    all
 }
 
 #[cfg(test)]
@@ -308,6 +320,7 @@ mod tests {
             cert_fingerprint: id.into(),
             status: DeviceStatus::Active,
             endpoint: Some(format!("10.0.0.{last}:51820")),
+            candidates: Vec::new(),
             created_at: 0,
             approved: true,
             key_issued_at: 0,

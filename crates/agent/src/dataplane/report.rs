@@ -46,6 +46,13 @@ impl Engine {
                     name: p.info.name.clone(),
                     public_key: STANDARD.encode(p.info.public_key),
                     endpoint: p.endpoint.map(|e| e.to_string()),
+                    path: if handshake.is_some() && p.endpoint.is_some() {
+                        "direct".to_owned()
+                    } else {
+                        "none".to_owned()
+                    },
+                    endpoints: p.info.endpoints.iter().map(ToString::to_string).collect(),
+                    rtt_ms: p.path.rtt.map(|d| d.as_secs_f64() * 1000.0),
                     allowed_ips: p.info.allowed_ips.iter().map(ToString::to_string).collect(),
                     last_handshake_secs: handshake.map(|d| d.as_secs()),
                     rx_bytes: rx as u64,

@@ -98,7 +98,7 @@ impl AdminService {
                 .decode(&d.public_key)
                 .unwrap_or_default(),
             created_at: d.created_at,
-            endpoints: d.endpoint.iter().cloned().collect(),
+            endpoints: crate::netmap::endpoints(d),
             user: d.owner.clone().unwrap_or_default(),
             approved: d.approved,
             key_expires_at: d.key_expires_at.unwrap_or(0),

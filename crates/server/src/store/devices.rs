@@ -32,6 +32,8 @@ pub struct DeviceRecord {
     pub status: DeviceStatus,
     /// Last observed WireGuard endpoint (`ip:port`).
     pub endpoint: Option<String>,
+    /// Interface candidates the daemon reported (`ip:port`), best first.
+    pub candidates: Vec<String>,
     /// Enrollment time, Unix seconds.
     pub created_at: i64,
     /// Whether an admin approved it (always true with approval off).
@@ -254,6 +256,19 @@ impl Store {
         .await?;
         Ok(result.rows_affected() > 0)
     }
+
+    /// Replaces a device's interface candidates (already checked);
+    /// returns whether they changed.
+    pub async fn set_candidates(&self, id: &str, candidates: &[String]) -> Result<bool> {
+        let joined = candidates.join(",");
+        let result =
+            sqlx::query("UPDATE devices SET candidates = $1 WHERE id = $2 AND candidates <> $1")
+                .bind(&joined)
+                .bind(id)
+                .execute(&self.pool)
+                .await?;
+        Ok(result.rows_affected() > 0)
+    }
 }
 
 /// Takes the write lock (SQLite) or the row lock (PostgreSQL) before
@@ -305,6 +320,12 @@ pub(super) fn device_from_row(row: &AnyRow) -> Result<DeviceRecord> {
             DeviceStatus::Revoked
         },
         endpoint: row.try_get("endpoint")?,
+        candidates: row
+            .try_get::<String, _>("candidates")?
+            .split(',')
+            .filter(|c| !c.is_empty())
+            .map(str::to_owned)
+            .collect(),
         created_at: row.try_get("created_at")?,
         approved: row.try_get::<i64, _>("approved")? != 0,
         key_issued_at: row.try_get("key_issued_at")?,

@@ -233,6 +233,7 @@ impl Store {
             cert_fingerprint: device.cert_fingerprint.to_owned(),
             status: DeviceStatus::Active,
             endpoint: None,
+            candidates: Vec::new(),
             created_at: now,
             approved: pre_approved || !settings.device_approval,
             key_issued_at: now,

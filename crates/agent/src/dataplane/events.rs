@@ -1,0 +1,142 @@
+//! What the data plane's loop waits on, polled by hand: the two sockets,
+//! the control channels and the timer, each keeping its waker between
+//! turns.
+
+use std::net::SocketAddr;
+use std::task::{Context, Poll};
+
+use tokio::sync::{mpsc, watch};
+use x25519_dalek::StaticSecret;
+
+use super::Io;
+use crate::netmap::NetMap;
+use crate::status::StatusRequest;
+use crate::tunio::TunIo;
+
+/// While a socket stays ready, how many turns of the loop go by between
+/// looks at the control channels and the timer.
+const CONTROL_EVERY: u32 = 8;
+
+/// What one turn of the loop found ready. The sockets come together so
+/// that a busy one cannot starve the other; the rare control events come
+/// one at a time, before them.
+pub(super) enum Event {
+    Io {
+        tun: bool,
+        udp: bool,
+    },
+    Tick,
+    NetMap,
+    Rekey(StaticSecret),
+    Status(StatusRequest),
+    /// The machine's addresses changed (a new network).
+    NetworkChanged,
+    Stop,
+}
+
+/// One poll of what the loop waits on. Each source keeps its waker
+/// between turns (no future is made and dropped per packet, which costs
+/// a lock and a list insertion on every wake-up).
+///
+/// While a socket is ready, the control channels are looked at only every
+/// [`CONTROL_EVERY`] turns: the wakers they hold from the last turn that
+/// found nothing still stand, so nothing is missed, and a busy tunnel does
+/// not pay for five more polls a packet. A turn that returns `Pending` has
+/// polled every source.
+pub(super) fn next_event<T: TunIo>(
+    cx: &mut Context<'_>,
+    io: &Io<T>,
+    watched: &mut Watched,
+    status_requests: &mut mpsc::Receiver<StatusRequest>,
+    rekeys: &mut mpsc::Receiver<StaticSecret>,
+    tick: &mut tokio::time::Interval,
+) -> Poll<Event> {
+    // An error on either socket is reported by the read that follows.
+    let tun = io.tun.poll_readable(cx).is_ready();
+    let udp = io.udp.poll_readable(cx).is_ready();
+    watched.turns = watched.turns.wrapping_add(1);
+    if (tun || udp) && !watched.turns.is_multiple_of(CONTROL_EVERY) {
+        return Poll::Ready(Event::Io { tun, udp });
+    }
+    // A closed channel stops the loop like a stop request: its sender
+    // (the daemon) is gone.
+    if watched.shutdown.poll_recv(cx).is_ready() {
+        return Poll::Ready(Event::Stop);
+    }
+    if let Poll::Ready(change) = watched.netmap.poll_recv(cx) {
+        return Poll::Ready(change.map_or(Event::Stop, |()| Event::NetMap));
+    }
+    if let Poll::Ready(Some(reply)) = status_requests.poll_recv(cx) {
+        return Poll::Ready(Event::Status(reply));
+    }
+    if let Poll::Ready(Some(key)) = rekeys.poll_recv(cx) {
+        return Poll::Ready(Event::Rekey(key));
+    }
+    if let Poll::Ready(Some(())) = watched.network.poll_recv(cx) {
+        return Poll::Ready(Event::NetworkChanged);
+    }
+    if tick.poll_tick(cx).is_ready() {
+        return Poll::Ready(Event::Tick);
+    }
+    if tun || udp {
+        return Poll::Ready(Event::Io { tun, udp });
+    }
+    Poll::Pending
+}
+
+/// The watch channels the loop follows, turned into channels it can poll:
+/// a small task waits on each and signals a change (coalesced: the loop
+/// reads the newest value). The tasks end with the loop.
+pub(super) struct Watched {
+    netmap: mpsc::Receiver<()>,
+    shutdown: mpsc::Receiver<()>,
+    network: mpsc::Receiver<()>,
+    tasks: [tokio::task::JoinHandle<()>; 3],
+    /// Turns of the loop, for [`CONTROL_EVERY`].
+    turns: u32,
+}
+
+impl Watched {
+    pub(super) fn new(
+        netmap: &watch::Receiver<NetMap>,
+        local_addrs: watch::Receiver<Vec<SocketAddr>>,
+        mut shutdown: watch::Receiver<bool>,
+    ) -> Self {
+        let (netmap_tx, netmap_rx) = mpsc::channel(1);
+        let follow = tokio::spawn(changes(netmap.clone(), netmap_tx));
+        let (network_tx, network_rx) = mpsc::channel(1);
+        let network = tokio::spawn(changes(local_addrs, network_tx));
+        let (stop_tx, stop_rx) = mpsc::channel(1);
+        let stop = tokio::spawn(async move {
+            // A change or a dropped sender: either way, stop.
+            let _ = shutdown.changed().await;
+            let _ = stop_tx.try_send(());
+        });
+        Self {
+            netmap: netmap_rx,
+            shutdown: stop_rx,
+            network: network_rx,
+            tasks: [follow, stop, network],
+            turns: 0,
+        }
+    }
+}
+
+/// Signals each change of `rx` into `tx`, coalesced (a signal already
+/// waiting covers the next change); ends, closing `tx`, when the watch
+/// sender is gone or nobody listens any more.
+async fn changes<T: Send + Sync + 'static>(mut rx: watch::Receiver<T>, tx: mpsc::Sender<()>) {
+    while rx.changed().await.is_ok() {
+        if let Err(mpsc::error::TrySendError::Closed(())) = tx.try_send(()) {
+            return;
+        }
+    }
+}
+
+impl Drop for Watched {
+    fn drop(&mut self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+    }
+}

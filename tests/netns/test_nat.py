@@ -1,0 +1,213 @@
+#!/usr/bin/env python3
+"""NAT traversal and roaming in network namespaces (root, real TUN devices).
+
+n1 (tag client) behind home router r1 and n2 (tag web) behind home router
+r2, both routers masquerading with nftables and dropping what comes in
+unasked (see natlab.py). The server and its STUN responder are on the
+"internet" between them. Checks:
+
+- each daemon learns its public endpoint (the router's address) over STUN;
+- the two end up talking directly through both NATs, each sending to the
+  other router's public address (there is no relay yet: this is the only
+  path there is);
+- the policy still applies across the NATs (a denied flow stays denied);
+- n1 moves to another network (new address, new NAT) while pinging n2:
+  the tunnel follows within 5 seconds, without re-enrollment.
+
+Same output and skip rules as test_overlay.py.
+
+    sudo python3 tests/netns/test_nat.py        # after `cargo build`
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+import time
+import traceback
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from lab import LabError, Skip, _readline, binary_path, wait_for  # noqa: E402
+from natlab import ROAM_TO, NatLab  # noqa: E402
+from test_overlay import POLICY_V1, Results, peer  # noqa: E402
+
+TOTAL_BUDGET = 150
+ROAM_BUDGET = 5.0  # seconds of replies a roam may cost at most
+WG_PORT = 51820
+
+# Pings every 0.1 s for `seconds`; prints the reply times (monotonic) as
+# JSON at the end.
+_PINGER_SRC = r"""
+import json, os, select, socket, struct, sys, time
+dst, seconds = sys.argv[1], float(sys.argv[2])
+def csum(b):
+    if len(b) % 2: b += b"\0"
+    s = sum(struct.unpack("!%dH" % (len(b) // 2), b))
+    s = (s >> 16) + (s & 0xffff); s += s >> 16
+    return ~s & 0xffff
+ident = os.getpid() & 0xffff
+s = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
+s.setblocking(False)
+start = time.monotonic()
+print(json.dumps({"start": start}), flush=True)
+end = start + seconds
+next_send, seq, replies = 0.0, 0, []
+while time.monotonic() < end:
+    now = time.monotonic()
+    if now >= next_send:
+        seq += 1
+        hdr = struct.pack("!BBHHH", 8, 0, 0, ident, seq & 0xffff)
+        payload = b"ztmesh-roam"
+        try:
+            s.sendto(struct.pack("!BBHHH", 8, 0, csum(hdr + payload), ident, seq & 0xffff)
+                     + payload, (dst, 0))
+        except OSError:
+            pass
+        next_send = now + 0.1
+    r, _, _ = select.select([s], [], [], 0.02)
+    if not r:
+        continue
+    data, addr = s.recvfrom(65535)
+    ihl = (data[0] & 0x0f) * 4
+    icmp = data[ihl:ihl + 8]
+    if len(icmp) == 8 and addr[0] == dst:
+        t, _, _, rid, _ = struct.unpack("!BBHHH", icmp)
+        if t == 0 and rid == ident:
+            replies.append(time.monotonic())
+print(json.dumps({"sent": seq, "replies": replies}), flush=True)
+"""
+
+
+def endpoint_ip(p: dict | None) -> str:
+    return ((p or {}).get("endpoint") or "").rsplit(":", 1)[0]
+
+
+def scenario(lab: NatLab, r: Results) -> None:
+    t = time.monotonic()
+
+    def step(msg: str) -> None:
+        print(f"# [{time.monotonic() - t:5.1f}s] {msg}", flush=True)
+
+    step("starting server (with STUN) on the internet")
+    lab.start_server()
+    lab.set_policy(POLICY_V1)
+    for n, tag in (("n1", "client"), ("n2", "web")):
+        lab.start_node(n, lab.create_token([tag]))
+    lab.wait_connected(["n1", "n2"])
+    ip = {n: lab.overlay_ip(n) for n in ("n1", "n2")}
+    public = {"n1": lab.public_ip("r1"), "n2": lab.public_ip("r2")}
+
+    step("STUN: each daemon learns its router's address")
+    for n in ("n1", "n2"):
+        r.run(f"{n} learns its public endpoint {public[n]}:{WG_PORT} over STUN",
+              lambda n=n: wait_for(lambda: lab.status(n).get("public_endpoint")
+                                   == f"{public[n]}:{WG_PORT}", 10),
+              f"status says {lab.status(n).get('public_endpoint')!r}")
+
+    step("direct path through both NATs")
+    r.run("n1 pings n2 through both NATs",
+          lambda: wait_for(lambda: lab.ping("n1", ip["n2"]), 20), "no reply within 20s")
+    s1 = lab.status("n1")
+    p12 = peer(s1, "n2")
+    r.check("n1 sends to n2 at r2's public address (direct)",
+            endpoint_ip(p12) == public["n2"] and (p12 or {}).get("path") == "direct",
+            f"peer n2 in n1's status: {json.dumps(p12)}")
+    r.check("n1's status shows the handshake round trip to n2",
+            isinstance((p12 or {}).get("rtt_ms"), (int, float)), json.dumps(p12))
+    p21 = peer(lab.status("n2"), "n1")
+    r.check("n2 sends to n1 at r1's public address (direct)",
+            endpoint_ip(p21) == public["n1"], f"peer n1 in n2's status: {json.dumps(p21)}")
+
+    step("policy across the NATs")
+    r.run("n1 tcp/80 to n2 passes", lambda: lab.tcp_check("n1", "n2", ip["n2"], 80),
+          "no echo")
+    r.run("n1 tcp/22 to n2 is dropped",
+          lambda: not lab.tcp_check("n1", "n2", ip["n2"], 22), "connection succeeded")
+    r.run("n2 ping to n1 is dropped (web may not reach clients)",
+          lambda: not lab.ping("n2", ip["n1"]), "reply received")
+
+    step("n1 roams to another network while pinging n2")
+    seconds = 14.0
+    pinger = lab._spawn("pinger", lab.node_ns["n1"],
+                        [sys.executable, "-u", "-c", _PINGER_SRC, ip["n2"], str(seconds)],
+                        log=False, stdout_pipe=True)
+    start = json.loads(_readline(pinger.popen, 10.0) or "{}").get("start")
+    time.sleep(4.0)
+    roamed_at = time.monotonic()
+    lab.roam("n1")
+    pinger.popen.wait(timeout=seconds + 10)
+    out = pinger.popen.stdout.read().decode() if pinger.popen.stdout else ""
+    result = json.loads(out.strip().splitlines()[-1]) if out.strip() else {}
+    replies = result.get("replies") or []
+    if start is None or not replies:
+        r.check("ping from n1 to n2 ran", False, f"pinger output: {out[-500:]!r}")
+        return
+    times = [start] + replies + [start + seconds]
+    gaps = [b - a for a, b in zip(times, times[1:])]
+    worst = max(gaps)
+    after = [x for x in replies if x > roamed_at]
+    step(f"pinger: {len(replies)}/{result.get('sent')} replies, longest gap {worst:.2f}s, "
+         f"first reply after the roam {((after[0] - roamed_at) if after else float('nan')):.2f}s")
+    r.check(f"n1 roams: replies resume, the longest gap is at most {ROAM_BUDGET:.0f}s",
+            bool(after) and worst <= ROAM_BUDGET,
+            f"longest gap {worst:.2f}s; {len(after)} replies after the roam")
+    r.run("after the roam, n2 sends to n1 at r3's public address",
+          lambda: wait_for(lambda: endpoint_ip(peer(lab.status("n2"), "n1"))
+                           == lab.public_ip(ROAM_TO), 5),
+          f"peer n1 in n2's status: {json.dumps(peer(lab.status('n2'), 'n1'))}")
+    r.run("after the roam, n1's public endpoint is r3's",
+          lambda: wait_for(lambda: (lab.status("n1").get("public_endpoint") or "")
+                           .startswith(lab.public_ip(ROAM_TO) + ":"), 5),
+          f"status says {lab.status('n1').get('public_endpoint')!r}")
+    r.run("after the roam, n1 tcp/22 to n2 is still dropped",
+          lambda: not lab.tcp_check("n1", "n2", ip["n2"], 22), "connection succeeded")
+    step("done")
+
+
+def main() -> int:
+    require = os.environ.get("ZTMESH_REQUIRE_NETNS") == "1"
+    r = Results()
+
+    def on_alarm(signum, frame):
+        raise TimeoutError(f"test exceeded its {TOTAL_BUDGET}s budget")
+    signal.signal(signal.SIGALRM, on_alarm)
+
+    started = time.monotonic()
+    try:
+        with NatLab(keep_tmp=os.environ.get("ZTMESH_LAB_KEEP") == "1") as lab:
+            b = binary_path()
+            if not b.is_file():
+                print(f"ERROR: ztmesh binary not found at {b}: run `cargo build` first "
+                      "(or set ZTMESH_BIN)", flush=True)
+                r.check("binary present", False, f"{b} missing")
+            else:
+                signal.alarm(TOTAL_BUDGET)
+                try:
+                    scenario(lab, r)
+                except (Exception, LabError) as e:  # noqa: BLE001 - any error fails the scenario
+                    r.check("scenario", False, f"aborted: {e}")
+                    traceback.print_exc()
+                finally:
+                    signal.alarm(0)
+                if r.failed:
+                    lab.dump_logs(60)
+    except Skip as e:
+        print(f"SKIPPED: NAT network-namespace tests: {e}", flush=True)
+        if require:
+            print("ZTMESH_REQUIRE_NETNS=1: a skip counts as a failure", flush=True)
+            return 1
+        return 0
+    except KeyboardInterrupt:
+        print("interrupted; lab cleaned up", flush=True)
+        print(f"{r.passed} passed, {r.failed + 1} failed")
+        return 130
+    print(f"# took {time.monotonic() - started:.1f}s", flush=True)
+    print(f"{r.passed} passed, {r.failed} failed", flush=True)
+    return 1 if r.failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
