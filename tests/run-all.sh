@@ -104,7 +104,7 @@ netns_test() {
     # scenarios run even when the first fails; the step fails if either did.
     local rc=0
     timeout -k 20 300 python3 tests/netns/test_overlay.py || rc=1
-    timeout -k 20 240 python3 tests/netns/test_nat.py || rc=1
+    timeout -k 20 360 python3 tests/netns/test_nat.py || rc=1
     return $rc
 }
 

@@ -31,7 +31,8 @@ REPO = Path(__file__).resolve().parents[2]
 IPERF_PORT = 5201
 UDP_LEN = 1380  # fits the 1420 overlay MTU: 1380 + 8 (UDP) + 20 (IPv4) = 1408
 
-IMPLS = ["veth", "ztmesh", "boringtun", "boringtun-t1", "gotatun", "wireguard-go"]
+IMPLS = ["veth", "ztmesh", "ztmesh-relay", "boringtun", "boringtun-t1", "gotatun",
+         "wireguard-go"]
 OPTIONAL_IMPLS = ["wg-kernel"]  # only with --only: the kernel module, as a second reference
 
 # test name: extra iperf3 client arguments ("-rev": the server sends, -R)
@@ -72,7 +73,7 @@ def main() -> int:
         return 1
 
     zt = Path(os.environ.get("ZTMESH_BIN") or REPO / "target" / "release" / "ztmesh")
-    if "ztmesh" in impls and not (zt.is_file() and os.access(zt, os.X_OK)):
+    if any(i.startswith("ztmesh") for i in impls) and not (zt.is_file() and os.access(zt, os.X_OK)):
         print(f"bench: no ztmesh binary at {zt}.\n"
               f"  build it with:  (cd {REPO} && cargo build --release --locked -p ztmesh)\n"
               "  or point ZTMESH_BIN at one.", file=sys.stderr)
@@ -173,6 +174,8 @@ def _bring_up(lab: Netlab, index: int, name: str, bins: dict[str, str]) -> tunne
         return tunnels.up_veth(lab, index)
     if name == "ztmesh":
         return tunnels.up_ztmesh(lab, index, bins["ztmesh"])
+    if name == "ztmesh-relay":
+        return tunnels.up_ztmesh(lab, index, bins["ztmesh"], relayed=True)
     impl = tools.WG_IMPLS[name]
     return tunnels.up_wireguard(lab, index, impl, bins.get(name))
 

@@ -98,7 +98,8 @@ def _fmt(x: float) -> str:
 
 def _abbr(impl: str) -> str:
     return {"boringtun": "bt", "boringtun-t1": "bt-t1", "wireguard-go": "wg-go",
-            "wg-kernel": "wg-kern", "gotatun": "gota", "ztmesh": "zt"}.get(impl, impl)
+            "wg-kernel": "wg-kern", "gotatun": "gota", "ztmesh": "zt",
+            "ztmesh-relay": "zt-rly"}.get(impl, impl)
 
 
 def _row(cells: list[str], first: int = 13, width: int = 9) -> str:

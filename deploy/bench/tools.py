@@ -22,7 +22,7 @@ INSTALL_TIMEOUT = 3600.0
 
 # binary -> Debian package
 APT = {"iperf3": "iperf3", "wg": "wireguard-tools", "wireguard-go": "wireguard-go",
-       "ping": "iputils-ping", "ss": "iproute2", "ip": "iproute2"}
+       "ping": "iputils-ping", "ss": "iproute2", "ip": "iproute2", "nft": "nftables"}
 # implementation -> (crate, binary it installs)
 CARGO = {"boringtun": ("boringtun-cli", "boringtun-cli"),
          "boringtun-t1": ("boringtun-cli", "boringtun-cli"),
@@ -54,6 +54,8 @@ def ensure(impls: list[str]) -> dict[str, str]:
         need.append("wg")
     if "wireguard-go" in impls:
         need.append("wireguard-go")
+    if "ztmesh-relay" in impls:
+        need.append("nft")  # blocks the direct path so the relay carries it
     missing = [b for b in need if shutil.which(b) is None]
     if missing:
         pkgs = sorted({APT[b] for b in missing})

@@ -87,20 +87,44 @@ def up_wireguard(lab: Netlab, index: int, impl: WgImpl, binary: str | None) -> T
 
 # --- ztmesh ---------------------------------------------------------------------------
 
-def up_ztmesh(lab: Netlab, index: int, zt: str) -> Tunnel:
-    """Server in namespace A, daemons in A and B, the generated policy in force."""
-    data = lab.tmp / "zt-server"
-    url = f"https://{lab.ip_a}:7443"
+# The relayed variant runs beside the direct one in the same namespaces:
+# its own server (ports, overlay range), TUN, WireGuard port, and a firewall
+# rule in both namespaces that drops WireGuard between the daemons, so the
+# only way left is the server's relay (UDP, port RELAY_PORT).
+RELAY_PORT = 8443
+RELAYED_WG_PORT = 51821
+NFT_NO_DIRECT = f"""
+table inet ztbench {{
+    chain input {{
+        type filter hook input priority 0; policy accept;
+        udp dport {RELAYED_WG_PORT} drop
+    }}
+}}
+"""
+
+
+def up_ztmesh(lab: Netlab, index: int, zt: str, relayed: bool = False) -> Tunnel:
+    """Server in namespace A, daemons in A and B, the generated policy in
+    force; `relayed`: the direct path blocked, traffic through the relay."""
+    tag = "zt-relay" if relayed else "zt"
+    data = lab.tmp / f"{tag}-server"
+    port = 7444 if relayed else 7443
+    url = f"https://{lab.ip_a}:{port}"
     r = lab.run(["ip", "netns", "exec", lab.ns_a, zt, "server", "init", "--output", "json",
                  "--san", lab.ip_a, "--data-dir", str(data)], timeout=60)
     info = json.loads(r.stdout[r.stdout.find("{"):r.stdout.rfind("}") + 1])
-    ca = lab.tmp / "zt-ca.pem"
+    ca = lab.tmp / f"{tag}-ca.pem"
     ca.write_text(info["ca_cert"])
     admin_env = {"ZTMESH_SERVER": url, "ZTMESH_API_KEY": info["admin_key"],
                  "ZTMESH_CA_CERT": str(ca)}
-    server = lab.spawn("ztmesh-server", lab.ns_a, [zt, "server", "--data-dir", str(data),
-                                                  "--listen", f"{lab.ip_a}:7443",
-                                                  "--advertise-url", url])
+    server_args = [zt, "server", "--data-dir", str(data), "--listen", f"{lab.ip_a}:{port}",
+                   "--advertise-url", url]
+    if relayed:
+        server_args += ["--relay-listen", f"{lab.ip_a}:{RELAY_PORT}", "--stun-listen", "off",
+                        "--metrics-listen", "off", "--overlay-cidr", "100.100.0.0/16"]
+        for ns in (lab.ns_a, lab.ns_b):
+            lab.run(["ip", "netns", "exec", ns, "nft", "-f", "-"], input=NFT_NO_DIRECT)
+    server = lab.spawn(f"{tag}-server", lab.ns_a, server_args)
 
     def admin(*args: str, timeout: float = 30):
         return lab.run(["ip", "netns", "exec", lab.ns_a, zt, "admin", *args], env=admin_env,
@@ -120,8 +144,9 @@ def up_ztmesh(lab: Netlab, index: int, zt: str) -> Tunnel:
     facts["policy_set_seconds"] = round(time.monotonic() - t0, 2)
 
     daemons = []
-    for ns, name, tags in ((lab.ns_a, "bench-a", policy_gen.CLIENT_TAGS),
-                           (lab.ns_b, "bench-b", policy_gen.SERVER_TAGS)):
+    names = ("relay-a", "relay-b") if relayed else ("bench-a", "bench-b")
+    for ns, name, tags in ((lab.ns_a, names[0], policy_gen.CLIENT_TAGS),
+                           (lab.ns_b, names[1], policy_gen.SERVER_TAGS)):
         args = ["join-token", "create", "--expires", "1h"]
         for tag in tags:
             args += ["--tag", tag]
@@ -129,6 +154,9 @@ def up_ztmesh(lab: Netlab, index: int, zt: str) -> Tunnel:
         # ZTMESH_UP_ARGS: extra `ztmesh up` flags (e.g. --no-tun-offload);
         # ZTMESH_LOG: the daemons' log filter (default warn).
         extra = os.environ.get("ZTMESH_UP_ARGS", "").split()
+        if relayed:
+            extra += ["--tun", "ztmesh1", "--listen-port", str(RELAYED_WG_PORT),
+                      "--metrics-listen", "off", "--overlay-prefix", "16"]
         daemons.append(lab.spawn(name, ns, [zt, "up", "--join", token, "--name", name,
                                             "--state-dir", str(lab.tmp / name), *extra],
                                  env={"ZTMESH_LOG": os.environ.get("ZTMESH_LOG", "warn")}))
@@ -143,20 +171,32 @@ def up_ztmesh(lab: Netlab, index: int, zt: str) -> Tunnel:
     def connected():
         for d in daemons:
             d.raise_if_dead()
-        sa, sb = status(lab.ns_a, "bench-a"), status(lab.ns_b, "bench-b")
+        sa, sb = status(lab.ns_a, names[0]), status(lab.ns_b, names[1])
         if not (sa.get("control_connected") and sb.get("control_connected")
                 and sa.get("policy_version") and sb.get("policy_version")
                 and sa.get("peers") and sb.get("peers")):
+            return None
+        if relayed and not (sa.get("relay_connected") and sb.get("relay_connected")):
             return None
         return sb
     sb = lab.wait(connected, 60, "both ztmesh daemons to connect and get the policy and a peer")
     dst = next(a.split("/")[0] for a in sb["addresses"] if ":" not in a)
     facts["policy_version"] = sb.get("policy_version")
-    iface = _tun_name(lab, lab.ns_b)
+    iface = "ztmesh1" if relayed else _tun_name(lab, lab.ns_b)
     facts["interface"] = iface
     facts["mtu"] = lab.link_mtu(lab.ns_b, iface) if iface else None
-    tunnel = Tunnel("ztmesh", dst, daemons, facts=facts)
-    tunnel.status = lambda: status(lab.ns_b, "bench-b")  # type: ignore[attr-defined]
+    tunnel = Tunnel("ztmesh-relay" if relayed else "ztmesh", dst, daemons, facts=facts)
+    tunnel.status = lambda: status(lab.ns_b, names[1])  # type: ignore[attr-defined]
+    if relayed:
+        # Traffic makes the daemons find that no direct path answers.
+        def on_relay():
+            lab.run(["ip", "netns", "exec", lab.ns_a, "ping", "-c", "1", "-W", "1", dst],
+                    check=False)
+            st = status(lab.ns_a, names[0])
+            paths = [p.get("path") for p in st.get("peers") or []]
+            return paths == ["relay"] and st.get("relay_transport") == "udp"
+        lab.wait(on_relay, 30, "the relayed ztmesh pair to use the relay over UDP")
+        facts["relay"] = f"{lab.ip_a}:{RELAY_PORT} (in the server, namespace A), over UDP"
     return tunnel
 
 

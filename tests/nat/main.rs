@@ -1,8 +1,13 @@
-//! NAT traversal, the parts built so far: a daemon learns its public
-//! endpoint from the server's STUN responder, asking from its WireGuard
-//! socket (so the answer is the mapping WireGuard traffic gets).
+//! NAT traversal in process: a daemon learns its public endpoint from the
+//! server's STUN responder, asking from its WireGuard socket (so the
+//! answer is the mapping WireGuard traffic gets); the server checks what
+//! daemons report; the relay admits enrolled devices only (`relay.rs`).
+//! The real network shapes (NATs, roaming, relayed paths) are in
+//! `tests/netns/test_nat.py`.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod relay;
 
 use std::time::Duration;
 

@@ -16,6 +16,13 @@ masquerade keeps the source port when it is free and maps one socket to the
 same public port whatever the destination: the endpoint-independent
 mapping that hole punching needs; the filtering depends on the address
 and port, so a peer's packets pass only after we sent to it first.
+
+Other shapes (`NatLab(shape=...)`):
+- "symmetric": r1 and r2 pick a random public port for every new
+  destination (`masquerade random`), so what STUN sees is not what a peer
+  would have to send to: no direct path exists.
+- "udp-blocked": r1 drops all UDP its LAN sends out (only TCP, e.g. HTTPS,
+  gets through), as some hotel and corporate networks do.
 """
 
 from __future__ import annotations
@@ -52,9 +59,26 @@ table ip nat {
 """
 
 
+SHAPES = ("eim", "symmetric", "udp-blocked")
+
+
+def router_rules(router: str, shape: str) -> str:
+    rules = NFT_ROUTER
+    if shape == "symmetric" and router in ("r1", "r2"):
+        rules = rules.replace('oifname "wan0" masquerade', 'oifname "wan0" masquerade random')
+    if shape == "udp-blocked" and router == "r1":
+        rules = rules.replace('        iifname "lan0" oifname "wan0" accept',
+                              '        iifname "lan0" meta l4proto udp drop\n'
+                              '        iifname "lan0" oifname "wan0" accept')
+    return rules
+
+
 class NatLab(Lab):
-    def __init__(self, **kw) -> None:
+    def __init__(self, shape: str = "eim", **kw) -> None:
+        if shape not in SHAPES:
+            raise ValueError(f"unknown NAT shape {shape!r}; known: {SHAPES}")
         super().__init__(nodes=list(HOME), **kw)
+        self.shape = shape
         self.router_ns = {r: f"{self.prefix}-{r}" for r in ROUTERS}
 
     def _preflight(self) -> None:
@@ -92,7 +116,7 @@ class NatLab(Lab):
             _run(["ip", "netns", "exec", ns, "sysctl", "-q", "-w", "net.ipv4.ip_forward=1"],
                  timeout=10)
             p = _run(["ip", "netns", "exec", ns, "nft", "-f", "-"], timeout=10, check=False,
-                     input=NFT_ROUTER)
+                     input=router_rules(r, self.shape))
             if p.returncode != 0:
                 raise LabError(f"nft in {r}: {p.stderr.strip()}")
         for n, home in HOME.items():

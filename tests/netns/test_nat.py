@@ -1,18 +1,22 @@
 #!/usr/bin/env python3
-"""NAT traversal and roaming in network namespaces (root, real TUN devices).
+"""NAT traversal, relays and roaming in network namespaces (root, real TUN).
 
 n1 (tag client) behind home router r1 and n2 (tag web) behind home router
 r2, both routers masquerading with nftables and dropping what comes in
-unasked (see natlab.py). The server and its STUN responder are on the
-"internet" between them. Checks:
+unasked (see natlab.py). The server, with its STUN responder and its relay,
+is on the "internet" between them. Three labs, one after another:
 
-- each daemon learns its public endpoint (the router's address) over STUN;
-- the two end up talking directly through both NATs, each sending to the
-  other router's public address (there is no relay yet: this is the only
-  path there is);
-- the policy still applies across the NATs (a denied flow stays denied);
-- n1 moves to another network (new address, new NAT) while pinging n2:
-  the tunnel follows within 5 seconds, without re-enrollment.
+1. Endpoint-independent NATs (home routers):
+   - each daemon learns its public endpoint (the router's address) over STUN;
+   - the two talk directly through both NATs, each sending to the other
+     router's public address, and the relay carries none of their data;
+   - the policy still applies across the NATs (a denied flow stays denied);
+   - n1 moves to another network (new address, new NAT) while pinging n2:
+     the tunnel follows within 5 seconds, without re-enrollment.
+2. Symmetric NATs on both sides: no direct path; traffic goes through the
+   relay, and the policy applies there too.
+3. n1's network drops all outbound UDP: traffic goes through the relay's
+   TLS stream (TCP), and the policy applies there too.
 
 Same output and skip rules as test_overlay.py.
 
@@ -34,7 +38,7 @@ from lab import LabError, Skip, _readline, binary_path, wait_for  # noqa: E402
 from natlab import ROAM_TO, NatLab  # noqa: E402
 from test_overlay import POLICY_V1, Results, peer  # noqa: E402
 
-TOTAL_BUDGET = 150
+TOTAL_BUDGET = 110  # per lab
 ROAM_BUDGET = 5.0  # seconds of replies a roam may cost at most
 WG_PORT = 51820
 
@@ -85,6 +89,17 @@ def endpoint_ip(p: dict | None) -> str:
     return ((p or {}).get("endpoint") or "").rsplit(":", 1)[0]
 
 
+def bring_up(lab: NatLab) -> dict[str, str]:
+    """Server (with STUN and the relay) and policy, n1 (client) and n2 (web)
+    enrolled and connected; their overlay addresses."""
+    lab.start_server()
+    lab.set_policy(POLICY_V1)
+    for n, tag in (("n1", "client"), ("n2", "web")):
+        lab.start_node(n, lab.create_token([tag]))
+    lab.wait_connected(["n1", "n2"])
+    return {n: lab.overlay_ip(n) for n in ("n1", "n2")}
+
+
 def scenario(lab: NatLab, r: Results) -> None:
     t = time.monotonic()
 
@@ -92,13 +107,13 @@ def scenario(lab: NatLab, r: Results) -> None:
         print(f"# [{time.monotonic() - t:5.1f}s] {msg}", flush=True)
 
     step("starting server (with STUN) on the internet")
-    lab.start_server()
-    lab.set_policy(POLICY_V1)
-    for n, tag in (("n1", "client"), ("n2", "web")):
-        lab.start_node(n, lab.create_token([tag]))
-    lab.wait_connected(["n1", "n2"])
-    ip = {n: lab.overlay_ip(n) for n in ("n1", "n2")}
+    ip = bring_up(lab)
     public = {"n1": lab.public_ip("r1"), "n2": lab.public_ip("r2")}
+
+    r.run("both daemons hold a relay connection (the server's built-in relay)",
+          lambda: wait_for(lambda: all(lab.status(n).get("relay_connected")
+                                       for n in ("n1", "n2")), 10),
+          "relay_connected is not true on both")
 
     step("STUN: each daemon learns its router's address")
     for n in ("n1", "n2"):
@@ -164,6 +179,52 @@ def scenario(lab: NatLab, r: Results) -> None:
           f"status says {lab.status('n1').get('public_endpoint')!r}")
     r.run("after the roam, n1 tcp/22 to n2 is still dropped",
           lambda: not lab.tcp_check("n1", "n2", ip["n2"], 22), "connection succeeded")
+    for a, b in (("n1", "n2"), ("n2", "n1")):
+        p = peer(lab.status(a), b)
+        r.check(f"the relay carried none of {a}'s data with {b} (direct all along)",
+                (p or {}).get("relay_data_packets") == 0 and (p or {}).get("path") == "direct",
+                json.dumps(p))
+    step("done")
+
+
+def scenario_relayed(lab: NatLab, r: Results) -> None:
+    """No direct path (symmetric NATs, or UDP blocked): the relay carries
+    the traffic, and the policy still holds."""
+    t = time.monotonic()
+    what = {"symmetric": "symmetric NATs", "udp-blocked": "UDP blocked at n1"}[lab.shape]
+
+    def step(msg: str) -> None:
+        print(f"# [{time.monotonic() - t:5.1f}s] {what}: {msg}", flush=True)
+
+    step("starting server, relay and nodes")
+    ip = bring_up(lab)
+    transport = "udp" if lab.shape == "symmetric" else "tls"
+    r.run(f"{what}: n1's relay link carries packets over {transport}",
+          lambda: wait_for(lambda: lab.status("n1").get("relay_transport") == transport, 15),
+          f"relay_transport is {lab.status('n1').get('relay_transport')!r}")
+    r.run(f"{what}: n1 pings n2 through the relay",
+          lambda: wait_for(lambda: lab.ping("n1", ip["n2"]), 25), "no reply within 25s")
+    for a, b in (("n1", "n2"), ("n2", "n1")):
+        r.run(f"{what}: {a} reaches {b} through the relay, and data went that way",
+              lambda a=a, b=b: wait_for(
+                  lambda: (peer(lab.status(a), b) or {}).get("path") == "relay"
+                  and (peer(lab.status(a), b) or {}).get("relay_data_packets", 0) > 0, 5),
+              json.dumps(peer(lab.status(a), b)))
+    if lab.shape == "symmetric":
+        pub = lab.status("n1").get("public_endpoint") or ""
+        r.check(f"{what}: STUN sees n1 at a random port (not {WG_PORT})",
+                pub.startswith(lab.public_ip("r1") + ":") and not pub.endswith(f":{WG_PORT}"),
+                f"public endpoint {pub!r}")
+    else:
+        r.check(f"{what}: n1 learns no public endpoint (STUN is UDP)",
+                not lab.status("n1").get("public_endpoint"),
+                f"public endpoint {lab.status('n1').get('public_endpoint')!r}")
+    r.run(f"{what}: n1 tcp/80 to n2 passes through the relay",
+          lambda: lab.tcp_check("n1", "n2", ip["n2"], 80), "no echo")
+    r.run(f"{what}: n1 tcp/22 to n2 is dropped through the relay",
+          lambda: not lab.tcp_check("n1", "n2", ip["n2"], 22), "connection succeeded")
+    r.run(f"{what}: n2 ping to n1 is dropped through the relay",
+          lambda: not lab.ping("n2", ip["n1"]), "reply received")
     step("done")
 
 
@@ -176,23 +237,26 @@ def main() -> int:
     signal.signal(signal.SIGALRM, on_alarm)
 
     started = time.monotonic()
+    only = os.environ.get("ZTMESH_NAT_SHAPES", "eim,symmetric,udp-blocked").split(",")
     try:
-        with NatLab(keep_tmp=os.environ.get("ZTMESH_LAB_KEEP") == "1") as lab:
-            b = binary_path()
-            if not b.is_file():
-                print(f"ERROR: ztmesh binary not found at {b}: run `cargo build` first "
-                      "(or set ZTMESH_BIN)", flush=True)
-                r.check("binary present", False, f"{b} missing")
-            else:
+        b = binary_path()
+        if not b.is_file():
+            print(f"ERROR: ztmesh binary not found at {b}: run `cargo build` first "
+                  "(or set ZTMESH_BIN)", flush=True)
+            r.check("binary present", False, f"{b} missing")
+            only = []
+        for shape in only:
+            failed_before = r.failed
+            with NatLab(shape=shape, keep_tmp=os.environ.get("ZTMESH_LAB_KEEP") == "1") as lab:
                 signal.alarm(TOTAL_BUDGET)
                 try:
-                    scenario(lab, r)
+                    (scenario if shape == "eim" else scenario_relayed)(lab, r)
                 except (Exception, LabError) as e:  # noqa: BLE001 - any error fails the scenario
-                    r.check("scenario", False, f"aborted: {e}")
+                    r.check(f"{shape} scenario", False, f"aborted: {e}")
                     traceback.print_exc()
                 finally:
                     signal.alarm(0)
-                if r.failed:
+                if r.failed > failed_before:
                     lab.dump_logs(60)
     except Skip as e:
         print(f"SKIPPED: NAT network-namespace tests: {e}", flush=True)

@@ -3,14 +3,13 @@
 //! filter -> TUN. Send order: route by allowed IPs -> filter (conntrack) ->
 //! encrypt -> UDP.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use boringtun::noise::handshake::parse_handshake_anon;
+use boringtun::noise::TunnResult;
 use boringtun::noise::rate_limiter::RateLimiter;
-use boringtun::noise::{Packet, TunnResult};
 use tokio::sync::{mpsc, watch};
 use x25519_dalek::{PublicKey, StaticSecret};
 use ztmesh_filter::{DropReason, Filter, FilterConfig, FilterLimits, Verdict};
@@ -20,15 +19,19 @@ use crate::discovery::Discovery;
 use crate::flowlog::FlowBatch;
 
 use crate::netmap::{NetMap, PeerDiff, SelfNode};
-use crate::peers::{PeerTable, Slot};
+use crate::peers::PeerTable;
 use crate::status::StatusRequest;
 use crate::tunio::TunIo;
 use crate::udpio::Wire;
 use crate::wgsock::WgSocket;
 
 mod events;
+mod paths;
+mod receive;
 mod report;
 use events::{Event, Watched, next_event};
+use paths::{Paths, via};
+use receive::Source;
 use report::log_monitored;
 
 /// Scratch room for handshake messages and packets queued during a handshake.
@@ -39,6 +42,8 @@ const UDP_READS_PER_WAKE: usize = 4;
 /// TUN reads per wake-up (each a packet, or a super-packet's segments),
 /// for the same reason the other way round.
 const TUN_READS_PER_WAKE: usize = 64;
+/// Relayed packets handled per wake-up.
+const RELAY_READS_PER_WAKE: usize = 64;
 /// How often boringtun's timers run.
 const TIMER_TICK: Duration = Duration::from_millis(250);
 /// WireGuard message type of a handshake initiation.
@@ -74,6 +79,12 @@ pub struct Links {
     pub public_endpoint: watch::Sender<Option<SocketAddr>>,
     /// The machine's interface candidates; a change means a new network.
     pub local_addrs: watch::Receiver<Vec<SocketAddr>>,
+    /// Packets that came through the relay.
+    pub relay_in: mpsc::Receiver<ztmesh_relay::Frame>,
+    /// Packets for the relay.
+    pub relay_out: mpsc::Sender<ztmesh_relay::Frame>,
+    /// The state of the relay link.
+    pub relay_up: watch::Receiver<ztmesh_relay::client::Link>,
 }
 
 /// Everything the loop owns besides the I/O.
@@ -95,6 +106,8 @@ struct Engine {
     discovery: Discovery,
     /// Where the public endpoint goes to be reported.
     public_endpoint: watch::Sender<Option<SocketAddr>>,
+    /// The relay side of sending.
+    paths: Paths,
 }
 
 struct OldKeys {
@@ -119,6 +132,9 @@ pub async fn run<T: TunIo>(
         connected,
         public_endpoint,
         local_addrs,
+        mut relay_in,
+        relay_out,
+        relay_up,
     } = links;
     let public = PublicKey::from(&private);
     let rate_limiter = Arc::new(RateLimiter::new(&public, HANDSHAKE_RATE_LIMIT));
@@ -135,6 +151,7 @@ pub async fn run<T: TunIo>(
         flow_events_dropped: 0,
         discovery: Discovery::default(),
         public_endpoint,
+        paths: Paths::new(relay_out, relay_up),
     };
     let initial = netmap.borrow_and_update().clone();
     engine.apply_netmap(&io, &initial).await;
@@ -152,6 +169,7 @@ pub async fn run<T: TunIo>(
                 &mut watched,
                 &mut status_requests,
                 &mut rekeys,
+                &mut relay_in,
                 &mut tick,
             )
         })
@@ -166,6 +184,11 @@ pub async fn run<T: TunIo>(
                 if tun {
                     engine.on_tun_ready(&io, &wire, &mut batches).await?;
                 }
+            }
+            Event::Relay(frame) => {
+                engine
+                    .on_relay(&io, frame, &mut relay_in, &mut batches)
+                    .await?;
             }
             Event::Tick => {
                 ticks += 1;
@@ -245,14 +268,18 @@ impl Engine {
         let Some(peer) = self.peers.get_mut(&key) else {
             return;
         };
-        let endpoint = peer.endpoint;
+        let way = via(peer);
         match peer.sending_tunn().encapsulate(packet, udp_out.room()) {
-            TunnResult::WriteToNetwork(datagram) => {
-                let len = datagram.len();
-                if let Some(endpoint) = endpoint {
+            TunnResult::WriteToNetwork(datagram) => match way {
+                Some(paths::Via::Direct(endpoint)) => {
+                    let len = datagram.len();
                     udp_out.commit(len, endpoint);
                 }
-            }
+                Some(paths::Via::Relay(key)) if self.paths.relay(key, datagram) => {
+                    peer.route.relay_data += 1;
+                }
+                _ => {}
+            },
             TunnResult::Err(e) => {
                 tracing::debug!(peer = %peer.info.name, error = ?e, "encapsulate failed")
             }
@@ -285,7 +312,8 @@ impl Engine {
                 if tun_out.is_full() {
                     io.tun.send_batch(tun_out).await?;
                 }
-                self.on_udp(io, from, datagram, now, tun_out).await;
+                self.on_packet(io, Source::Direct(from), datagram, now, tun_out)
+                    .await;
             }
             // Deliver before the next read: a read finds up to eight GRO
             // super-datagrams, enough to coalesce, and a lone packet (a
@@ -296,142 +324,6 @@ impl Engine {
             }
         }
         Ok(())
-    }
-
-    async fn on_udp<T: TunIo>(
-        &mut self,
-        io: &Io<T>,
-        from: SocketAddr,
-        datagram: &[u8],
-        now: Instant,
-        tun_out: &mut TunWriteBatch,
-    ) {
-        if ztmesh_stun::is_stun(datagram) {
-            if let Some(public) = self.discovery.on_datagram(from, datagram, Instant::now()) {
-                self.public_endpoint
-                    .send_if_modified(|known| known.replace(public) != Some(public));
-            }
-            return;
-        }
-        // MAC and load check before any expensive work (the X25519 in
-        // parse_handshake_anon): under a handshake flood this answers with
-        // cookies instead of spending a DH per junk packet.
-        let mut packet = self
-            .rate_limiter
-            .verify_packet(Some(from.ip()), datagram, &mut self.out);
-        if matches!(packet, Err(TunnResult::Err(_)))
-            && let Some(old) = &self.old_keys
-        {
-            // Sent to our previous public key by a peer that has not heard
-            // of the rotation yet.
-            packet = old
-                .rate_limiter
-                .verify_packet(Some(from.ip()), datagram, &mut self.out);
-        }
-        let packet = match packet {
-            Ok(packet) => packet,
-            Err(TunnResult::WriteToNetwork(cookie)) => {
-                send(&io.udp, cookie, from).await;
-                return;
-            }
-            Err(_) => {
-                self.filter
-                    .record_drop(DropReason::UnknownPeer, datagram.len());
-                return;
-            }
-        };
-        // Data decrypts straight into the TUN batch; handshakes use scratch.
-        let is_data = matches!(packet, Packet::PacketData(_));
-        let is_response = matches!(packet, Packet::HandshakeResponse(_));
-        let target = match packet {
-            Packet::HandshakeInit(p) => {
-                match parse_handshake_anon(&self.private, &self.public, &p) {
-                    Ok(h) => Some((h.peer_static_public, Slot::Current)),
-                    Err(_) => self.old_keys.as_ref().and_then(|old| {
-                        parse_handshake_anon(&old.private, &old.public, &p)
-                            .ok()
-                            .map(|h| (h.peer_static_public, Slot::Retiring))
-                    }),
-                }
-            }
-            Packet::HandshakeResponse(p) => self.peers.by_receiver_index(p.receiver_idx),
-            Packet::PacketCookieReply(p) => self.peers.by_receiver_index(p.receiver_idx),
-            Packet::PacketData(p) => self.peers.by_receiver_index(p.receiver_idx),
-        };
-        let Some((peer, slot)) = target.and_then(|(k, slot)| Some((self.peers.get_mut(&k)?, slot)))
-        else {
-            self.filter
-                .record_drop(DropReason::UnknownPeer, datagram.len());
-            return;
-        };
-        let allowed_ips = &peer.info.allowed_ips;
-        let name = &peer.info.name;
-        let endpoint = &mut peer.endpoint;
-        let path = &mut peer.path;
-        let tunn = match slot {
-            Slot::Current => &mut peer.tunn,
-            Slot::Retiring => match &mut peer.retiring {
-                Some(old) => &mut old.tunn,
-                None => {
-                    self.filter
-                        .record_drop(DropReason::UnknownPeer, datagram.len());
-                    return;
-                }
-            },
-        };
-        let (dst, into_slot) = match tun_out.slot(datagram.len()) {
-            Some(slot) if is_data => (slot, true),
-            _ => (&mut self.out[..], false),
-        };
-        let mut delivered = None;
-        match tunn.decapsulate(Some(from.ip()), datagram, dst) {
-            TunnResult::WriteToNetwork(reply) if reply.first() == Some(&COOKIE_REPLY) => {
-                // An unauthenticated answer: send it, but do not let it move
-                // the peer's endpoint.
-                send(&io.udp, reply, from).await;
-            }
-            TunnResult::WriteToNetwork(reply) => {
-                // A handshake message that decrypted: the peer proved its key.
-                *endpoint = Some(from);
-                if is_response {
-                    path.answered(from, now);
-                }
-                send(&io.udp, reply, from).await;
-                // Flush packets queued while the handshake was in progress.
-                while let TunnResult::WriteToNetwork(queued) =
-                    tunn.decapsulate(None, &[], &mut self.out)
-                {
-                    send(&io.udp, queued, from).await;
-                }
-            }
-            TunnResult::WriteToTunnelV4(packet, src) => {
-                *endpoint = Some(from);
-                let allowed = allowed_ips.iter().any(|n| n.contains(&IpAddr::V4(src)));
-                if admit(&mut self.filter, allowed, packet, now) {
-                    delivered = Some(packet.len());
-                }
-            }
-            TunnResult::WriteToTunnelV6(packet, src) => {
-                *endpoint = Some(from);
-                let allowed = allowed_ips.iter().any(|n| n.contains(&IpAddr::V6(src)));
-                if admit(&mut self.filter, allowed, packet, now) {
-                    delivered = Some(packet.len());
-                }
-            }
-            TunnResult::Err(e) => {
-                tracing::debug!(peer = %name, error = ?e, "decapsulate failed")
-            }
-            TunnResult::Done => {}
-        }
-        if let Some(len) = delivered {
-            if !into_slot {
-                // Not decrypted into the slot (never expected): copy it there.
-                if let (Some(slot), Some(packet)) = (tun_out.slot(len), self.out.get(..len)) {
-                    slot.copy_from_slice(packet);
-                }
-            }
-            tun_out.commit(len);
-        }
     }
 
     async fn on_tick<T: TunIo>(&mut self, io: &Io<T>) {
@@ -448,12 +340,43 @@ impl Engine {
             if let TunnResult::WriteToNetwork(datagram) = peer.tunn.update_timers(&mut self.out) {
                 if datagram.first() == Some(&HANDSHAKE_INIT) {
                     // A retry: the path may be gone, so try every path.
-                    spray(&io.udp, datagram, peer).await;
-                } else if let Some(endpoint) = peer.endpoint {
-                    send(&io.udp, datagram, endpoint).await;
+                    self.paths.spray(&io.udp, datagram, peer).await;
+                } else if let Some(way) = via(peer) {
+                    self.paths.send(&io.udp, way, datagram).await;
                 }
             }
         }
+        self.tend_paths(&io.udp, now).await;
+    }
+
+    /// Packets from the relay: the one that woke us and what else waits
+    /// (a few dozen at most), through the same receive path as UDP.
+    async fn on_relay<T: TunIo>(
+        &mut self,
+        io: &Io<T>,
+        first: ztmesh_relay::Frame,
+        relay_in: &mut mpsc::Receiver<ztmesh_relay::Frame>,
+        batches: &mut Batches,
+    ) -> std::io::Result<()> {
+        let now = Instant::now();
+        let tun_out = &mut batches.tun_out;
+        let mut next = Some(first);
+        let mut taken = 0;
+        while let Some(frame) = next.take() {
+            if tun_out.is_full() {
+                io.tun.send_batch(tun_out).await?;
+            }
+            self.on_packet(io, Source::Relay(frame.key), &frame.payload, now, tun_out)
+                .await;
+            taken += 1;
+            if taken < RELAY_READS_PER_WAKE {
+                next = relay_in.try_recv().ok();
+            }
+        }
+        if !tun_out.is_empty() {
+            io.tun.send_batch(tun_out).await?;
+        }
+        Ok(())
     }
 
     /// The machine is on a new network: ask STUN again at once and start
@@ -467,7 +390,7 @@ impl Engine {
             if let TunnResult::WriteToNetwork(init) =
                 peer.tunn.format_handshake_initiation(&mut self.out, true)
             {
-                spray(&io.udp, init, peer).await;
+                self.paths.spray(&io.udp, init, peer).await;
             }
         }
         tracing::info!("network changed: handshakes sent to every peer on every path");
@@ -507,7 +430,7 @@ impl Engine {
                 && let TunnResult::WriteToNetwork(init) =
                     peer.tunn.format_handshake_initiation(&mut self.out, true)
             {
-                spray(&io.udp, init, peer).await;
+                self.paths.spray(&io.udp, init, peer).await;
             }
         }
     }
@@ -576,18 +499,6 @@ struct Batches {
     tun_in: TunReadBatch,
     tun_out: TunWriteBatch,
     udp_out: UdpSendBatch,
-}
-
-/// Sends a handshake initiation to the peer's current endpoint and to each
-/// endpoint the server gave, once each.
-async fn spray(udp: &WgSocket, init: &[u8], peer: &mut crate::peers::Peer) {
-    peer.path.probed(Instant::now());
-    let paths = peer.endpoint.iter().chain(peer.info.endpoints.iter());
-    for (i, to) in paths.clone().enumerate() {
-        if !paths.clone().take(i).any(|seen| seen == to) {
-            send(udp, init, *to).await;
-        }
-    }
 }
 
 async fn send(udp: &WgSocket, datagram: &[u8], to: SocketAddr) {

@@ -178,6 +178,10 @@ pub async fn run_with<T: TunIo>(
         tun_name: io.tun.interface_name().unwrap_or_default().to_owned(),
     };
     let (local_tx, local_rx) = watch::channel(netwatch::current(&socket));
+    let (relay_in_tx, relay_in_rx) = mpsc::channel(RELAY_QUEUE);
+    let (relay_out_tx, relay_out_rx) = mpsc::channel(RELAY_QUEUE);
+    let (relay_up_tx, relay_up_rx) = watch::channel(ztmesh_relay::client::Link::Down);
+    let (relay_target_tx, relay_target_rx) = watch::channel(None);
     let connected = Arc::new(AtomicBool::new(false));
     let control_config = ControlConfig {
         server_url: enrollment.server_url.clone(),
@@ -214,6 +218,18 @@ pub async fn run_with<T: TunIo>(
             sessions_rx,
         )),
         tokio::spawn(netwatch::watch_loop(socket, local_tx)),
+        tokio::spawn(relay_target_loop(
+            netmap_rx.clone(),
+            keys.ca_cert_pem.clone(),
+            relay_target_tx,
+        )),
+        tokio::spawn(ztmesh_relay::client::run(
+            relay_target_rx,
+            relay_credentials(&control_config),
+            relay_in_tx,
+            relay_out_rx,
+            relay_up_tx,
+        )),
         tokio::spawn(flowlog::report_loop(
             control_config,
             flow_rx,
@@ -228,6 +244,9 @@ pub async fn run_with<T: TunIo>(
         connected,
         public_endpoint: public_tx,
         local_addrs: local_rx,
+        relay_in: relay_in_rx,
+        relay_out: relay_out_tx,
+        relay_up: relay_up_rx,
     };
     let result = dataplane::run(io, keys.wireguard, links, shutdown).await;
     for task in tasks {
@@ -284,6 +303,46 @@ fn first_ipv4(enrollment: &Enrollment) -> Result<Ipv4Addr> {
             ipnet::IpNet::V6(_) => None,
         })
         .context("the enrollment record has no IPv4 overlay address")
+}
+
+/// Packets queued each way between the data plane and the relay link.
+const RELAY_QUEUE: usize = 1_024;
+
+/// Follows the network map's relay into the relay client's target.
+async fn relay_target_loop(
+    mut netmap: watch::Receiver<NetMap>,
+    ca_pem: String,
+    target: watch::Sender<Option<ztmesh_relay::client::Target>>,
+) {
+    loop {
+        let address = netmap.borrow_and_update().relay_server.clone();
+        let next = (!address.is_empty()).then(|| ztmesh_relay::client::Target {
+            address,
+            ca_pem: ca_pem.clone(),
+        });
+        target.send_if_modified(|known| {
+            if *known == next {
+                return false;
+            }
+            *known = next;
+            true
+        });
+        if netmap.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+/// The device certificate and key as they are now (key rotation replaces
+/// them), for the relay's TLS.
+fn relay_credentials(config: &ControlConfig) -> ztmesh_relay::client::Credentials {
+    let credentials = Arc::clone(&config.credentials);
+    Arc::new(move || {
+        let now = credentials
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        (now.cert_pem.clone(), now.key_pem.clone())
+    })
 }
 
 #[cfg(test)]

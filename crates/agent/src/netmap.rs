@@ -57,6 +57,8 @@ pub struct NetMap {
     pub stun_server: String,
     /// `stun_server` resolved (by the control client); `None`: no discovery.
     pub stun: Option<SocketAddr>,
+    /// HOST:PORT of the relay (TLS); empty: none.
+    pub relay_server: String,
 }
 
 /// A control message that cannot be applied.
@@ -93,6 +95,7 @@ impl NetMap {
                     seq: message.seq,
                     stun_server: snapshot.stun_server.clone(),
                     stun: None,
+                    relay_server: snapshot.relay_server.clone(),
                 };
                 for peer in &snapshot.peers {
                     let peer = convert_peer(peer)?;
@@ -230,6 +233,7 @@ mod tests {
                     rules: vec![],
                 }),
                 stun_server: String::new(),
+                relay_server: String::new(),
             })),
         }
     }

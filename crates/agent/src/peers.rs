@@ -58,34 +58,64 @@ pub struct Peer {
     pub retiring: Option<Retiring>,
     /// How the last handshakes we started went.
     pub path: PathProbe,
+    /// Direct or through the relay.
+    pub route: Route,
 }
 
-/// The handshakes we start, sent on every path at once: when the last
-/// went out, and which path answered first and how fast (the handshake's
-/// round trip, which includes the peer's one key exchange).
+/// The handshakes we start, sent on every direct path at once (and
+/// through the relay when no direct answer comes): when the last went
+/// out, a copy of it for the relay, and how fast the first answer came
+/// (the handshake's round trip, which includes the peer's key exchange).
 #[derive(Debug, Default, Clone)]
 pub struct PathProbe {
     sent: Option<Instant>,
-    /// The endpoint that answered the last handshake first.
-    pub answered_by: Option<SocketAddr>,
-    /// Its round trip.
+    init: Vec<u8>,
+    relayed: bool,
+    /// The last handshake's round trip.
     pub rtt: Option<Duration>,
 }
 
 impl PathProbe {
-    /// A handshake initiation went out on every path.
-    pub fn probed(&mut self, now: Instant) {
+    /// A handshake initiation went out on every direct path.
+    pub fn probed(&mut self, init: &[u8], now: Instant) {
         self.sent = Some(now);
+        self.init.clear();
+        self.init.extend_from_slice(init);
+        self.relayed = false;
     }
 
-    /// Its response came from `from`; later copies of the same answer
-    /// (there are none: the peer answers one initiation once) change nothing.
-    pub fn answered(&mut self, from: SocketAddr, now: Instant) {
+    /// Its response came (the first copy; the peer answers once).
+    pub fn answered(&mut self, now: Instant) {
         if let Some(sent) = self.sent.take() {
-            self.answered_by = Some(from);
             self.rtt = Some(now.saturating_duration_since(sent));
         }
+        self.init.clear();
     }
+
+    /// The initiation to send through the relay now: the direct copies
+    /// have had `after` to be answered and were not.
+    pub fn due_for_relay(&mut self, now: Instant, after: Duration) -> Option<&[u8]> {
+        let sent = self.sent?;
+        if self.relayed || self.init.is_empty() || now.saturating_duration_since(sent) < after {
+            return None;
+        }
+        self.relayed = true;
+        Some(&self.init)
+    }
+}
+
+/// Which way a peer's packets go.
+#[derive(Debug, Default, Clone)]
+pub struct Route {
+    /// Through the relay: no direct path answered.
+    pub via_relay: bool,
+    /// When an authenticated packet last came directly (data or a
+    /// handshake response: proof that the direct path carries traffic).
+    pub direct_at: Option<Instant>,
+    /// When we last probed the direct paths while relayed.
+    pub probed_direct_at: Option<Instant>,
+    /// Data packets through the relay, both ways.
+    pub relay_data: u64,
 }
 
 impl Peer {
@@ -201,6 +231,7 @@ impl PeerTable {
                     index,
                     retiring,
                     path: PathProbe::default(),
+                    route: Route::default(),
                 },
             );
         }
@@ -235,6 +266,7 @@ impl PeerTable {
                 endpoint: peer.endpoint,
                 retiring: peer.retiring.take(),
                 path: PathProbe::default(),
+                route: Route::default(),
             };
             self.by_index.remove(&old_index);
             if let Some(old) = &previous.retiring {

@@ -22,6 +22,12 @@ pub struct Status {
     pub listen_port: u16,
     /// Whether the control stream is live.
     pub control_connected: bool,
+    /// Whether the relay connection is up (when the server names a relay).
+    #[serde(default)]
+    pub relay_connected: bool,
+    /// How relayed packets travel: `udp`, `tls`, or `none`.
+    #[serde(default)]
+    pub relay_transport: String,
     /// Policy version of the filter in force (0 = none; nothing passes).
     pub policy_version: u64,
     /// Peers.
@@ -64,10 +70,13 @@ pub struct PeerStatus {
     pub public_key: String,
     /// Current endpoint.
     pub endpoint: Option<String>,
-    /// The path traffic takes: `direct` to the endpoint once a handshake
-    /// completed, `none` before.
+    /// The path traffic takes once a handshake completed: `direct` (to
+    /// the endpoint) or `relay`; `none` before.
     #[serde(default)]
     pub path: String,
+    /// Data packets that went through the relay, both ways.
+    #[serde(default)]
+    pub relay_data_packets: u64,
     /// Every endpoint the server gave (the public one, then candidates),
     /// which handshakes probe.
     #[serde(default)]

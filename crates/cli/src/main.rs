@@ -36,6 +36,8 @@ enum Command {
     Login(login::LoginArgs),
     /// Show the local daemon's node, peers and drop counters.
     Status(status::StatusArgs),
+    /// Run a relay on its own, over the coordination server's data directory and database.
+    Relay(server::RelayArgs),
 }
 
 #[derive(clap::Args)]
@@ -93,6 +95,7 @@ fn main() -> ExitCode {
             Command::Up(args) => up(args).await,
             Command::Login(args) => login::run(args).await,
             Command::Status(args) => status::run(args).await,
+            Command::Relay(args) => server::run_relay(args).await,
         }
     });
     match result {

@@ -38,6 +38,44 @@ pub struct ServerArgs {
     /// Answer STUN Binding requests (RFC 8489) on this UDP address, so daemons learn their public address; or `off`.
     #[arg(long, default_value = "0.0.0.0:3478", value_parser = parse_metrics_listen)]
     stun_listen: MetricsListen,
+    /// The built-in relay (TLS; devices prove themselves with their certificate) for devices without a direct path, on this TCP address; or `off`.
+    #[arg(long, default_value = "0.0.0.0:443", value_parser = parse_metrics_listen)]
+    relay_listen: MetricsListen,
+    /// HOST:PORT of a `ztmesh relay` to hand to devices instead of the built-in relay.
+    #[arg(long)]
+    relay_advertise: Option<String>,
+}
+
+/// `ztmesh relay` arguments: the relay alone, over the server's data
+/// directory (CA and certificate) and database.
+#[derive(Args)]
+pub struct RelayArgs {
+    /// The coordination server's data directory (CA and server certificate; SQLite database by default).
+    #[arg(long, default_value = "/var/lib/ztmesh-server")]
+    data_dir: PathBuf,
+    /// The coordination server's database URL (default: SQLite in the data directory).
+    #[arg(long, env = "ZTMESH_DATABASE_URL", hide_env_values = true)]
+    database_url: Option<String>,
+    /// TCP address to listen on (TLS).
+    #[arg(long, default_value = "0.0.0.0:443")]
+    listen: SocketAddr,
+}
+
+/// Runs `ztmesh relay`.
+pub async fn run_relay(args: RelayArgs) -> Result<()> {
+    let mut config = ServerConfig::new(args.data_dir);
+    config.database_url = args.database_url;
+    if !ztmesh_server::is_initialised(&config.data_dir) {
+        anyhow::bail!(
+            "{} is not an initialised server data directory: the relay uses the server's CA, certificate and database; run `ztmesh server init` first, or point --data-dir at the server's",
+            config.data_dir.display()
+        );
+    }
+    let mut shutdown = crate::shutdown_signal();
+    ztmesh_server::run_relay(&config, args.listen, async move {
+        let _ = shutdown.changed().await;
+    })
+    .await
 }
 
 /// `--metrics-listen` / `--stun-listen`: an address, or off.
@@ -84,6 +122,8 @@ pub async fn run(args: ServerArgs) -> Result<()> {
         overlay_v4: args.overlay_cidr.trunc(),
         metrics_listen: args.metrics_listen,
         stun_listen: args.stun_listen,
+        relay_listen: args.relay_listen,
+        relay_advertise: args.relay_advertise.clone(),
     };
     if let Some(ServerCommand::Init { sans, output }) = args.command {
         let outcome = ztmesh_server::init(&config, &sans).await?;

@@ -16,6 +16,7 @@ pub mod identity;
 mod metrics;
 mod netmap;
 pub mod pki;
+pub mod relay;
 pub mod secrets;
 pub mod store;
 mod stun;
@@ -57,6 +58,11 @@ pub struct ServerConfig {
     pub metrics_listen: Option<std::net::SocketAddr>,
     /// Where to answer STUN Binding requests (UDP); `None`: off.
     pub stun_listen: Option<std::net::SocketAddr>,
+    /// Where the built-in relay listens (TLS over TCP); `None`: off.
+    pub relay_listen: Option<std::net::SocketAddr>,
+    /// `HOST:PORT` of a relay to hand to daemons instead of the built-in
+    /// one (a `ztmesh relay` elsewhere).
+    pub relay_advertise: Option<String>,
 }
 
 impl ServerConfig {
@@ -69,6 +75,8 @@ impl ServerConfig {
             overlay_v4: default_overlay(),
             metrics_listen: None,
             stun_listen: None,
+            relay_listen: None,
+            relay_advertise: None,
         }
     }
 
@@ -237,6 +245,23 @@ pub async fn run(
         .advertise_url
         .clone()
         .unwrap_or_else(|| default_advertise_url(local));
+    if let Some(addr) = config.relay_listen {
+        let listener = relay::bind(addr).await?;
+        relay::spawn(
+            listener,
+            store.clone(),
+            &chain,
+            &key,
+            ca.cert_pem(),
+            hub.closing(),
+        )?;
+        tracing::info!(listen = %addr, "relaying for devices without a direct path (TLS, device certificates)");
+    }
+    let relay_server = config.relay_advertise.clone().or_else(|| {
+        config
+            .relay_listen
+            .map(|relay| stun_advertise(&advertise_url, relay.port()))
+    });
     let tls = ServerTlsConfig::new()
         .identity(Identity::from_pem(chain, key))
         .client_ca_root(Certificate::from_pem(ca.cert_pem()))
@@ -250,6 +275,7 @@ pub async fn run(
         config
             .stun_listen
             .map(|stun| stun_advertise(&advertise_url, stun.port())),
+        relay_server,
     );
     let admin = admin::AdminService::new(
         store.clone(),
@@ -288,6 +314,28 @@ pub async fn run(
         })
         .await
         .context("serving gRPC")?;
+    Ok(())
+}
+
+/// `ztmesh relay`: the relay alone, with the server's CA and certificate
+/// (from its data directory) and its store (the same database: devices
+/// revoked there lose the relay within seconds). Runs until `shutdown`.
+pub async fn run_relay(
+    config: &ServerConfig,
+    listen: std::net::SocketAddr,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<()> {
+    let ca = CertificateAuthority::load(&config.data_dir)?;
+    let chain = std::fs::read_to_string(config.data_dir.join("server.pem"))
+        .context("reading server.pem")?;
+    let key = read_private(&config.data_dir.join("server.key"))?;
+    let store = Store::connect(&config.database_url()).await?;
+    let listener = relay::bind(listen).await?;
+    let (closing_tx, closing) = tokio::sync::watch::channel(false);
+    relay::spawn(listener, store, &chain, &key, ca.cert_pem(), closing)?;
+    tracing::info!(%listen, "relay running (TLS, device certificates)");
+    shutdown.await;
+    closing_tx.send_replace(true);
     Ok(())
 }
 

@@ -229,6 +229,7 @@ impl DeviceView {
             peers: self.peers.values().cloned().collect(),
             filter: Some(self.filter.clone()),
             stun_server: String::new(),
+            relay_server: String::new(),
         }
     }
 

@@ -25,6 +25,8 @@ pub(super) enum Event {
         tun: bool,
         udp: bool,
     },
+    /// A packet through the relay.
+    Relay(ztmesh_relay::Frame),
     Tick,
     NetMap,
     Rekey(StaticSecret),
@@ -49,11 +51,16 @@ pub(super) fn next_event<T: TunIo>(
     watched: &mut Watched,
     status_requests: &mut mpsc::Receiver<StatusRequest>,
     rekeys: &mut mpsc::Receiver<StaticSecret>,
+    relay_in: &mut mpsc::Receiver<ztmesh_relay::Frame>,
     tick: &mut tokio::time::Interval,
 ) -> Poll<Event> {
     // An error on either socket is reported by the read that follows.
     let tun = io.tun.poll_readable(cx).is_ready();
     let udp = io.udp.poll_readable(cx).is_ready();
+    // The sockets' readiness stays for the next turn.
+    if let Poll::Ready(Some(frame)) = relay_in.poll_recv(cx) {
+        return Poll::Ready(Event::Relay(frame));
+    }
     watched.turns = watched.turns.wrapping_add(1);
     if (tun || udp) && !watched.turns.is_multiple_of(CONTROL_EVERY) {
         return Poll::Ready(Event::Io { tun, udp });

@@ -46,11 +46,13 @@ impl Engine {
                     name: p.info.name.clone(),
                     public_key: STANDARD.encode(p.info.public_key),
                     endpoint: p.endpoint.map(|e| e.to_string()),
-                    path: if handshake.is_some() && p.endpoint.is_some() {
-                        "direct".to_owned()
-                    } else {
-                        "none".to_owned()
-                    },
+                    path: match (handshake.is_some(), p.route.via_relay, p.endpoint.is_some()) {
+                        (true, true, _) => "relay",
+                        (true, false, true) => "direct",
+                        _ => "none",
+                    }
+                    .to_owned(),
+                    relay_data_packets: p.route.relay_data,
                     endpoints: p.info.endpoints.iter().map(ToString::to_string).collect(),
                     rtt_ms: p.path.rtt.map(|d| d.as_secs_f64() * 1000.0),
                     allowed_ips: p.info.allowed_ips.iter().map(ToString::to_string).collect(),
@@ -72,6 +74,8 @@ impl Engine {
             public_key: STANDARD.encode(self.public.as_bytes()),
             listen_port: io.udp.local_addr().map(|a| a.port()).unwrap_or(0),
             control_connected,
+            relay_connected: self.paths.relay_up(),
+            relay_transport: self.paths.relay_link().as_str().to_owned(),
             policy_version: self.filter.version(),
             peers,
             drops: counters

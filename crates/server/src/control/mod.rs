@@ -34,6 +34,8 @@ pub struct ControlService {
     overlay_v4: ipnet::Ipv4Net,
     /// HOST:PORT of the STUN responder, sent in every snapshot.
     stun_server: Option<String>,
+    /// HOST:PORT of the relay, sent in every snapshot.
+    relay_server: Option<String>,
 }
 
 impl ControlService {
@@ -45,6 +47,7 @@ impl ControlService {
         identity: Arc<Identity>,
         overlay_v4: ipnet::Ipv4Net,
         stun_server: Option<String>,
+        relay_server: Option<String>,
     ) -> Self {
         Self {
             store,
@@ -53,6 +56,7 @@ impl ControlService {
             identity,
             overlay_v4,
             stun_server,
+            relay_server,
         }
     }
 
@@ -308,6 +312,7 @@ impl Control for ControlService {
         let mut states = self.hub.subscribe();
         let mut closing = self.hub.closing();
         let stun_server = self.stun_server.clone();
+        let relay_server = self.relay_server.clone();
         tracing::info!(name = %device.name, remote = ?remote, "device connected");
         tokio::spawn(async move {
             let _online = guard;
@@ -322,6 +327,7 @@ impl Control for ControlService {
             let mut seq = 1;
             let mut snapshot = last.snapshot();
             snapshot.stun_server = stun_server.clone().unwrap_or_default();
+            snapshot.relay_server = relay_server.clone().unwrap_or_default();
             let first = message(seq, v1::sync_message::Kind::Snapshot(snapshot));
             if tx.send(Ok(first)).await.is_err() {
                 return;

@@ -1,0 +1,224 @@
+//! The receive path, for packets from the UDP socket and from the relay
+//! alike: MAC and load check, the peer the message is for, decryption,
+//! then cryptokey routing and the inbound filter before the TUN. Which
+//! way the peer's packets go next is learnt here too: a direct answer
+//! moves it to the direct path, a relayed one (with no recent direct
+//! traffic) to the relay.
+
+use std::net::{IpAddr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use boringtun::noise::handshake::parse_handshake_anon;
+use boringtun::noise::{Packet, TunnResult};
+use ztmesh_filter::DropReason;
+
+use super::{COOKIE_REPLY, Engine, Io, admit, paths::Via};
+use crate::batch::TunWriteBatch;
+use crate::peers::Slot;
+use crate::tunio::TunIo;
+
+/// A direct packet this recent keeps a peer off the relay.
+const DIRECT_FRESH: Duration = Duration::from_secs(10);
+
+/// Where a packet came from.
+#[derive(Clone, Copy, Debug)]
+pub(super) enum Source {
+    /// The UDP socket, from this address.
+    Direct(SocketAddr),
+    /// The relay, from the device with this WireGuard key (the relay
+    /// checked its certificate).
+    Relay([u8; 32]),
+}
+
+impl Source {
+    fn ip(self) -> Option<IpAddr> {
+        match self {
+            Self::Direct(from) => Some(from.ip()),
+            Self::Relay(_) => None,
+        }
+    }
+}
+
+impl Engine {
+    pub(super) async fn on_packet<T: TunIo>(
+        &mut self,
+        io: &Io<T>,
+        source: Source,
+        datagram: &[u8],
+        now: Instant,
+        tun_out: &mut TunWriteBatch,
+    ) {
+        if let Source::Direct(from) = source
+            && ztmesh_stun::is_stun(datagram)
+        {
+            if let Some(public) = self.discovery.on_datagram(from, datagram, Instant::now()) {
+                self.public_endpoint
+                    .send_if_modified(|known| known.replace(public) != Some(public));
+            }
+            return;
+        }
+        // MAC and load check before any expensive work (the X25519 in
+        // parse_handshake_anon): under a handshake flood this answers with
+        // cookies instead of spending a DH per junk packet.
+        let mut packet = self
+            .rate_limiter
+            .verify_packet(source.ip(), datagram, &mut self.out);
+        if matches!(packet, Err(TunnResult::Err(_)))
+            && let Some(old) = &self.old_keys
+        {
+            // Sent to our previous public key by a peer that has not heard
+            // of the rotation yet.
+            packet = old
+                .rate_limiter
+                .verify_packet(source.ip(), datagram, &mut self.out);
+        }
+        let packet = match packet {
+            Ok(packet) => packet,
+            Err(TunnResult::WriteToNetwork(cookie)) => {
+                if let Source::Direct(from) = source {
+                    super::send(&io.udp, cookie, from).await;
+                }
+                return;
+            }
+            Err(_) => {
+                self.filter
+                    .record_drop(DropReason::UnknownPeer, datagram.len());
+                return;
+            }
+        };
+        // Data decrypts straight into the TUN batch; handshakes use scratch.
+        let is_data = matches!(packet, Packet::PacketData(_));
+        let is_response = matches!(packet, Packet::HandshakeResponse(_));
+        let target = match packet {
+            Packet::HandshakeInit(p) => {
+                match parse_handshake_anon(&self.private, &self.public, &p) {
+                    Ok(h) => Some((h.peer_static_public, Slot::Current)),
+                    Err(_) => self.old_keys.as_ref().and_then(|old| {
+                        parse_handshake_anon(&old.private, &old.public, &p)
+                            .ok()
+                            .map(|h| (h.peer_static_public, Slot::Retiring))
+                    }),
+                }
+            }
+            Packet::HandshakeResponse(p) => self.peers.by_receiver_index(p.receiver_idx),
+            Packet::PacketCookieReply(p) => self.peers.by_receiver_index(p.receiver_idx),
+            Packet::PacketData(p) => self.peers.by_receiver_index(p.receiver_idx),
+        };
+        // Through the relay, a message is only for the peer the relay says
+        // sent it.
+        let target = target.filter(|(key, _)| match source {
+            Source::Relay(sender) => *key == sender,
+            Source::Direct(_) => true,
+        });
+        let Some((peer, slot)) = target.and_then(|(k, slot)| Some((self.peers.get_mut(&k)?, slot)))
+        else {
+            self.filter
+                .record_drop(DropReason::UnknownPeer, datagram.len());
+            return;
+        };
+        let key = peer.info.public_key;
+        let allowed_ips = &peer.info.allowed_ips;
+        let name = &peer.info.name;
+        let endpoint = &mut peer.endpoint;
+        let path = &mut peer.path;
+        let route = &mut peer.route;
+        let tunn = match slot {
+            Slot::Current => &mut peer.tunn,
+            Slot::Retiring => match &mut peer.retiring {
+                Some(old) => &mut old.tunn,
+                None => {
+                    self.filter
+                        .record_drop(DropReason::UnknownPeer, datagram.len());
+                    return;
+                }
+            },
+        };
+        let (dst, into_slot) = match tun_out.slot(datagram.len()) {
+            Some(slot) if is_data => (slot, true),
+            _ => (&mut self.out[..], false),
+        };
+        // Where answers go: back the way the message came.
+        let back = match source {
+            Source::Direct(from) => Via::Direct(from),
+            Source::Relay(_) => Via::Relay(key),
+        };
+        let mut authenticated = false;
+        let mut delivered = None;
+        match tunn.decapsulate(source.ip(), datagram, dst) {
+            TunnResult::WriteToNetwork(reply) if reply.first() == Some(&COOKIE_REPLY) => {
+                // An unauthenticated answer: send it, but do not let it move
+                // the peer's endpoint.
+                self.paths.send(&io.udp, back, reply).await;
+            }
+            TunnResult::WriteToNetwork(reply) => {
+                // A handshake message that decrypted: the peer proved its key.
+                authenticated = true;
+                if is_response {
+                    path.answered(now);
+                }
+                self.paths.send(&io.udp, back, reply).await;
+                // Flush packets queued while the handshake was in progress.
+                while let TunnResult::WriteToNetwork(queued) =
+                    tunn.decapsulate(None, &[], &mut self.out)
+                {
+                    self.paths.send(&io.udp, back, queued).await;
+                }
+            }
+            TunnResult::WriteToTunnelV4(packet, src) => {
+                authenticated = true;
+                let allowed = allowed_ips.iter().any(|n| n.contains(&IpAddr::V4(src)));
+                if admit(&mut self.filter, allowed, packet, now) {
+                    delivered = Some(packet.len());
+                }
+            }
+            TunnResult::WriteToTunnelV6(packet, src) => {
+                authenticated = true;
+                let allowed = allowed_ips.iter().any(|n| n.contains(&IpAddr::V6(src)));
+                if admit(&mut self.filter, allowed, packet, now) {
+                    delivered = Some(packet.len());
+                }
+            }
+            TunnResult::Err(e) => {
+                tracing::debug!(peer = %name, error = ?e, "decapsulate failed")
+            }
+            TunnResult::Done => {}
+        }
+        if authenticated {
+            match source {
+                Source::Direct(from) => {
+                    *endpoint = Some(from);
+                    // A handshake initiation proves only that this way in
+                    // works; data and responses prove the way out too.
+                    if is_data || is_response {
+                        route.direct_at = Some(now);
+                        if route.via_relay {
+                            tracing::info!(peer = %name, endpoint = %from, "direct path found; leaving the relay");
+                            route.via_relay = false;
+                        }
+                    }
+                }
+                Source::Relay(_) => {
+                    if is_data {
+                        route.relay_data += 1;
+                    }
+                    let direct_fresh = route
+                        .direct_at
+                        .is_some_and(|at| now.saturating_duration_since(at) < DIRECT_FRESH);
+                    if !direct_fresh && !route.via_relay {
+                        tracing::info!(peer = %name, "no direct path answers; relaying");
+                        route.via_relay = true;
+                    }
+                }
+            }
+        }
+        if let Some(len) = delivered {
+            if !into_slot {
+                // Not decrypted into the slot (never expected): copy it there.
+                if let (Some(slot), Some(packet)) = (tun_out.slot(len), self.out.get(..len)) {
+                    slot.copy_from_slice(packet);
+                }
+            }
+            tun_out.commit(len);
+        }
+    }
+}
