@@ -439,7 +439,7 @@ class Lab:
                            "(or set ZTMESH_BIN)")
         return str(b)
 
-    def start_server(self, timeout: float = 30.0) -> None:
+    def start_server(self, timeout: float = 30.0, extra: list[str] = ()) -> None:
         assert self.tmp is not None
         zt = self.binary()
         data = self.tmp / "server"
@@ -461,7 +461,7 @@ class Lab:
         self.say(f"starting server on {SERVER_IP}:{SERVER_PORT}")
         self.server = self._spawn("server", self.server_ns, [
             zt, "server", "--data-dir", str(data), "--listen", f"{SERVER_IP}:{SERVER_PORT}",
-            "--advertise-url", self.server_url])
+            "--advertise-url", self.server_url, *extra])
 
         def ready():
             if not self.server.alive():

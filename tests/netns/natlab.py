@@ -6,8 +6,9 @@
     <prefix>-r2    home router 2: wan 10.88.0.22, lan 192.168.2.1/24
     <prefix>-r3    a second network for n1 to roam to: wan 10.88.0.23,
                    lan 192.168.3.1/24
-    <prefix>-n1    behind r1 (eth0 192.168.1.10); a second link `eth1` into
-                   r3's network stays down until it roams
+    <prefix>-n1    behind r1 (eth0 192.168.1.10); links into r3's network
+                   (`eth1`) and into n2's (`eth2`, 192.168.2.11) stay down
+                   until it roams there
     <prefix>-n2    behind r2 (eth0 192.168.2.10)
 
 Each router masquerades its LAN out of its WAN interface with nftables and,
@@ -48,6 +49,9 @@ table inet fw {
         type filter hook forward priority 0; policy drop;
         ct state established,related accept
         iifname "lan0" oifname "wan0" accept
+        # Hosts on the LAN reach each other (bridged traffic comes through
+        # here when the kernel filters bridges, br_netfilter).
+        iifname "lan0" oifname "lan0" accept
     }
 }
 table ip nat {
@@ -86,11 +90,21 @@ class NatLab(Lab):
         if shutil.which("nft") is None:
             raise Skip("`nft` (nftables) is not installed; tests/run-all.sh installs it")
 
+    def start_relay(self, port: int) -> None:
+        """`ztmesh relay` on its own in the server's namespace, over the
+        server's data directory (CA, certificate, SQLite database)."""
+        assert self.tmp is not None
+        self.say(f"starting a standalone relay on {SUBNET}.1:{port}")
+        self._spawn("relay", self.server_ns, [
+            self.binary(), "relay", "--data-dir", str(self.tmp / "server"),
+            "--listen", f"{SUBNET}.1:{port}"])
+
     def public_ip(self, router: str) -> str:
         return f"{SUBNET}.{ROUTERS[router][0]}"
 
-    def node_ip(self, node: str, router: str | None = None) -> str:
-        return f"{ROUTERS[router or HOME[node]][1]}.10"
+    def lan_ip(self, node: str) -> str:
+        """The node's address on its home network."""
+        return f"{ROUTERS[HOME[node]][1]}.10"
 
     def _veth(self, ns_a: str, name_a: str, ns_b: str, name_b: str) -> None:
         _run(["ip", "-n", ns_a, "link", "add", name_a, "type", "veth",
@@ -119,35 +133,49 @@ class NatLab(Lab):
                      input=router_rules(r, self.shape))
             if p.returncode != 0:
                 raise LabError(f"nft in {r}: {p.stderr.strip()}")
+        for r in self.router_ns:
+            self._lan_bridge(r)
         for n, home in HOME.items():
-            ns = self.node_ns[n]
-            self._add_ns(ns)
+            self._add_ns(self.node_ns[n])
             self._lan_link(n, home, "eth0", up=True)
-        # n1's way into the network it roams to, down until then.
+        # n1's ways into the networks it moves to, down until then: another
+        # network (r3), and n2's own (the office, say).
         self._lan_link("n1", ROAM_TO, "eth1", up=False)
+        self._lan_link("n1", HOME["n2"], "eth2", up=False)
+
+    def _lan_bridge(self, router: str) -> None:
+        """The router's LAN: a bridge `lan0` holding its address."""
+        rns = self.router_ns[router]
+        _run(["ip", "-n", rns, "link", "add", "lan0", "type", "bridge"], timeout=10)
+        _run(["ip", "-n", rns, "addr", "add", f"{ROUTERS[router][1]}.1/24", "dev", "lan0"],
+             timeout=10)
+        _run(["ip", "-n", rns, "link", "set", "lan0", "up"], timeout=10)
 
     def _lan_link(self, node: str, router: str, dev: str, up: bool) -> None:
         rns, nns = self.router_ns[router], self.node_ns[node]
-        net = ROUTERS[router][1]
-        self._veth(rns, "lan0", nns, dev)
-        _run(["ip", "-n", rns, "addr", "add", f"{net}.1/24", "dev", "lan0"], timeout=10)
-        _run(["ip", "-n", rns, "link", "set", "lan0", "up"], timeout=10)
+        port = f"{node}{dev}"  # unique in the router's namespace
+        self._veth(rns, port, nns, dev)
+        _run(["ip", "-n", rns, "link", "set", port, "master", "lan0", "up"], timeout=10)
         if up:
             self._attach(node, router, dev)
 
     def _attach(self, node: str, router: str, dev: str) -> None:
         ns = self.node_ns[node]
-        _run(["ip", "-n", ns, "addr", "add", f"{self.node_ip(node, router)}/24", "dev", dev],
+        # A second host on n2's network takes the next address there.
+        host = "11" if node != "n2" and router == HOME["n2"] else "10"
+        _run(["ip", "-n", ns, "addr", "add", f"{ROUTERS[router][1]}.{host}/24", "dev", dev],
              timeout=10)
         _run(["ip", "-n", ns, "link", "set", dev, "up"], timeout=10)
         _run(["ip", "-n", ns, "route", "replace", "default", "via",
               f"{ROUTERS[router][1]}.1"], timeout=10)
 
-    def roam(self, node: str = "n1") -> None:
-        """Moves the node from its home network to the other one: a new
-        address behind a new NAT, as a laptop taken to another Wi-Fi."""
+    def roam(self, node: str = "n1", to: str = ROAM_TO) -> None:
+        """Moves n1 from its home network to another (r3's by default: a
+        new address behind a new NAT, as a laptop taken to another Wi-Fi;
+        or n2's, as a laptop brought into the office)."""
         ns = self.node_ns[node]
-        self.say(f"{node} roams from {HOME[node]} to {ROAM_TO}")
+        dev = "eth1" if to == ROAM_TO else "eth2"
+        self.say(f"{node} roams from {HOME[node]} to {to}")
         _run(["ip", "-n", ns, "addr", "flush", "dev", "eth0"], timeout=10)
         _run(["ip", "-n", ns, "link", "set", "eth0", "down"], timeout=10)
-        self._attach(node, ROAM_TO, "eth1")
+        self._attach(node, to, dev)

@@ -15,8 +15,10 @@ is on the "internet" between them. Three labs, one after another:
      the tunnel follows within 5 seconds, without re-enrollment.
 2. Symmetric NATs on both sides: no direct path; traffic goes through the
    relay, and the policy applies there too.
+   n1 then joins n2's network: the direct path found there takes over.
 3. n1's network drops all outbound UDP: traffic goes through the relay's
-   TLS stream (TCP), and the policy applies there too.
+   TLS stream (TCP), and the policy applies there too. This relay is a
+   standalone `ztmesh relay` over the server's data directory.
 
 Same output and skip rules as test_overlay.py.
 
@@ -34,8 +36,8 @@ import traceback
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from lab import LabError, Skip, _readline, binary_path, wait_for  # noqa: E402
-from natlab import ROAM_TO, NatLab  # noqa: E402
+from lab import SERVER_IP, LabError, Skip, _readline, binary_path, wait_for  # noqa: E402
+from natlab import HOME, ROAM_TO, NatLab  # noqa: E402
 from test_overlay import POLICY_V1, Results, peer  # noqa: E402
 
 TOTAL_BUDGET = 110  # per lab
@@ -89,10 +91,19 @@ def endpoint_ip(p: dict | None) -> str:
     return ((p or {}).get("endpoint") or "").rsplit(":", 1)[0]
 
 
-def bring_up(lab: NatLab) -> dict[str, str]:
-    """Server (with STUN and the relay) and policy, n1 (client) and n2 (web)
-    enrolled and connected; their overlay addresses."""
-    lab.start_server()
+STANDALONE_RELAY_PORT = 8443
+
+
+def bring_up(lab: NatLab, standalone_relay: bool = False) -> dict[str, str]:
+    """Server (with STUN and the relay, built in or `ztmesh relay` beside
+    it) and policy, n1 (client) and n2 (web) enrolled and connected; their
+    overlay addresses."""
+    if standalone_relay:
+        lab.start_server(extra=["--relay-listen", "off", "--relay-advertise",
+                                f"{SERVER_IP}:{STANDALONE_RELAY_PORT}"])
+        lab.start_relay(STANDALONE_RELAY_PORT)
+    else:
+        lab.start_server()
     lab.set_policy(POLICY_V1)
     for n, tag in (("n1", "client"), ("n2", "web")):
         lab.start_node(n, lab.create_token([tag]))
@@ -196,8 +207,12 @@ def scenario_relayed(lab: NatLab, r: Results) -> None:
     def step(msg: str) -> None:
         print(f"# [{time.monotonic() - t:5.1f}s] {what}: {msg}", flush=True)
 
-    step("starting server, relay and nodes")
-    ip = bring_up(lab)
+    # UDP blocked: the relay runs on its own (`ztmesh relay`), beside a
+    # server with its built-in relay off.
+    standalone = lab.shape == "udp-blocked"
+    step("starting server, " + ("a standalone relay" if standalone else "its relay")
+         + " and nodes")
+    ip = bring_up(lab, standalone_relay=standalone)
     transport = "udp" if lab.shape == "symmetric" else "tls"
     r.run(f"{what}: n1's relay link carries packets over {transport}",
           lambda: wait_for(lambda: lab.status("n1").get("relay_transport") == transport, 15),
@@ -225,6 +240,24 @@ def scenario_relayed(lab: NatLab, r: Results) -> None:
           lambda: not lab.tcp_check("n1", "n2", ip["n2"], 22), "connection succeeded")
     r.run(f"{what}: n2 ping to n1 is dropped through the relay",
           lambda: not lab.ping("n2", ip["n1"]), "reply received")
+    if lab.shape == "symmetric":
+        step("n1 joins n2's network (a laptop brought into the office)")
+        lab.roam("n1", to=HOME["n2"])
+
+        def direct_again() -> bool:
+            lab.ping("n1", ip["n2"], count=1, timeout=0.5)
+            return all((peer(lab.status(a), b) or {}).get("path") == "direct"
+                       for a, b in (("n1", "n2"), ("n2", "n1")))
+        started = time.monotonic()
+        r.run(f"{what}: once a direct path exists, traffic leaves the relay for it (within 20 s)",
+              lambda: wait_for(direct_again, 20),
+              f"n1's view of n2: {json.dumps(peer(lab.status('n1'), 'n2'))}")
+        step(f"direct after {time.monotonic() - started:.1f}s")
+        p12 = peer(lab.status("n1"), "n2") or {}
+        r.check(f"{what}: the direct path is n2's LAN address",
+                (p12.get("endpoint") or "").startswith(lab.lan_ip("n2") + ":"), json.dumps(p12))
+        r.run(f"{what}: on the new direct path, n1 tcp/22 to n2 is still dropped",
+              lambda: not lab.tcp_check("n1", "n2", ip["n2"], 22), "connection succeeded")
     step("done")
 
 

@@ -85,6 +85,8 @@ pub struct Links {
     pub relay_out: mpsc::Sender<ztmesh_relay::Frame>,
     /// The state of the relay link.
     pub relay_up: watch::Receiver<ztmesh_relay::client::Link>,
+    /// Bumped when the server took new endpoints of ours.
+    pub reported: watch::Receiver<u64>,
 }
 
 /// Everything the loop owns besides the I/O.
@@ -135,6 +137,7 @@ pub async fn run<T: TunIo>(
         mut relay_in,
         relay_out,
         relay_up,
+        reported,
     } = links;
     let public = PublicKey::from(&private);
     let rate_limiter = Arc::new(RateLimiter::new(&public, HANDSHAKE_RATE_LIMIT));
@@ -160,7 +163,7 @@ pub async fn run<T: TunIo>(
     let mut tick = tokio::time::interval(TIMER_TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut ticks: u64 = 0;
-    let mut watched = Watched::new(&netmap, local_addrs, shutdown);
+    let mut watched = Watched::new(&netmap, local_addrs, reported, shutdown);
     loop {
         let event = std::future::poll_fn(|cx| {
             next_event(
@@ -209,6 +212,7 @@ pub async fn run<T: TunIo>(
             }
             Event::Rekey(key) => engine.rekey(&io, key).await,
             Event::NetworkChanged => engine.on_network_change(&io).await,
+            Event::Reported => engine.probe_all(&io).await,
             Event::Status(reply) => {
                 let _ = reply.send(engine.status(&io, connected.load(Ordering::Relaxed)));
             }
@@ -386,6 +390,14 @@ impl Engine {
     async fn on_network_change<T: TunIo>(&mut self, io: &Io<T>) {
         self.discovery.renew();
         self.ask_stun(io).await;
+        self.probe_all(io).await;
+        tracing::info!("network changed: handshakes sent to every peer on every path");
+    }
+
+    /// A handshake with every peer on every path: after a network change,
+    /// and when the server took our new endpoints (it hands them to the
+    /// peers, which probe us at the same moment).
+    async fn probe_all<T: TunIo>(&mut self, io: &Io<T>) {
         for peer in self.peers.iter_mut() {
             if let TunnResult::WriteToNetwork(init) =
                 peer.tunn.format_handshake_initiation(&mut self.out, true)
@@ -393,7 +405,6 @@ impl Engine {
                 self.paths.spray(&io.udp, init, peer).await;
             }
         }
-        tracing::info!("network changed: handshakes sent to every peer on every path");
     }
 
     async fn apply_netmap<T: TunIo>(&mut self, io: &Io<T>, map: &NetMap) {

@@ -182,6 +182,7 @@ pub async fn run_with<T: TunIo>(
     let (relay_out_tx, relay_out_rx) = mpsc::channel(RELAY_QUEUE);
     let (relay_up_tx, relay_up_rx) = watch::channel(ztmesh_relay::client::Link::Down);
     let (relay_target_tx, relay_target_rx) = watch::channel(None);
+    let (reported_tx, reported_rx) = watch::channel(0u64);
     let connected = Arc::new(AtomicBool::new(false));
     let control_config = ControlConfig {
         server_url: enrollment.server_url.clone(),
@@ -216,6 +217,7 @@ pub async fn run_with<T: TunIo>(
             public_rx,
             local_rx.clone(),
             sessions_rx,
+            reported_tx,
         )),
         tokio::spawn(netwatch::watch_loop(socket, local_tx)),
         tokio::spawn(relay_target_loop(
@@ -247,6 +249,7 @@ pub async fn run_with<T: TunIo>(
         relay_in: relay_in_rx,
         relay_out: relay_out_tx,
         relay_up: relay_up_rx,
+        reported: reported_rx,
     };
     let result = dataplane::run(io, keys.wireguard, links, shutdown).await;
     for task in tasks {

@@ -219,12 +219,15 @@ async fn send_posture(config: &ControlConfig, report: &PostureReport) -> Result<
 /// Reports where this daemon can be reached (the public endpoint learned
 /// over STUN, and the interface candidates) to the server whenever either
 /// changes and on every new control session (a reconnect resets the
-/// server's record to the observed address).
+/// server's record to the observed address). Each accepted report bumps
+/// `reported_tx`: the data plane then starts handshakes with every peer on
+/// every path while the server hands the new endpoints to those peers.
 pub async fn endpoint_loop(
     config: ControlConfig,
     mut public: watch::Receiver<Option<std::net::SocketAddr>>,
     mut local: watch::Receiver<Vec<std::net::SocketAddr>>,
     mut sessions: watch::Receiver<u64>,
+    reported_tx: watch::Sender<u64>,
 ) {
     type Reach = (Option<std::net::SocketAddr>, Vec<std::net::SocketAddr>);
     let mut reported: Option<(Reach, u64)> = None;
@@ -238,7 +241,11 @@ pub async fn endpoint_loop(
         if worth && session > 0 && reported.as_ref() != Some(&(current.clone(), session)) {
             match send_endpoint(&config, &current).await {
                 Ok(response) => {
-                    if !response.accepted {
+                    if response.accepted {
+                        // The server now tells the peers; our side probes
+                        // them at the same moment (hole punching needs both).
+                        reported_tx.send_modify(|n| *n += 1);
+                    } else {
                         tracing::info!(endpoint = ?current.0, reason = %response.reason, "the server did not take the public endpoint");
                     }
                     reported = Some((current, session));

@@ -33,6 +33,8 @@ pub(super) enum Event {
     Status(StatusRequest),
     /// The machine's addresses changed (a new network).
     NetworkChanged,
+    /// The server took new endpoints of ours.
+    Reported,
     Stop,
 }
 
@@ -82,6 +84,9 @@ pub(super) fn next_event<T: TunIo>(
     if let Poll::Ready(Some(())) = watched.network.poll_recv(cx) {
         return Poll::Ready(Event::NetworkChanged);
     }
+    if let Poll::Ready(Some(())) = watched.reported.poll_recv(cx) {
+        return Poll::Ready(Event::Reported);
+    }
     if tick.poll_tick(cx).is_ready() {
         return Poll::Ready(Event::Tick);
     }
@@ -98,7 +103,8 @@ pub(super) struct Watched {
     netmap: mpsc::Receiver<()>,
     shutdown: mpsc::Receiver<()>,
     network: mpsc::Receiver<()>,
-    tasks: [tokio::task::JoinHandle<()>; 3],
+    reported: mpsc::Receiver<()>,
+    tasks: [tokio::task::JoinHandle<()>; 4],
     /// Turns of the loop, for [`CONTROL_EVERY`].
     turns: u32,
 }
@@ -107,12 +113,15 @@ impl Watched {
     pub(super) fn new(
         netmap: &watch::Receiver<NetMap>,
         local_addrs: watch::Receiver<Vec<SocketAddr>>,
+        reported: watch::Receiver<u64>,
         mut shutdown: watch::Receiver<bool>,
     ) -> Self {
         let (netmap_tx, netmap_rx) = mpsc::channel(1);
         let follow = tokio::spawn(changes(netmap.clone(), netmap_tx));
         let (network_tx, network_rx) = mpsc::channel(1);
         let network = tokio::spawn(changes(local_addrs, network_tx));
+        let (reported_tx, reported_rx) = mpsc::channel(1);
+        let reports = tokio::spawn(changes(reported, reported_tx));
         let (stop_tx, stop_rx) = mpsc::channel(1);
         let stop = tokio::spawn(async move {
             // A change or a dropped sender: either way, stop.
@@ -123,7 +132,8 @@ impl Watched {
             netmap: netmap_rx,
             shutdown: stop_rx,
             network: network_rx,
-            tasks: [follow, stop, network],
+            reported: reported_rx,
+            tasks: [follow, stop, network, reports],
             turns: 0,
         }
     }
