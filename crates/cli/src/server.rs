@@ -38,7 +38,7 @@ pub struct ServerArgs {
     /// Answer STUN Binding requests (RFC 8489) on this UDP address, so daemons learn their public address; or `off`.
     #[arg(long, default_value = "0.0.0.0:3478", value_parser = parse_metrics_listen)]
     stun_listen: MetricsListen,
-    /// The built-in relay (TLS; devices prove themselves with their certificate) for devices without a direct path, on this TCP address; or `off`.
+    /// The built-in relay for devices without a direct path (TLS over TCP, and UDP, both on this address; devices prove themselves with their certificate); or `off`.
     #[arg(long, default_value = "0.0.0.0:443", value_parser = parse_metrics_listen)]
     relay_listen: MetricsListen,
     /// HOST:PORT of a `ztmesh relay` to hand to devices instead of the built-in relay.
@@ -56,7 +56,7 @@ pub struct RelayArgs {
     /// The coordination server's database URL (default: SQLite in the data directory).
     #[arg(long, env = "ZTMESH_DATABASE_URL", hide_env_values = true)]
     database_url: Option<String>,
-    /// TCP address to listen on (TLS).
+    /// Address to listen on: TCP (TLS) and UDP, same port.
     #[arg(long, default_value = "0.0.0.0:443")]
     listen: SocketAddr,
 }
