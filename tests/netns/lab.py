@@ -102,9 +102,10 @@ def tail(path: Path, n: int = 40) -> str:
 
 # --- pure-Python ICMP echo and one-shot TCP echo, run inside namespaces ---------
 
-_PING_SRC = r"""
-import os, socket, struct, sys, time
-dst, count, timeout = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
+# Shared by the ICMP scripts: the checksum, the raw socket, an echo
+# request, and whether a datagram is the reply to one of ours.
+ICMP_PRELUDE = r"""
+import os, select, socket, struct, sys, time
 def csum(b):
     if len(b) % 2: b += b"\0"
     s = sum(struct.unpack("!%dH" % (len(b) // 2), b))
@@ -113,32 +114,40 @@ def csum(b):
 ident = os.getpid() & 0xffff
 s = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
 s.setblocking(False)
+def echo(seq, payload):
+    hdr = struct.pack("!BBHHH", 8, 0, 0, ident, seq & 0xffff)
+    return struct.pack("!BBHHH", 8, 0, csum(hdr + payload), ident, seq & 0xffff) + payload
+def reply_seq(data, addr, dst):
+    ihl = (data[0] & 0x0f) * 4
+    icmp = data[ihl:ihl + 8]
+    if len(icmp) == 8 and addr[0] == dst:
+        t, _, _, rid, rseq = struct.unpack("!BBHHH", icmp)
+        if t == 0 and rid == ident:
+            return rseq
+    return None
+"""
+
+_PING_SRC = ICMP_PRELUDE + r"""
+dst, count, timeout = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
 deadline = time.monotonic() + timeout
 next_send, seq = 0.0, 0
 while time.monotonic() < deadline:
     now = time.monotonic()
     if seq < count and now >= next_send:
         seq += 1
-        payload = b"ztmesh-lab" + struct.pack("!d", now)
-        hdr = struct.pack("!BBHHH", 8, 0, 0, ident, seq)
-        pkt = struct.pack("!BBHHH", 8, 0, csum(hdr + payload), ident, seq) + payload
         try:
-            s.sendto(pkt, (dst, 0))
+            s.sendto(echo(seq, b"ztmesh-lab" + struct.pack("!d", now)), (dst, 0))
         except OSError as e:
             print("send:", e, file=sys.stderr)
         next_send = now + 0.3
-    import select
     r, _, _ = select.select([s], [], [], 0.05)
     if not r:
         continue
     data, addr = s.recvfrom(65535)
-    ihl = (data[0] & 0x0f) * 4
-    icmp = data[ihl:ihl + 8]
-    if len(icmp) == 8 and addr[0] == dst:
-        t, code, _, rid, rseq = struct.unpack("!BBHHH", icmp)
-        if t == 0 and rid == ident:
-            print("reply from %s seq=%d" % (dst, rseq))
-            sys.exit(0)
+    rseq = reply_seq(data, addr, dst)
+    if rseq is not None:
+        print("reply from %s seq=%d" % (dst, rseq))
+        sys.exit(0)
 sys.exit(1)
 """
 

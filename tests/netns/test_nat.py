@@ -36,7 +36,8 @@ import traceback
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from lab import SERVER_IP, LabError, Skip, _readline, binary_path, wait_for  # noqa: E402
+from lab import (ICMP_PRELUDE, SERVER_IP, LabError, Skip, _readline, binary_path,  # noqa: E402
+                 wait_for)
 from natlab import HOME, ROAM_TO, NatLab  # noqa: E402
 from test_overlay import POLICY_V1, Results, peer  # noqa: E402
 
@@ -46,17 +47,9 @@ WG_PORT = 51820
 
 # Pings every 0.1 s for `seconds`; prints the reply times (monotonic) as
 # JSON at the end.
-_PINGER_SRC = r"""
-import json, os, select, socket, struct, sys, time
+_PINGER_SRC = ICMP_PRELUDE + r"""
+import json
 dst, seconds = sys.argv[1], float(sys.argv[2])
-def csum(b):
-    if len(b) % 2: b += b"\0"
-    s = sum(struct.unpack("!%dH" % (len(b) // 2), b))
-    s = (s >> 16) + (s & 0xffff); s += s >> 16
-    return ~s & 0xffff
-ident = os.getpid() & 0xffff
-s = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
-s.setblocking(False)
 start = time.monotonic()
 print(json.dumps({"start": start}), flush=True)
 end = start + seconds
@@ -65,11 +58,8 @@ while time.monotonic() < end:
     now = time.monotonic()
     if now >= next_send:
         seq += 1
-        hdr = struct.pack("!BBHHH", 8, 0, 0, ident, seq & 0xffff)
-        payload = b"ztmesh-roam"
         try:
-            s.sendto(struct.pack("!BBHHH", 8, 0, csum(hdr + payload), ident, seq & 0xffff)
-                     + payload, (dst, 0))
+            s.sendto(echo(seq, b"ztmesh-roam"), (dst, 0))
         except OSError:
             pass
         next_send = now + 0.1
@@ -77,12 +67,8 @@ while time.monotonic() < end:
     if not r:
         continue
     data, addr = s.recvfrom(65535)
-    ihl = (data[0] & 0x0f) * 4
-    icmp = data[ihl:ihl + 8]
-    if len(icmp) == 8 and addr[0] == dst:
-        t, _, _, rid, _ = struct.unpack("!BBHHH", icmp)
-        if t == 0 and rid == ident:
-            replies.append(time.monotonic())
+    if reply_seq(data, addr, dst) is not None:
+        replies.append(time.monotonic())
 print(json.dumps({"sent": seq, "replies": replies}), flush=True)
 """
 

@@ -309,10 +309,8 @@ async fn pump(
                     }
                 }
             }
-            changed = target.changed() => {
-                if changed.is_err() { return Ok(()); }
-                return Ok(());
-            }
+            // A new target, or none any more: the caller starts over.
+            _ = target.changed() => return Ok(()),
         }
     }
 }
