@@ -11,7 +11,7 @@ import statistics
 METRICS = [("mbps", "goodput", "Mbit/s", "higher"),
            ("loss_pct", "loss at the receiver", "%", "lower"),
            ("tunnel_cpu_s", "tunnel processes' CPU", "s", "lower"),
-           ("rtt_ms", "ping RTT (mean of 20)", "ms", "lower")]
+           ("rtt_ms", "ping RTT (mean of 50)", "ms", "lower")]
 
 
 def render(meta: dict, results: list[dict]) -> str:

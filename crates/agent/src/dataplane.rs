@@ -63,6 +63,18 @@ pub struct Io<T> {
     pub udp: WgSocket,
 }
 
+impl<T: TunIo> Io<T> {
+    /// What the driver waits on: the TUN device (when it is a kernel
+    /// one) and the WireGuard socket.
+    pub fn sources(&self) -> Vec<crate::driver::Readable> {
+        self.tun
+            .source()
+            .into_iter()
+            .chain([self.udp.source()])
+            .collect()
+    }
+}
+
 /// The channels between the loop and the daemon's other tasks.
 pub struct Links {
     /// Network maps from the control client.
@@ -325,6 +337,7 @@ impl Engine {
             // nothing more.
             if !tun_out.is_empty() {
                 io.tun.send_batch(tun_out).await?;
+                io.tun.wrote();
             }
         }
         Ok(())
@@ -379,6 +392,7 @@ impl Engine {
         }
         if !tun_out.is_empty() {
             io.tun.send_batch(tun_out).await?;
+            io.tun.wrote();
         }
         Ok(())
     }

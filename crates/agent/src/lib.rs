@@ -9,6 +9,7 @@ pub mod batch;
 pub mod control;
 pub mod dataplane;
 pub mod discovery;
+pub mod driver;
 pub mod enroll;
 pub mod flowlog;
 pub mod keys;
@@ -251,12 +252,43 @@ pub async fn run_with<T: TunIo>(
         relay_up: relay_up_rx,
         reported: reported_rx,
     };
-    let result = dataplane::run(io, keys.wireguard, links, shutdown).await;
+    let result = run_dataplane(io, keys.wireguard, links, shutdown).await;
     for task in tasks {
         task.abort();
     }
     let _ = std::fs::remove_file(state.socket_path());
     result
+}
+
+/// Runs the data plane on its own thread ([`driver`]) until it stops,
+/// with this runtime's handle entered there for its timer, its channels'
+/// helper tasks and the rare wait for send room.
+async fn run_dataplane<T: TunIo>(
+    io: Io<T>,
+    private: x25519_dalek::StaticSecret,
+    links: dataplane::Links,
+    shutdown: watch::Receiver<bool>,
+) -> Result<()> {
+    let runtime = tokio::runtime::Handle::current();
+    let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name("ztmesh-dataplane".into())
+        .spawn(move || {
+            let _entered = runtime.enter();
+            let sources = io.sources();
+            let result = driver::block_on(dataplane::run(io, private, links, shutdown), &sources)
+                .map_err(|e| anyhow::anyhow!("data plane event loop: {e}"))
+                .and_then(|result| result);
+            let _ = done_tx.send(result);
+        })
+        .context("cannot start the data plane thread")?;
+    // A panic there drops the sender: the daemon stops rather than run
+    // without its data plane.
+    done_rx.await.unwrap_or_else(|_| {
+        Err(anyhow::anyhow!(
+            "the data plane thread stopped unexpectedly"
+        ))
+    })
 }
 
 /// Binds the WireGuard socket with a clear error when the port is taken.

@@ -4,6 +4,7 @@
 use std::future::Future;
 use std::io;
 use std::net::Ipv4Addr;
+use std::os::fd::AsRawFd;
 use std::sync::{Mutex, PoisonError};
 use std::task::{Context, Poll};
 
@@ -12,6 +13,7 @@ use tokio::sync::mpsc;
 use tokio::sync::mpsc::error::TryRecvError;
 
 use crate::batch::{HEADROOM, TunReadBatch, TunWriteBatch};
+use crate::driver::{Readable, ReadyFlag};
 
 /// A device that carries whole IP packets.
 ///
@@ -33,6 +35,17 @@ pub trait TunIo: Send + Sync + 'static {
     /// full device queue would; only a dead device is an error.
     fn send_batch(&self, batch: &mut TunWriteBatch) -> impl Future<Output = io::Result<()>> + Send;
 
+    /// The descriptor the data plane driver waits on, with the flag it
+    /// sets; `None` for a device that wakes its poller itself.
+    fn source(&self) -> Option<Readable> {
+        None
+    }
+
+    /// Packets were just written: the kernel may already have answered
+    /// (an echo reply, a TCP ACK), so the next turn reads without waiting
+    /// for epoll to say so.
+    fn wrote(&self) {}
+
     /// The interface's name, when it is a kernel interface (its addresses
     /// are the overlay's, never a path to a peer).
     fn interface_name(&self) -> Option<&str> {
@@ -41,10 +54,13 @@ pub trait TunIo: Send + Sync + 'static {
 }
 
 /// A real kernel TUN device, with TCP segmentation and receive offloads
-/// (virtio-net header) when the kernel has them.
+/// (virtio-net header) when the kernel has them. Non-blocking; reads
+/// follow the data plane driver's readiness flag (the device is not
+/// registered with the async runtime).
 pub struct KernelTun {
-    device: tun_rs::AsyncDevice,
+    device: tun_rs::SyncDevice,
     name: String,
+    readable: ReadyFlag,
 }
 
 impl KernelTun {
@@ -55,8 +71,25 @@ impl KernelTun {
 }
 
 impl TunIo for KernelTun {
-    fn poll_readable(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        self.device.poll_readable(cx)
+    fn poll_readable(&self, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        // Not ready registers no waker: the driver polls again when epoll
+        // reports the device.
+        if self.readable.is_set() {
+            Poll::Ready(Ok(()))
+        } else {
+            Poll::Pending
+        }
+    }
+
+    fn source(&self) -> Option<Readable> {
+        Some(Readable {
+            fd: self.device.as_raw_fd(),
+            flag: self.readable.clone(),
+        })
+    }
+
+    fn wrote(&self) {
+        self.readable.set();
     }
 
     fn interface_name(&self) -> Option<&str> {
@@ -64,14 +97,19 @@ impl TunIo for KernelTun {
     }
 
     fn try_recv_batch(&self, batch: &mut TunReadBatch) -> io::Result<bool> {
+        if !self.readable.is_set() {
+            batch.count = 0;
+            return Ok(false);
+        }
         let TunReadBatch {
             original,
             bufs,
             sizes,
             ..
         } = batch;
-        match self.device.try_recv_multiple(original, bufs, sizes, 0) {
+        match self.device.recv_multiple(original, bufs, sizes, 0) {
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                self.readable.clear();
                 batch.count = 0;
                 Ok(false)
             }
@@ -85,18 +123,42 @@ impl TunIo for KernelTun {
         let Some(bufs) = batch.bufs.get_mut(..count) else {
             return Ok(());
         };
-        match self
-            .device
-            .send_multiple(&mut batch.gro, bufs, HEADROOM)
-            .await
-        {
-            Ok(_) => Ok(()),
+        // Non-blocking: a full device queue drops, as the kernel would.
+        let written = match bufs {
+            [one] => self.write_one(one),
+            _ => self
+                .device
+                .send_multiple(&mut batch.gro, bufs, HEADROOM)
+                .map(drop),
+        };
+        match written {
+            Ok(()) => Ok(()),
             Err(e) if e.raw_os_error() == Some(libc::EBADFD) => Err(e),
             Err(e) => {
                 tracing::debug!(error = %e, "tun write failed");
                 Ok(())
             }
         }
+    }
+}
+
+impl KernelTun {
+    /// Writes a lone packet (a ping, a request) without the coalescing
+    /// pass: there is nothing to merge it with, and the pass's tables are
+    /// memory a cold wake-up would otherwise touch. With offloads its
+    /// virtio header is all zeros (no segmentation, checksums complete),
+    /// which is what the coalescing pass writes for a packet it leaves
+    /// alone.
+    fn write_one(&self, buf: &mut [u8]) -> io::Result<()> {
+        let packet = if self.device.tcp_gso() {
+            if let Some(header) = buf.get_mut(..HEADROOM) {
+                header.fill(0);
+            }
+            &buf[..]
+        } else {
+            buf.get(HEADROOM..).unwrap_or_default()
+        };
+        self.device.send(packet).map(drop)
     }
 }
 
@@ -133,7 +195,11 @@ pub fn create_kernel_tun(
             .mtu(OVERLAY_MTU)
             .offload(offload)
             .enable(true)
-            .build_async()
+            .build_sync()
+            .and_then(|device| {
+                device.set_nonblocking(true)?;
+                Ok(device)
+            })
     };
     let device = match build(offload) {
         Ok(device) => device,
@@ -146,6 +212,7 @@ pub fn create_kernel_tun(
     let device = KernelTun {
         device,
         name: name.to_owned(),
+        readable: ReadyFlag::new(),
     };
     tracing::info!(
         tun = name,

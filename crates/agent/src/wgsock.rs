@@ -1,64 +1,91 @@
-//! The WireGuard UDP socket, registered with the reactor for readability
-//! only.
+//! The WireGuard UDP socket. Reads are driven by the data plane's own
+//! epoll ([`crate::driver`]): the socket is not registered with the async
+//! runtime for readability, so a datagram wakes only the data plane's
+//! thread.
 //!
-//! tokio's `UdpSocket` registers for writability too, and a UDP socket
-//! signals "writable" each time the kernel frees one of its sent datagrams,
-//! which on a local link is during the send itself. Every send thus cost
-//! one more pass of the reactor (an `epoll_wait` that returns at once)
-//! before the loop could sleep, and that pass delays the peer the send
-//! just woke when both share a CPU. Sends here go straight to the socket;
-//! only when its buffer is full does a duplicate descriptor register for
+//! Nor is it registered for writability: a UDP socket signals "writable"
+//! each time the kernel frees one of its sent datagrams, which on a local
+//! link is during the send itself, and every send would cost one more
+//! reactor pass. Sends go straight to the socket; only when its buffer is
+//! full does a duplicate descriptor register with the runtime for
 //! writability, for as long as that wait lasts.
 
 use std::io;
 use std::net::{SocketAddr, UdpSocket};
+use std::os::fd::AsRawFd;
 use std::task::{Context, Poll};
 
 use tokio::io::Interest;
 use tokio::io::unix::AsyncFd;
 
-/// A non-blocking UDP socket whose reads wait on the reactor and whose
-/// sends wait only when the kernel's buffer is full.
+use crate::driver::{Readable, ReadyFlag};
+
+/// A non-blocking UDP socket whose reads follow the data plane driver's
+/// readiness flag and whose sends wait only when the kernel's buffer is
+/// full.
 #[derive(Debug)]
 pub struct WgSocket {
-    fd: AsyncFd<UdpSocket>,
+    socket: UdpSocket,
+    readable: ReadyFlag,
 }
 
 impl WgSocket {
-    /// Takes a non-blocking socket.
+    /// Takes a socket and makes it non-blocking.
     pub fn from_std(socket: UdpSocket) -> io::Result<Self> {
         socket.set_nonblocking(true)?;
         Ok(Self {
-            fd: register(socket, Interest::READABLE)?,
+            socket,
+            readable: ReadyFlag::new(),
         })
     }
 
     /// The socket itself, for socket options and quinn-udp.
     pub fn socket(&self) -> &UdpSocket {
-        self.fd.get_ref()
+        &self.socket
     }
 
     /// The bound address.
     pub fn local_addr(&self) -> io::Result<SocketAddr> {
-        self.socket().local_addr()
+        self.socket.local_addr()
     }
 
-    /// Waits until a read may succeed.
-    pub async fn readable(&self) -> io::Result<()> {
-        std::future::poll_fn(|cx| self.poll_readable(cx)).await
+    /// What the driver waits on for this socket.
+    pub fn source(&self) -> Readable {
+        Readable {
+            fd: self.socket.as_raw_fd(),
+            flag: self.readable.clone(),
+        }
     }
 
-    /// Ready when a read may succeed. Dropping the guard keeps the
-    /// readiness: the read that follows clears it when it finds nothing
-    /// (`try_read`).
-    pub fn poll_readable(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        self.fd.poll_read_ready(cx).map_ok(drop)
+    /// Ready when a read may succeed. Not ready registers no waker: the
+    /// driver polls again when epoll reports the socket.
+    pub fn poll_readable(&self, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if self.readable.is_set() {
+            Poll::Ready(Ok(()))
+        } else {
+            Poll::Pending
+        }
     }
 
-    /// One read that does not wait; `WouldBlock` when nothing is there
-    /// (and the next [`readable`](Self::readable) then waits).
+    /// One read that does not wait; `WouldBlock` when nothing is there,
+    /// without a system call when the driver has seen nothing new.
     pub fn try_read<R>(&self, read: impl FnOnce(&UdpSocket) -> io::Result<R>) -> io::Result<R> {
-        self.fd.try_io(Interest::READABLE, read)
+        if !self.readable.is_set() {
+            return Err(io::ErrorKind::WouldBlock.into());
+        }
+        let result = read(&self.socket);
+        if matches!(&result, Err(e) if e.kind() == io::ErrorKind::WouldBlock) {
+            self.readable.clear();
+        }
+        result
+    }
+
+    /// The last read emptied the queue (a `recvmmsg` that filled fewer
+    /// messages than it had room for stops at the empty queue): the next
+    /// datagram raises a new edge, so the read that would only find
+    /// nothing is skipped.
+    pub fn drained(&self) {
+        self.readable.clear();
     }
 
     /// One send; while the socket's buffer is full it waits for room.
@@ -107,36 +134,45 @@ mod tests {
     use super::*;
 
     #[tokio::test]
-    async fn waiting_for_room_beside_the_read_registration_works_and_reads_go_on() {
+    async fn reads_follow_the_flag_and_waiting_for_room_works() {
         let a = WgSocket::from_std(UdpSocket::bind("127.0.0.1:0").unwrap()).unwrap();
         let b = WgSocket::from_std(UdpSocket::bind("127.0.0.1:0").unwrap()).unwrap();
         let (a_addr, b_addr) = (a.local_addr().unwrap(), b.local_addr().unwrap());
         let mut buf = [0u8; 64];
         for round in 0..3u8 {
             // An empty buffer has room: the duplicate's registration says
-            // so at once, without disturbing the read registration.
+            // so at once.
             tokio::time::timeout(Duration::from_secs(5), a.room())
                 .await
                 .unwrap()
                 .unwrap();
             a.send_to(&[round; 10], b_addr).await.unwrap();
-            tokio::time::timeout(Duration::from_secs(5), b.readable())
-                .await
-                .unwrap()
-                .unwrap();
-            let (n, from) = b.try_read(|s| s.recv_from(&mut buf)).unwrap();
+            // The driver would set the flag on the edge.
+            b.source().flag.set();
+            let (n, from) = loop {
+                match b.try_read(|s| s.recv_from(&mut buf)) {
+                    Ok(got) => break got,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                        b.source().flag.set();
+                        tokio::time::sleep(Duration::from_millis(1)).await;
+                    }
+                    Err(e) => panic!("{e}"),
+                }
+            };
             assert_eq!((n, from, buf[0]), (10, a_addr, round));
-            // Nothing more: the readiness is cleared and the next wait
-            // sleeps until the next datagram.
+            // Nothing more: the read clears the flag, and the next one
+            // makes no system call until the driver sets it again.
             assert_eq!(
                 b.try_read(|s| s.recv_from(&mut buf)).unwrap_err().kind(),
                 io::ErrorKind::WouldBlock
             );
-            assert!(
-                tokio::time::timeout(Duration::from_millis(50), b.readable())
-                    .await
-                    .is_err()
-            );
+            assert!(!b.source().flag.is_set());
+            let mut called = false;
+            let _ = b.try_read(|_| {
+                called = true;
+                Ok(())
+            });
+            assert!(!called);
         }
     }
 }

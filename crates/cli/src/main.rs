@@ -72,10 +72,9 @@ struct UpArgs {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging();
-    // The daemon runs on one thread: its data plane is one task, and a
-    // packet that wakes the thread that waits on the sockets is handled
-    // there, without a hand-over to another worker (a wake-up saved on
-    // every packet, which is most of a tunnel's added latency).
+    // The daemon's control side (gRPC, reports, status) needs one thread;
+    // its data plane runs on a thread of its own with its own epoll
+    // (ztmesh_agent::driver), so a packet wakes only that thread.
     let mut builder = if matches!(cli.command, Command::Up(_)) {
         tokio::runtime::Builder::new_current_thread()
     } else {

@@ -9,13 +9,10 @@ use tokio::sync::{mpsc, watch};
 use x25519_dalek::StaticSecret;
 
 use super::Io;
+use crate::driver;
 use crate::netmap::NetMap;
 use crate::status::StatusRequest;
 use crate::tunio::TunIo;
-
-/// While a socket stays ready, how many turns of the loop go by between
-/// looks at the control channels and the timer.
-const CONTROL_EVERY: u32 = 8;
 
 /// What one turn of the loop found ready. The sockets come together so
 /// that a busy one cannot starve the other; the rare control events come
@@ -42,11 +39,12 @@ pub(super) enum Event {
 /// between turns (no future is made and dropped per packet, which costs
 /// a lock and a list insertion on every wake-up).
 ///
-/// While a socket is ready, the control channels are looked at only every
-/// [`CONTROL_EVERY`] turns: the wakers they hold from the last turn that
-/// found nothing still stand, so nothing is missed, and a busy tunnel does
-/// not pay for five more polls a packet. A turn that returns `Pending` has
-/// polled every source.
+/// The sockets are looked at every turn (their readiness is a flag the
+/// driver sets). The channels and the timer are looked at only when one
+/// of their wakers fired since the last look ([`driver::take_wakeups`]):
+/// the others still hold the waker they registered then, so nothing is
+/// missed, and a packet does not pay for eight more polls. A look that
+/// stops at the first ready source asks for another next turn.
 pub(super) fn next_event<T: TunIo>(
     cx: &mut Context<'_>,
     io: &Io<T>,
@@ -59,13 +57,30 @@ pub(super) fn next_event<T: TunIo>(
     // An error on either socket is reported by the read that follows.
     let tun = io.tun.poll_readable(cx).is_ready();
     let udp = io.udp.poll_readable(cx).is_ready();
-    // The sockets' readiness stays for the next turn.
+    if driver::take_wakeups()
+        && let Poll::Ready(event) =
+            poll_controls(cx, watched, status_requests, rekeys, relay_in, tick)
+    {
+        driver::look_again();
+        return Poll::Ready(event);
+    }
+    if tun || udp {
+        return Poll::Ready(Event::Io { tun, udp });
+    }
+    Poll::Pending
+}
+
+/// Polls the channels and the timer, returning the first event found.
+fn poll_controls(
+    cx: &mut Context<'_>,
+    watched: &mut Watched,
+    status_requests: &mut mpsc::Receiver<StatusRequest>,
+    rekeys: &mut mpsc::Receiver<StaticSecret>,
+    relay_in: &mut mpsc::Receiver<ztmesh_relay::Frame>,
+    tick: &mut tokio::time::Interval,
+) -> Poll<Event> {
     if let Poll::Ready(Some(frame)) = relay_in.poll_recv(cx) {
         return Poll::Ready(Event::Relay(frame));
-    }
-    watched.turns = watched.turns.wrapping_add(1);
-    if (tun || udp) && !watched.turns.is_multiple_of(CONTROL_EVERY) {
-        return Poll::Ready(Event::Io { tun, udp });
     }
     // A closed channel stops the loop like a stop request: its sender
     // (the daemon) is gone.
@@ -90,9 +105,6 @@ pub(super) fn next_event<T: TunIo>(
     if tick.poll_tick(cx).is_ready() {
         return Poll::Ready(Event::Tick);
     }
-    if tun || udp {
-        return Poll::Ready(Event::Io { tun, udp });
-    }
     Poll::Pending
 }
 
@@ -105,8 +117,6 @@ pub(super) struct Watched {
     network: mpsc::Receiver<()>,
     reported: mpsc::Receiver<()>,
     tasks: [tokio::task::JoinHandle<()>; 4],
-    /// Turns of the loop, for [`CONTROL_EVERY`].
-    turns: u32,
 }
 
 impl Watched {
@@ -134,7 +144,6 @@ impl Watched {
             network: network_rx,
             reported: reported_rx,
             tasks: [follow, stop, network, reports],
-            turns: 0,
         }
     }
 }

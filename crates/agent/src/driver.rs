@@ -1,0 +1,319 @@
+//! The data plane's own thread: one epoll (through mio) over the TUN
+//! device and the WireGuard socket, polling the data plane's future
+//! directly when either becomes readable.
+//!
+//! Under the async runtime every packet that woke the daemon went through
+//! the reactor (readiness bookkeeping, waking the task), the scheduler and
+//! the timer wheel before the data plane could read it; on an idle
+//! machine, with caches gone cold between packets, that path cost more
+//! than the cryptography (tens of microseconds a wake-up, measured with
+//! sched and syscall tracepoints). Here a readable socket is a flag set
+//! from the epoll result and a read; nothing else runs in between.
+//!
+//! The rest of the daemon stays on the runtime: the data plane's channels
+//! and timer wake this thread through an eventfd (mio's `Waker`), and the
+//! runtime's handle is entered so that timers, spawned tasks and the rare
+//! wait for send room register with the runtime as before.
+
+use std::cell::RefCell;
+use std::future::Future;
+use std::io;
+use std::os::fd::RawFd;
+use std::pin::pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::{Context, Poll, Wake, Waker};
+
+use mio::unix::SourceFd;
+use mio::{Events, Interest, Token};
+
+/// The token of the waker; the sources take 0, 1, ...
+const WAKE: Token = Token(usize::MAX);
+
+/// Whether a descriptor may have something to read: set by the driver
+/// when epoll reports it (edge-triggered), cleared by the read that finds
+/// nothing (or that proves the queue empty). Only the data plane's thread
+/// touches it; it is atomic so the devices holding it stay `Sync`.
+#[derive(Clone, Debug, Default)]
+pub struct ReadyFlag(Arc<AtomicBool>);
+
+impl ReadyFlag {
+    /// A flag that is set: a descriptor registered with data already
+    /// queued reports no edge for it, so the first turn reads to see.
+    pub fn new() -> Self {
+        Self(Arc::new(AtomicBool::new(true)))
+    }
+
+    /// Whether a read may find something.
+    pub fn is_set(&self) -> bool {
+        self.0.load(Ordering::Relaxed)
+    }
+
+    /// Something may be there (an edge, or a write that makes the kernel
+    /// answer at once, such as an echo reply on the TUN).
+    pub fn set(&self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+
+    /// Nothing is there until the next edge.
+    pub fn clear(&self) {
+        self.0.store(false, Ordering::Relaxed);
+    }
+}
+
+/// A descriptor the driver waits on, with the flag it sets.
+#[derive(Clone, Debug)]
+pub struct Readable {
+    /// The descriptor; it must stay open while the driver runs (the
+    /// future that owns it is polled here, and closing it removes it from
+    /// the epoll set in any case).
+    pub fd: RawFd,
+    /// Set when epoll reports the descriptor readable (or in error: the
+    /// read then reports the error).
+    pub flag: ReadyFlag,
+}
+
+/// Wakes the driver's thread from any thread; wake-ups between two turns
+/// collapse into one eventfd write.
+struct ThreadWaker {
+    waker: mio::Waker,
+    /// An eventfd write is pending for this turn.
+    woken: AtomicBool,
+    /// A waker fired since the future last asked ([`take_wakeups`]).
+    fired: AtomicBool,
+}
+
+thread_local! {
+    /// The waker of the driver running on this thread.
+    static CURRENT: RefCell<Option<Arc<ThreadWaker>>> = const { RefCell::new(None) };
+}
+
+/// Whether any waker this thread's driver handed out has fired since the
+/// last call, which clears it. A source that registered its waker and has
+/// not fired it has nothing new, so the future can leave every such
+/// source unpolled while this says `false`; after polling only some of
+/// them it calls [`look_again`]. Always `true` off a driver thread.
+pub fn take_wakeups() -> bool {
+    CURRENT.with(|current| {
+        current
+            .borrow()
+            .as_ref()
+            .is_none_or(|waker| waker.fired.swap(false, Ordering::AcqRel))
+    })
+}
+
+/// The next [`take_wakeups`] says `true`: the future stopped before it
+/// had polled every waker-driven source.
+pub fn look_again() {
+    CURRENT.with(|current| {
+        if let Some(waker) = current.borrow().as_ref() {
+            waker.fired.store(true, Ordering::Release);
+        }
+    });
+}
+
+/// Clears [`CURRENT`] when the driver returns or unwinds.
+struct Current;
+
+impl Current {
+    fn set(waker: &Arc<ThreadWaker>) -> Self {
+        CURRENT.with(|current| *current.borrow_mut() = Some(Arc::clone(waker)));
+        Self
+    }
+}
+
+impl Drop for Current {
+    fn drop(&mut self) {
+        CURRENT.with(|current| *current.borrow_mut() = None);
+    }
+}
+
+impl Wake for ThreadWaker {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.fired.store(true, Ordering::Release);
+        if !self.woken.swap(true, Ordering::AcqRel)
+            && let Err(e) = self.waker.wake()
+        {
+            // An eventfd write fails only when its counter is full, which
+            // means a wake-up is already pending.
+            tracing::debug!(error = %e, "data plane wake-up failed");
+        }
+    }
+}
+
+/// Polls `future` to completion on this thread, sleeping in epoll until
+/// one of `sources` becomes readable or a waker fires. A turn polls the
+/// future once; the future finds its sockets' readiness in their flags.
+pub fn block_on<F: Future>(future: F, sources: &[Readable]) -> io::Result<F::Output> {
+    let mut poll = mio::Poll::new()?;
+    for (i, source) in sources.iter().enumerate() {
+        poll.registry()
+            .register(&mut SourceFd(&source.fd), Token(i), Interest::READABLE)?;
+    }
+    let waker = Arc::new(ThreadWaker {
+        waker: mio::Waker::new(poll.registry(), WAKE)?,
+        woken: AtomicBool::new(false),
+        // The first turn polls every source, registering its waker.
+        fired: AtomicBool::new(true),
+    });
+    let _current = Current::set(&waker);
+    let task_waker = Waker::from(Arc::clone(&waker));
+    let mut cx = Context::from_waker(&task_waker);
+    let mut future = pin!(future);
+    let mut events = Events::with_capacity(sources.len() + 1);
+    loop {
+        // Cleared before the poll: a wake-up during or after it writes
+        // the eventfd, and the wait below returns at once.
+        waker.woken.store(false, Ordering::Release);
+        if let Poll::Ready(output) = future.as_mut().poll(&mut cx) {
+            return Ok(output);
+        }
+        match poll.poll(&mut events, None) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        }
+        for event in &events {
+            if let Some(source) = sources.get(event.token().0) {
+                source.flag.set();
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::UdpSocket;
+    use std::os::fd::AsRawFd;
+    use std::time::{Duration, Instant};
+
+    use super::*;
+
+    #[test]
+    fn a_datagram_sets_the_flag_and_wakes_the_future() {
+        let rx = UdpSocket::bind("127.0.0.1:0").unwrap();
+        rx.set_nonblocking(true).unwrap();
+        let tx = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let to = rx.local_addr().unwrap();
+        let flag = ReadyFlag::new();
+        let source = Readable {
+            fd: rx.as_raw_fd(),
+            flag: flag.clone(),
+        };
+        let sender = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(50));
+            tx.send_to(b"hello", to).unwrap();
+        });
+        let mut turns = 0;
+        let started = Instant::now();
+        let got = block_on(
+            std::future::poll_fn(|_| {
+                turns += 1;
+                if !flag.is_set() {
+                    return Poll::Pending;
+                }
+                let mut buf = [0u8; 16];
+                match rx.recv(&mut buf) {
+                    Ok(n) => Poll::Ready(buf[..n].to_vec()),
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                        flag.clear();
+                        Poll::Pending
+                    }
+                    Err(e) => panic!("{e}"),
+                }
+            }),
+            &[source],
+        )
+        .unwrap();
+        sender.join().unwrap();
+        assert_eq!(got, b"hello");
+        assert!(started.elapsed() >= Duration::from_millis(40));
+        // The first turn found nothing and cleared the flag, then slept
+        // until the datagram: no busy loop.
+        assert!(turns <= 3, "{turns} turns");
+    }
+
+    #[test]
+    fn a_waker_from_another_thread_wakes_the_future() {
+        let (tx, rx) = std::sync::mpsc::channel::<Waker>();
+        let woken = Arc::new(AtomicBool::new(false));
+        let set = Arc::clone(&woken);
+        let other = std::thread::spawn(move || {
+            let waker = rx.recv().unwrap();
+            std::thread::sleep(Duration::from_millis(30));
+            set.store(true, Ordering::SeqCst);
+            waker.wake();
+        });
+        let mut sent = Some(tx);
+        block_on(
+            std::future::poll_fn(|cx| {
+                if let Some(tx) = sent.take() {
+                    tx.send(cx.waker().clone()).unwrap();
+                }
+                if woken.load(Ordering::SeqCst) {
+                    Poll::Ready(())
+                } else {
+                    Poll::Pending
+                }
+            }),
+            &[],
+        )
+        .unwrap();
+        other.join().unwrap();
+    }
+
+    #[test]
+    fn wakeups_are_told_once_and_looking_again_repeats_them() {
+        // Off a driver thread every turn must poll everything.
+        assert!(take_wakeups());
+        let rx = UdpSocket::bind("127.0.0.1:0").unwrap();
+        rx.set_nonblocking(true).unwrap();
+        let tx = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let to = rx.local_addr().unwrap();
+        let flag = ReadyFlag::new();
+        flag.clear();
+        let source = Readable {
+            fd: rx.as_raw_fd(),
+            flag: flag.clone(),
+        };
+        let mut seen = Vec::new();
+        let mut buf = [0u8; 16];
+        block_on(
+            std::future::poll_fn(|cx| {
+                seen.push(take_wakeups());
+                match seen.len() {
+                    // The first turn is told to look; a datagram wakes the
+                    // next one through epoll alone.
+                    1 => {
+                        tx.send_to(b"x", to).unwrap();
+                        Poll::Pending
+                    }
+                    // No waker fired: not told. Fire one.
+                    2 => {
+                        assert!(flag.is_set());
+                        rx.recv(&mut buf).unwrap();
+                        flag.clear();
+                        cx.waker().wake_by_ref();
+                        Poll::Pending
+                    }
+                    // Told, and asked to look again with a datagram.
+                    3 => {
+                        look_again();
+                        tx.send_to(b"y", to).unwrap();
+                        Poll::Pending
+                    }
+                    _ => Poll::Ready(()),
+                }
+            }),
+            &[source],
+        )
+        .unwrap();
+        assert_eq!(seen, [true, false, true, true]);
+        // The driver is gone from this thread.
+        assert!(take_wakeups());
+    }
+}
