@@ -29,7 +29,7 @@ mod events;
 mod paths;
 mod receive;
 mod report;
-use events::{Event, Watched, next_event};
+use events::{Controls, Event, next_event};
 use paths::{Paths, via};
 use receive::Source;
 use report::log_monitored;
@@ -140,13 +140,13 @@ pub async fn run<T: TunIo>(
 ) -> anyhow::Result<()> {
     let Links {
         mut netmap,
-        mut status_requests,
-        mut rekeys,
+        status_requests,
+        rekeys,
         flow_reports,
         connected,
         public_endpoint,
         local_addrs,
-        mut relay_in,
+        relay_in,
         relay_out,
         relay_up,
         reported,
@@ -172,23 +172,18 @@ pub async fn run<T: TunIo>(
     engine.apply_netmap(&io, &initial).await;
     let mut wire = Wire::new(&io.udp)?;
     let mut batches = Batches::default();
-    let mut tick = tokio::time::interval(TIMER_TICK);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut ticks: u64 = 0;
-    let mut watched = Watched::new(&netmap, local_addrs, reported, shutdown);
+    let mut controls = Controls::new(
+        &netmap,
+        local_addrs,
+        reported,
+        shutdown,
+        status_requests,
+        rekeys,
+        relay_in,
+    );
     loop {
-        let event = std::future::poll_fn(|cx| {
-            next_event(
-                cx,
-                &io,
-                &mut watched,
-                &mut status_requests,
-                &mut rekeys,
-                &mut relay_in,
-                &mut tick,
-            )
-        })
-        .await;
+        let event = std::future::poll_fn(|cx| next_event(cx, &io, &mut controls)).await;
         match event {
             Event::Io { tun, udp } => {
                 // The UDP side first: what it decrypts reaches the TUN
@@ -202,7 +197,7 @@ pub async fn run<T: TunIo>(
             }
             Event::Relay(frame) => {
                 engine
-                    .on_relay(&io, frame, &mut relay_in, &mut batches)
+                    .on_relay(&io, frame, &mut controls.relay_in, &mut batches)
                     .await?;
             }
             Event::Tick => {

@@ -34,8 +34,14 @@ const WAKE: Token = Token(usize::MAX);
 /// when epoll reports it (edge-triggered), cleared by the read that finds
 /// nothing (or that proves the queue empty). Only the data plane's thread
 /// touches it; it is atomic so the devices holding it stay `Sync`.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct ReadyFlag(Arc<AtomicBool>);
+
+impl Default for ReadyFlag {
+    fn default() -> Self {
+        Self::new()
+    }
+}
 
 impl ReadyFlag {
     /// A flag that is set: a descriptor registered with data already

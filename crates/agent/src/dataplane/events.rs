@@ -8,7 +8,7 @@ use std::task::{Context, Poll};
 use tokio::sync::{mpsc, watch};
 use x25519_dalek::StaticSecret;
 
-use super::Io;
+use super::{Io, TIMER_TICK};
 use crate::driver;
 use crate::netmap::NetMap;
 use crate::status::StatusRequest;
@@ -48,18 +48,13 @@ pub(super) enum Event {
 pub(super) fn next_event<T: TunIo>(
     cx: &mut Context<'_>,
     io: &Io<T>,
-    watched: &mut Watched,
-    status_requests: &mut mpsc::Receiver<StatusRequest>,
-    rekeys: &mut mpsc::Receiver<StaticSecret>,
-    relay_in: &mut mpsc::Receiver<ztmesh_relay::Frame>,
-    tick: &mut tokio::time::Interval,
+    controls: &mut Controls,
 ) -> Poll<Event> {
     // An error on either socket is reported by the read that follows.
     let tun = io.tun.poll_readable(cx).is_ready();
     let udp = io.udp.poll_readable(cx).is_ready();
     if driver::take_wakeups()
-        && let Poll::Ready(event) =
-            poll_controls(cx, watched, status_requests, rekeys, relay_in, tick)
+        && let Poll::Ready(event) = controls.poll(cx)
     {
         driver::look_again();
         return Poll::Ready(event);
@@ -70,62 +65,35 @@ pub(super) fn next_event<T: TunIo>(
     Poll::Pending
 }
 
-/// Polls the channels and the timer, returning the first event found.
-fn poll_controls(
-    cx: &mut Context<'_>,
-    watched: &mut Watched,
-    status_requests: &mut mpsc::Receiver<StatusRequest>,
-    rekeys: &mut mpsc::Receiver<StaticSecret>,
-    relay_in: &mut mpsc::Receiver<ztmesh_relay::Frame>,
-    tick: &mut tokio::time::Interval,
-) -> Poll<Event> {
-    if let Poll::Ready(Some(frame)) = relay_in.poll_recv(cx) {
-        return Poll::Ready(Event::Relay(frame));
-    }
-    // A closed channel stops the loop like a stop request: its sender
-    // (the daemon) is gone.
-    if watched.shutdown.poll_recv(cx).is_ready() {
-        return Poll::Ready(Event::Stop);
-    }
-    if let Poll::Ready(change) = watched.netmap.poll_recv(cx) {
-        return Poll::Ready(change.map_or(Event::Stop, |()| Event::NetMap));
-    }
-    if let Poll::Ready(Some(reply)) = status_requests.poll_recv(cx) {
-        return Poll::Ready(Event::Status(reply));
-    }
-    if let Poll::Ready(Some(key)) = rekeys.poll_recv(cx) {
-        return Poll::Ready(Event::Rekey(key));
-    }
-    if let Poll::Ready(Some(())) = watched.network.poll_recv(cx) {
-        return Poll::Ready(Event::NetworkChanged);
-    }
-    if let Poll::Ready(Some(())) = watched.reported.poll_recv(cx) {
-        return Poll::Ready(Event::Reported);
-    }
-    if tick.poll_tick(cx).is_ready() {
-        return Poll::Ready(Event::Tick);
-    }
-    Poll::Pending
-}
-
-/// The watch channels the loop follows, turned into channels it can poll:
-/// a small task waits on each and signals a change (coalesced: the loop
+/// The channels and the timer the loop waits on besides the sockets. The
+/// watch channels it follows are turned into channels it can poll: a
+/// small task waits on each and signals a change (coalesced: the loop
 /// reads the newest value). The tasks end with the loop.
-pub(super) struct Watched {
+pub(super) struct Controls {
     netmap: mpsc::Receiver<()>,
     shutdown: mpsc::Receiver<()>,
     network: mpsc::Receiver<()>,
     reported: mpsc::Receiver<()>,
     tasks: [tokio::task::JoinHandle<()>; 4],
+    status_requests: mpsc::Receiver<StatusRequest>,
+    rekeys: mpsc::Receiver<StaticSecret>,
+    /// Packets through the relay (the loop drains them itself).
+    pub(super) relay_in: mpsc::Receiver<ztmesh_relay::Frame>,
+    tick: tokio::time::Interval,
 }
 
-impl Watched {
+impl Controls {
     pub(super) fn new(
         netmap: &watch::Receiver<NetMap>,
         local_addrs: watch::Receiver<Vec<SocketAddr>>,
         reported: watch::Receiver<u64>,
         mut shutdown: watch::Receiver<bool>,
+        status_requests: mpsc::Receiver<StatusRequest>,
+        rekeys: mpsc::Receiver<StaticSecret>,
+        relay_in: mpsc::Receiver<ztmesh_relay::Frame>,
     ) -> Self {
+        let mut tick = tokio::time::interval(TIMER_TICK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let (netmap_tx, netmap_rx) = mpsc::channel(1);
         let follow = tokio::spawn(changes(netmap.clone(), netmap_tx));
         let (network_tx, network_rx) = mpsc::channel(1);
@@ -144,7 +112,42 @@ impl Watched {
             network: network_rx,
             reported: reported_rx,
             tasks: [follow, stop, network, reports],
+            status_requests,
+            rekeys,
+            relay_in,
+            tick,
         }
+    }
+
+    /// Polls the channels and the timer, returning the first event found.
+    fn poll(&mut self, cx: &mut Context<'_>) -> Poll<Event> {
+        if let Poll::Ready(Some(frame)) = self.relay_in.poll_recv(cx) {
+            return Poll::Ready(Event::Relay(frame));
+        }
+        // A closed channel stops the loop like a stop request: its sender
+        // (the daemon) is gone.
+        if self.shutdown.poll_recv(cx).is_ready() {
+            return Poll::Ready(Event::Stop);
+        }
+        if let Poll::Ready(change) = self.netmap.poll_recv(cx) {
+            return Poll::Ready(change.map_or(Event::Stop, |()| Event::NetMap));
+        }
+        if let Poll::Ready(Some(reply)) = self.status_requests.poll_recv(cx) {
+            return Poll::Ready(Event::Status(reply));
+        }
+        if let Poll::Ready(Some(key)) = self.rekeys.poll_recv(cx) {
+            return Poll::Ready(Event::Rekey(key));
+        }
+        if let Poll::Ready(Some(())) = self.network.poll_recv(cx) {
+            return Poll::Ready(Event::NetworkChanged);
+        }
+        if let Poll::Ready(Some(())) = self.reported.poll_recv(cx) {
+            return Poll::Ready(Event::Reported);
+        }
+        if self.tick.poll_tick(cx).is_ready() {
+            return Poll::Ready(Event::Tick);
+        }
+        Poll::Pending
     }
 }
 
@@ -159,7 +162,7 @@ async fn changes<T: Send + Sync + 'static>(mut rx: watch::Receiver<T>, tx: mpsc:
     }
 }
 
-impl Drop for Watched {
+impl Drop for Controls {
     fn drop(&mut self) {
         for task in &self.tasks {
             task.abort();
