@@ -20,6 +20,7 @@ pub mod netmap;
 pub mod netwatch;
 pub mod peers;
 pub mod posture;
+pub mod routes;
 pub mod state;
 pub mod status;
 pub mod tls;

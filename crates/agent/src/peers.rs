@@ -8,10 +8,10 @@ use std::time::{Duration, Instant};
 
 use boringtun::noise::Tunn;
 use boringtun::noise::rate_limiter::RateLimiter;
-use ipnet::IpNet;
 use x25519_dalek::{PublicKey, StaticSecret};
 
 use crate::netmap::{PeerDiff, PeerInfo};
+use crate::routes::RouteTable;
 
 /// Seconds between keepalives; keeps NAT mappings and handshakes fresh.
 const PERSISTENT_KEEPALIVE: u16 = 25;
@@ -158,7 +158,7 @@ pub struct PeerTable {
     rate_limiter: Arc<RateLimiter>,
     peers: HashMap<[u8; 32], Peer>,
     by_index: HashMap<u32, ([u8; 32], Slot)>,
-    routes: Vec<(IpNet, [u8; 32])>,
+    routes: RouteTable,
     next_index: u32,
 }
 
@@ -170,7 +170,7 @@ impl PeerTable {
             rate_limiter,
             peers: HashMap::new(),
             by_index: HashMap::new(),
-            routes: Vec::new(),
+            routes: RouteTable::default(),
             next_index: 1,
         }
     }
@@ -324,10 +324,7 @@ impl PeerTable {
 
     /// Public key of the peer whose allowed IPs hold `addr` (longest prefix wins).
     pub fn route(&self, addr: IpAddr) -> Option<[u8; 32]> {
-        self.routes
-            .iter()
-            .find(|(net, _)| net.contains(&addr))
-            .map(|(_, key)| *key)
+        self.routes.lookup(addr)
     }
 
     /// All peers.
@@ -351,18 +348,12 @@ impl PeerTable {
     }
 
     fn rebuild_routes(&mut self) {
-        self.routes = self
-            .peers
-            .values()
-            .flat_map(|p| {
-                p.info
-                    .allowed_ips
-                    .iter()
-                    .map(|net| (*net, p.info.public_key))
-            })
-            .collect();
-        self.routes
-            .sort_by_key(|(net, _)| std::cmp::Reverse(net.prefix_len()));
+        self.routes = RouteTable::build(self.peers.values().flat_map(|p| {
+            p.info
+                .allowed_ips
+                .iter()
+                .map(|net| (*net, p.info.public_key))
+        }));
     }
 }
 
