@@ -262,8 +262,8 @@ pub async fn run_with<T: TunIo>(
 }
 
 /// Runs the data plane on its own thread ([`driver`]) until it stops,
-/// with this runtime's handle entered there for its timer, its channels'
-/// helper tasks and the rare wait for send room.
+/// with this runtime's handle entered there for its channels' helper
+/// tasks and the rare wait for send room (its timer is the driver's).
 async fn run_dataplane<T: TunIo>(
     io: Io<T>,
     private: x25519_dalek::StaticSecret,

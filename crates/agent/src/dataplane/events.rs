@@ -79,7 +79,8 @@ pub(super) struct Controls {
     rekeys: mpsc::Receiver<StaticSecret>,
     /// Packets through the relay (the loop drains them itself).
     pub(super) relay_in: mpsc::Receiver<ztmesh_relay::Frame>,
-    tick: tokio::time::Interval,
+    /// boringtun's timers; a deadline of the driver's own epoll wait.
+    tick: driver::Ticker,
 }
 
 impl Controls {
@@ -92,8 +93,7 @@ impl Controls {
         rekeys: mpsc::Receiver<StaticSecret>,
         relay_in: mpsc::Receiver<ztmesh_relay::Frame>,
     ) -> Self {
-        let mut tick = tokio::time::interval(TIMER_TICK);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let tick = driver::Ticker::new(TIMER_TICK);
         let (netmap_tx, netmap_rx) = mpsc::channel(1);
         let follow = tokio::spawn(changes(netmap.clone(), netmap_tx));
         let (network_tx, network_rx) = mpsc::channel(1);
