@@ -246,10 +246,18 @@ pub fn block_on<F: Future>(future: F, sources: &[Readable]) -> io::Result<F::Out
             return Ok(output);
         }
         // mio rounds the timeout up to whole milliseconds: a wait never
-        // ends before the deadline.
-        let timeout = DEADLINE
-            .with(Cell::get)
-            .map(|deadline| deadline.saturating_duration_since(Instant::now()));
+        // ends before the deadline. A deadline that has come is told to
+        // the future as a fired waker and forgotten: the future may be
+        // waiting on something else (room to send), and a deadline left
+        // in the past would make every later wait return at once.
+        let timeout = DEADLINE.with(|deadline| {
+            let left = deadline.get()?.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                deadline.set(None);
+                waker.fired.store(true, Ordering::Release);
+            }
+            Some(left)
+        });
         match poll.poll(&mut events, timeout) {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
@@ -410,6 +418,50 @@ mod tests {
         .unwrap();
         assert_eq!(ticks, 3);
         assert!(started.elapsed() >= period * 2);
+    }
+
+    #[test]
+    fn a_deadline_that_came_while_the_future_waits_elsewhere_does_not_spin() {
+        let period = Duration::from_millis(10);
+        let mut ticker = Ticker::new(period);
+        let (tx, rx) = std::sync::mpsc::channel::<Waker>();
+        let woken = Arc::new(AtomicBool::new(false));
+        let set = Arc::clone(&woken);
+        let other = std::thread::spawn(move || {
+            let waker = rx.recv().unwrap();
+            // Well past the ticker's deadline.
+            std::thread::sleep(Duration::from_millis(100));
+            set.store(true, Ordering::SeqCst);
+            waker.wake();
+        });
+        let (mut turns, mut sent) = (0, Some(tx));
+        let ticked = block_on(
+            std::future::poll_fn(|cx| {
+                turns += 1;
+                if turns == 1 {
+                    // The first tick, then a look that leaves a deadline.
+                    assert!(ticker.poll_tick(cx).is_ready());
+                    assert!(ticker.poll_tick(cx).is_pending());
+                }
+                // Then waiting on something else (the other thread): the
+                // ticker is not polled until that comes.
+                if let Some(tx) = sent.take() {
+                    tx.send(cx.waker().clone()).unwrap();
+                }
+                if !woken.load(Ordering::SeqCst) {
+                    return Poll::Pending;
+                }
+                Poll::Ready(take_wakeups() && ticker.poll_tick(cx).is_ready())
+            }),
+            &[],
+        )
+        .unwrap();
+        other.join().unwrap();
+        // The deadline woke one turn, then the driver slept until the
+        // other thread's wake (a deadline left in the past would have
+        // made it spin for 100 ms), and the tick was still due.
+        assert!(turns <= 4, "{turns} turns");
+        assert!(ticked);
     }
 
     #[test]
