@@ -409,6 +409,27 @@ impl TestAgent {
             )
             .await
         });
+        // Like `ztmesh up`, the daemon is up once its status socket
+        // answers; a daemon that stopped first hands back its error.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while ztmesh_agent::status::query(&state.socket_path())
+            .await
+            .is_err()
+        {
+            if task.is_finished() {
+                return Err(task
+                    .await
+                    .map_err(anyhow::Error::from)
+                    .and_then(|result| result)
+                    .err()
+                    .unwrap_or_else(|| anyhow::anyhow!("{name}: the daemon stopped at once")));
+            }
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "{name}: the daemon's status socket did not answer within 10 s"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
         Ok(TestAgent {
             name: name.into(),
             address,
