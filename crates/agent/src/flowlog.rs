@@ -5,6 +5,7 @@
 
 use std::collections::HashMap;
 use std::net::IpAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Result;
@@ -30,10 +31,11 @@ const REPORT_TIMEOUT: Duration = Duration::from_secs(5);
 pub struct CounterSnapshot {
     /// Policy version of the filter in force.
     pub policy_version: u64,
-    /// New flows decided by each rule.
-    pub rule_hits: Vec<(String, u64)>,
+    /// New flows decided by each rule (names shared with the filter: the
+    /// data plane takes this once a second and copies no string).
+    pub rule_hits: Vec<(Arc<str>, u64)>,
     /// Drops by reason.
-    pub drops: Vec<(String, u64)>,
+    pub drops: Vec<(&'static str, u64)>,
     /// Inbound packets accepted.
     pub accepted_inbound: u64,
     /// New flows passed by monitored deny rules.
@@ -137,14 +139,6 @@ impl Aggregator {
             records.truncate(MAX_RECORDS);
         }
         let c = &self.counters;
-        let named = |list: &[(String, u64)]| {
-            list.iter()
-                .map(|(name, value)| v1::NamedCounter {
-                    name: name.clone(),
-                    value: *value,
-                })
-                .collect()
-        };
         v1::FlowReport {
             policy_version: c.policy_version,
             records: records.into_iter().map(record).collect(),
@@ -254,6 +248,16 @@ async fn send(
     )
     .await??;
     Ok(())
+}
+
+/// Counters by name, as the report carries them.
+fn named<N: AsRef<str>>(list: &[(N, u64)]) -> Vec<v1::NamedCounter> {
+    list.iter()
+        .map(|(name, value)| v1::NamedCounter {
+            name: name.as_ref().to_owned(),
+            value: *value,
+        })
+        .collect()
 }
 
 #[cfg(test)]

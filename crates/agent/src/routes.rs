@@ -8,6 +8,7 @@
 use std::collections::HashMap;
 use std::net::IpAddr;
 
+use foldhash::fast::RandomState;
 use ipnet::IpNet;
 
 /// A peer, by its WireGuard public key.
@@ -17,7 +18,8 @@ type Key = [u8; 32];
 #[derive(Debug, Clone)]
 struct Level<A> {
     len: u8,
-    nets: HashMap<A, Key>,
+    /// foldhash: probed on every packet; only we insert.
+    nets: HashMap<A, Key, RandomState>,
 }
 
 /// The allowed-IP prefixes of all peers.
@@ -80,7 +82,7 @@ fn insert<A: std::hash::Hash + Eq>(levels: &mut Vec<Level<A>>, len: u8, network:
                 at,
                 Level {
                     len,
-                    nets: HashMap::new(),
+                    nets: HashMap::default(),
                 },
             );
             at

@@ -1,6 +1,7 @@
 //! Drop reasons and the filter's counters (exported as metrics by the agent).
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 /// Why a packet was dropped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -76,8 +77,9 @@ pub struct Counters {
     dropped_bytes: [u64; DropReason::ALL.len()],
     drops: [u64; DropReason::ALL.len()],
     /// Hit counts in first-seen order; `rule_slots` maps names into it.
-    rule_hits: Vec<(String, u64)>,
-    rule_slots: HashMap<String, usize>,
+    /// Names are shared, so a snapshot copies no string.
+    rule_hits: Vec<(Arc<str>, u64)>,
+    rule_slots: HashMap<Arc<str>, usize>,
 }
 
 impl Counters {
@@ -156,9 +158,16 @@ impl Counters {
     /// New flows decided by each rule name (allow and deny rules), in the
     /// order the names were first seen.
     pub fn rule_hits(&self) -> impl Iterator<Item = (&str, u64)> + '_ {
+        self.rule_hits.iter().map(|(name, hits)| (&**name, *hits))
+    }
+
+    /// The same, with the names shared rather than borrowed: what a
+    /// snapshot taken on the packet thread keeps without allocating a
+    /// string per rule.
+    pub fn rule_hits_shared(&self) -> impl Iterator<Item = (Arc<str>, u64)> + '_ {
         self.rule_hits
             .iter()
-            .map(|(name, hits)| (name.as_str(), *hits))
+            .map(|(name, hits)| (Arc::clone(name), *hits))
     }
 
     pub(crate) fn count_drop(&mut self, reason: DropReason) {
@@ -190,8 +199,9 @@ impl Counters {
             return slot;
         }
         let slot = self.rule_hits.len();
-        self.rule_hits.push((name.to_owned(), 0));
-        self.rule_slots.insert(name.to_owned(), slot);
+        let name: Arc<str> = Arc::from(name);
+        self.rule_hits.push((Arc::clone(&name), 0));
+        self.rule_slots.insert(name, slot);
         slot
     }
 
@@ -205,9 +215,7 @@ impl Counters {
 
     /// The rule name of a counter slot (empty if unknown).
     pub(crate) fn rule_name(&self, slot: usize) -> &str {
-        self.rule_hits
-            .get(slot)
-            .map_or("", |(name, _)| name.as_str())
+        self.rule_hits.get(slot).map_or("", |(name, _)| &**name)
     }
 
     pub(crate) fn count_rule_hit(&mut self, slot: usize) {

@@ -19,13 +19,10 @@ impl Engine {
         });
         CounterSnapshot {
             policy_version: self.filter.version(),
-            rule_hits: counters
-                .rule_hits()
-                .map(|(rule, n)| (rule.to_owned(), n))
-                .collect(),
+            rule_hits: counters.rule_hits_shared().collect(),
             drops: counters
                 .iter_drops()
-                .map(|(reason, n)| (reason.as_str().to_owned(), n))
+                .map(|(reason, n)| (reason.as_str(), n))
                 .collect(),
             accepted_inbound: counters.accepted_inbound(),
             monitored: counters.monitored(),
