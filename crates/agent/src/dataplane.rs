@@ -16,7 +16,7 @@ use ztmesh_filter::{DropReason, Filter, FilterConfig, FilterLimits, Verdict};
 
 use crate::batch::{TunReadBatch, TunWriteBatch, UdpSendBatch};
 use crate::discovery::Discovery;
-use crate::flowlog::FlowBatch;
+use crate::flowlog::{CounterSnapshot, FlowBatch};
 
 use crate::netmap::{NetMap, PeerDiff, SelfNode};
 use crate::peers::PeerTable;
@@ -116,6 +116,9 @@ struct Engine {
     out: Vec<u8>,
     /// Flow events dropped because the flow log's queue was full.
     flow_events_dropped: u64,
+    /// The counters last handed to the flow log: an idle second with
+    /// nothing new wakes nobody.
+    handed_over: Option<CounterSnapshot>,
     /// Public endpoint discovery (STUN) from the WireGuard socket.
     discovery: Discovery,
     /// Where the public endpoint goes to be reported.
@@ -164,6 +167,7 @@ pub async fn run<T: TunIo>(
         old_keys: None,
         out: vec![0; BUF_SIZE],
         flow_events_dropped: 0,
+        handed_over: None,
         discovery: Discovery::default(),
         public_endpoint,
         paths: Paths::new(relay_out, relay_up),
@@ -488,15 +492,21 @@ impl Engine {
     fn hand_over_flows(&mut self, reports: &mpsc::Sender<FlowBatch>) {
         let events = self.filter.take_flow_events();
         log_monitored(&events);
+        let counters = self.counter_snapshot();
+        if events.is_empty() && self.handed_over.as_ref() == Some(&counters) {
+            // The flow log still holds these and reports them on its own
+            // schedule; handing them over again would only wake it.
+            return;
+        }
         let batch = FlowBatch {
-            counters: self.counter_snapshot(),
+            counters: counters.clone(),
             events,
         };
-        if let Err(
-            mpsc::error::TrySendError::Full(batch) | mpsc::error::TrySendError::Closed(batch),
-        ) = reports.try_send(batch)
-        {
-            self.flow_events_dropped += batch.events.len() as u64;
+        match reports.try_send(batch) {
+            Ok(()) => self.handed_over = Some(counters),
+            Err(
+                mpsc::error::TrySendError::Full(batch) | mpsc::error::TrySendError::Closed(batch),
+            ) => self.flow_events_dropped += batch.events.len() as u64,
         }
     }
 }

@@ -27,7 +27,7 @@ const MAX_AGGREGATED: usize = 4096;
 const REPORT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The filter's counters at one moment (they only grow).
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct CounterSnapshot {
     /// Policy version of the filter in force.
     pub policy_version: u64,
