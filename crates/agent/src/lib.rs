@@ -142,7 +142,10 @@ pub struct PostureOptions {
 impl Default for PostureOptions {
     fn default() -> Self {
         Self {
-            source: Arc::new(|| posture::collect(VERSION)),
+            source: Arc::new({
+                let firewall = std::sync::Mutex::new(posture::FirewallCache::new());
+                move || posture::collect_cached(VERSION, &firewall)
+            }),
             interval: Duration::from_secs(10),
         }
     }

@@ -15,8 +15,11 @@ use std::str::Bytes;
 use std::thread;
 use std::time::{Duration, Instant};
 
+mod changes;
 #[cfg(test)]
 mod tests;
+
+pub use changes::FirewallCache;
 
 /// What the daemon reports about the machine it runs on.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -62,6 +65,18 @@ const MAX_JSON_DEPTH: usize = 128;
 /// probed with [`detect_firewall`]).
 pub fn collect(daemon_version: &str) -> PostureReport {
     collect_from(Path::new("/"), daemon_version, &detect_firewall)
+}
+
+/// [`collect`], with the firewall probed only when `cache` says it may
+/// have changed (the probe starts `nft` and `iptables`).
+pub fn collect_cached(
+    daemon_version: &str,
+    cache: &std::sync::Mutex<FirewallCache>,
+) -> PostureReport {
+    collect_from(Path::new("/"), daemon_version, &|| match cache.lock() {
+        Ok(mut cache) => cache.check(&detect_firewall),
+        Err(_) => detect_firewall(),
+    })
 }
 
 /// Collects the posture with every file read relative to `root` (so `root`
