@@ -4,7 +4,8 @@
 Run as root through run.sh. Two namespaces joined by a veth pair; each
 tunnel in turn between them; iperf3 TCP (1 and 4 streams, both directions),
 UDP goodput (both directions) and ping RTT, with the CPU seconds the tunnel
-processes used. Rounds interleave the implementations. Prints min/median/max
+processes used, and what each tunnel costs while no traffic flows (CPU
+and wake-ups: battery). Rounds interleave the implementations. Prints min/median/max
 and ratio matrices, and writes the raw results as JSON. Stdlib only.
 """
 
@@ -41,6 +42,7 @@ TESTS = {
     "udp": ["-u", "-b", "0", "-l", str(UDP_LEN)],
     "udp-rev": ["-u", "-b", "0", "-l", str(UDP_LEN), "-R"],
 }
+EXTRA_TESTS = ["ping", "idle"]
 
 
 def main() -> int:
@@ -51,7 +53,7 @@ def main() -> int:
     ap.add_argument("--only", default="",
                     help=f"comma-separated subset of: {','.join(IMPLS + OPTIONAL_IMPLS)}")
     ap.add_argument("--tests", default="",
-                    help=f"comma-separated subset of: {','.join(TESTS)},ping")
+                    help=f"comma-separated subset of: {','.join(TESTS)},{','.join(EXTRA_TESTS)}")
     ap.add_argument("--json", default="", help="where to write raw results "
                     "(default deploy/bench/results/bench-TIMESTAMP.json)")
     ap.add_argument("--keep-logs", action="store_true", help="keep the temp dir with the logs")
@@ -61,10 +63,11 @@ def main() -> int:
     unknown = [i for i in impls if i not in IMPLS + OPTIONAL_IMPLS]
     if unknown:
         ap.error(f"unknown implementation(s) {unknown}; known: {IMPLS + OPTIONAL_IMPLS}")
-    tests = [s.strip() for s in args.tests.split(",") if s.strip()] or list(TESTS) + ["ping"]
-    bad = [t for t in tests if t not in list(TESTS) + ["ping"]]
+    known = list(TESTS) + EXTRA_TESTS
+    tests = [s.strip() for s in args.tests.split(",") if s.strip()] or known
+    bad = [t for t in tests if t not in known]
     if bad:
-        ap.error(f"unknown test(s) {bad}; known: {list(TESTS) + ['ping']}")
+        ap.error(f"unknown test(s) {bad}; known: {known}")
     if args.rounds < 1 or args.seconds < 1:
         ap.error("--rounds and --seconds must be at least 1")
     if os.geteuid() != 0:
@@ -223,6 +226,8 @@ def _measure(lab: Netlab, t: tunnels.Tunnel, test: str, seconds: int) -> dict:
     cpu0, host0, w0 = _cpu(t), _host_busy(), time.monotonic()
     if test == "ping":
         r = _ping(lab, t.dst_ip)
+    elif test == "idle":
+        r = _idle(t)
     else:
         r = _iperf(lab, t.dst_ip, TESTS[test], seconds)
     r["wall_s"] = round(time.monotonic() - w0, 3)
@@ -269,6 +274,107 @@ def _ping(lab: Netlab, dst: str) -> dict:
         return {"error": f"ping: no rtt line (exit {p.returncode}): {p.stdout[-300:]}"}
     return {"rtt_ms": float(m.group(2)), "rtt_min_ms": float(m.group(1)),
             "rtt_max_ms": float(m.group(3)), "ping_loss_pct": float(lost.group(1)) if lost else None}
+
+
+# Seconds of no traffic per idle measurement.
+IDLE_SECONDS = 10
+
+
+def _idle(t: tunnels.Tunnel) -> dict:
+    """What the tunnel costs with nothing to carry: on-CPU time and wake-ups
+    (context switches of every thread). The CPU comes from a cgroup the
+    processes are moved into for the window (every thread and every tool
+    they run, to the microsecond); without one, from each thread's
+    schedstat, which misses tools they ran and threads that ended."""
+    if not t.procs:
+        return {}
+    with _Accounting(t) as acct:
+        threads0, w0 = _threads(t), time.monotonic()
+        time.sleep(IDLE_SECONDS)
+        threads1, wall = _threads(t), time.monotonic() - w0
+    cpu_ns = acct.ns if acct.ns is not None else sum(
+        ns - threads0.get(tid, (0, 0))[0] for tid, (ns, _) in threads1.items())
+    switches = sum(n - threads0.get(tid, (0, 0))[1] for tid, (_, n) in threads1.items())
+    return {"idle_cpu_ms_per_min": round(cpu_ns / 1e6 * 60 / wall, 2),
+            "idle_wakeups_per_s": round(switches / wall, 1), "idle_cpu_from": acct.source}
+
+
+class _Accounting:
+    """A CPU-accounting cgroup holding the tunnel's processes while in use
+    (cgroup v2 `cpu.stat`, else v1 `cpuacct.usage`); `ns` is what they used
+    inside, `None` where neither can be made. The processes go back to the
+    root group afterwards and the group is removed."""
+
+    KINDS = [(Path("/sys/fs/cgroup/unified"), "cpu.stat"), (Path("/sys/fs/cgroup"), "cpu.stat"),
+             (Path("/sys/fs/cgroup/cpuacct"), "cpuacct.usage")]
+
+    def __init__(self, t: tunnels.Tunnel):
+        self.pids = [p.pid for p in t.procs]
+        self.group: Path | None = None
+        self.root: Path | None = None
+        self.file = ""
+        self.ns: int | None = None
+        self.source = "schedstat"
+
+    def __enter__(self):
+        for root, file in self.KINDS:
+            if not (root / "cgroup.procs").is_file() or not (root / file).is_file():
+                continue
+            group = root / f"ztmesh-bench-{os.getpid()}"
+            try:
+                group.mkdir(exist_ok=True)
+                for pid in self.pids:
+                    (group / "cgroup.procs").write_text(f"{pid}\n")
+            except OSError:
+                self._leave(root, group)
+                continue
+            self.root, self.group, self.file = root, group, file
+            self.start = self._read()
+            self.source = f"cgroup {group / file}"
+            break
+        return self
+
+    def __exit__(self, *exc):
+        if self.group is not None and self.root is not None:
+            self.ns = self._read() - self.start
+            self._leave(self.root, self.group)
+        return False
+
+    def _read(self) -> int:
+        assert self.group is not None
+        text = (self.group / self.file).read_text()
+        if self.file == "cpu.stat":
+            usec = next(int(line.split()[1]) for line in text.splitlines()
+                        if line.startswith("usage_usec"))
+            return usec * 1000
+        return int(text.strip())
+
+    def _leave(self, root: Path, group: Path) -> None:
+        for pid in self.pids:
+            try:
+                (root / "cgroup.procs").write_text(f"{pid}\n")
+            except OSError:
+                pass
+        try:
+            group.rmdir()
+        except OSError:
+            pass
+
+
+def _threads(t: tunnels.Tunnel) -> dict[int, tuple[int, int]]:
+    """tid -> (on-CPU ns, context switches) of every thread of the tunnel's processes."""
+    out = {}
+    for p in t.procs:
+        for task in Path(f"/proc/{p.pid}/task").glob("*"):
+            try:
+                ns = int((task / "schedstat").read_text().split()[0])
+                status = (task / "status").read_text()
+            except (OSError, ValueError, IndexError):
+                continue
+            out[int(task.name)] = (ns, sum(
+                int(line.split()[1]) for line in status.splitlines()
+                if line.startswith(("voluntary_ctxt_switches", "nonvoluntary_ctxt_switches"))))
+    return out
 
 
 _TICK = os.sysconf("SC_CLK_TCK")

@@ -11,26 +11,35 @@ import statistics
 METRICS = [("mbps", "goodput", "Mbit/s", "higher"),
            ("loss_pct", "loss at the receiver", "%", "lower"),
            ("tunnel_cpu_s", "tunnel processes' CPU", "s", "lower"),
-           ("rtt_ms", "ping RTT (mean of 50)", "ms", "lower")]
+           ("rtt_ms", "ping RTT (mean of 50)", "ms", "lower"),
+           ("idle_cpu_ms_per_min", "CPU with no traffic", "ms per minute", "lower"),
+           ("idle_wakeups_per_s", "wake-ups with no traffic", "per second", "lower")]
+
+# The metric a test's column of the summary shows, and the test each
+# metric belongs to (None: any iperf3 test).
+SUMMARY = {"ping": "rtt_ms", "idle": "idle_cpu_ms_per_min"}
+OWNER = {"rtt_ms": "ping", "idle_cpu_ms_per_min": "idle", "idle_wakeups_per_s": "idle"}
 
 
 def render(meta: dict, results: list[dict]) -> str:
     impls = [i for i in meta["impls"] if any(r["impl"] == i for r in results)]
     tests = meta["tests"]
     out = [_header(meta)]
-    out += ["", "Medians (goodput in Mbit/s; ping: mean RTT in ms)"]
+    out += ["", "Medians (goodput in Mbit/s; ping: mean RTT in ms; idle: CPU ms per minute "
+                "with no traffic)"]
     out.append(_row(["impl", *tests], first=13))
     for impl in impls:
         cells = []
         for t in tests:
-            key = "rtt_ms" if t == "ping" else "mbps"
+            key = SUMMARY.get(t, "mbps")
             m = _median(results, impl, t, key)
-            cells.append("-" if m is None else f"{m:.3f}" if key == "rtt_ms" else f"{m:.0f}")
+            cells.append("-" if m is None else f"{m:.3f}" if key == "rtt_ms"
+                         else f"{m:.1f}" if t == "idle" else f"{m:.0f}")
         out.append(_row([impl, *cells], first=13))
 
     for test in tests:
         for key, label, unit, better in METRICS:
-            if (test == "ping") != (key == "rtt_ms") or (key == "loss_pct" and "udp" not in test):
+            if not _applies(key, test):
                 continue
             vals = {i: _values(results, i, test, key) for i in impls}
             if not any(vals.values()):
@@ -54,6 +63,13 @@ def render(meta: dict, results: list[dict]) -> str:
         out += ["", f"{len(errs)} failed measurement(s):"]
         out += [f"  round {r['round']} {r['impl']} {r['test']}: {r['error'][:200]}" for r in errs]
     return "\n".join(out)
+
+
+def _applies(key: str, test: str) -> bool:
+    """Ping and idle have metrics of their own; iperf3 tests the rest (loss: UDP only)."""
+    if test in SUMMARY:
+        return OWNER.get(key) == test
+    return key not in OWNER and (key != "loss_pct" or "udp" in test)
 
 
 def _header(meta: dict) -> str:
