@@ -83,6 +83,8 @@ pub struct Aggregator {
     records: HashMap<Key, Totals>,
     counters: CounterSnapshot,
     lost: u64,
+    /// Counters and losses of the last report delivered.
+    delivered: Option<(CounterSnapshot, u64)>,
 }
 
 impl Aggregator {
@@ -153,6 +155,21 @@ impl Aggregator {
         }
     }
 
+    /// Whether a report now would tell the server anything it was not
+    /// told by the last one delivered: records, or other counters.
+    pub fn has_news(&self) -> bool {
+        !self.records.is_empty()
+            || self
+                .delivered
+                .as_ref()
+                .is_none_or(|(counters, lost)| *counters != self.counters || *lost != self.lost)
+    }
+
+    /// The report taken last was delivered.
+    pub fn delivered(&mut self) {
+        self.delivered = Some((self.counters.clone(), self.lost));
+    }
+
     /// Counts records of a report that could not be delivered.
     pub fn count_lost(&mut self, records: usize) {
         self.lost += records as u64;
@@ -191,8 +208,12 @@ pub fn unix_now() -> i64 {
         .unwrap_or(0)
 }
 
+/// An idle daemon (no records, same counters) reports this often.
+pub const HEARTBEAT: Duration = Duration::from_secs(30);
+
 /// Aggregates batches and reports every `interval` until the batch channel
-/// closes. Failed reports lose their records (counted) but never block.
+/// closes, when there is something new or a [`HEARTBEAT`] is due. Failed
+/// reports lose their records (counted) but never block.
 pub async fn report_loop(
     config: ControlConfig,
     mut batches: mpsc::Receiver<FlowBatch>,
@@ -204,6 +225,7 @@ pub async fn report_loop(
     let mut tick = tokio::time::interval(interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut have_counters = false;
+    let mut last_delivery = None;
     loop {
         tokio::select! {
             batch = batches.recv() => match batch {
@@ -214,15 +236,25 @@ pub async fn report_loop(
                 None => return,
             },
             _ = tick.tick() => {
-                if !have_counters {
+                // Nothing new: only a heartbeat now and then, so the
+                // server's report age still tells a live idle daemon from
+                // a gone one.
+                let heartbeat_due = last_delivery.is_none_or(|at: tokio::time::Instant| at.elapsed() >= HEARTBEAT);
+                if !have_counters || (!aggregator.has_news() && !heartbeat_due) {
                     continue;
                 }
                 let report = aggregator.take_report(started_at);
                 let records = report.records.len();
-                if let Err(e) = send(&config, &mut channel, report).await {
-                    channel = None;
-                    aggregator.count_lost(records);
-                    tracing::debug!(error = %format!("{e:#}"), records, "flow report failed; its records are lost");
+                match send(&config, &mut channel, report).await {
+                    Ok(()) => {
+                        aggregator.delivered();
+                        last_delivery = Some(tokio::time::Instant::now());
+                    }
+                    Err(e) => {
+                        channel = None;
+                        aggregator.count_lost(records);
+                        tracing::debug!(error = %format!("{e:#}"), records, "flow report failed; its records are lost");
+                    }
                 }
             }
         }

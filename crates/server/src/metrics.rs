@@ -76,7 +76,7 @@ pub fn render(hub: &Hub) -> String {
         let labels = [("device", device)];
         e.gauge(
             "ztmesh_device_report_age_seconds",
-            "Seconds since the device's last counter report.",
+            "Seconds since the device's last counter report (an idle device, with nothing new to count, reports every 30 s).",
             &labels,
             (now - t.received_at).max(0) as f64,
         );

@@ -112,3 +112,41 @@ fn reports_are_capped_and_the_rest_counted() {
         expected_lost + MAX_RECORDS as u64
     );
 }
+
+#[test]
+fn only_records_or_changed_counters_are_news_after_a_delivery() {
+    let mut aggregator = Aggregator::default();
+    let counters = CounterSnapshot {
+        policy_version: 3,
+        rule_hits: vec![("web".into(), 4)],
+        ..CounterSnapshot::default()
+    };
+    let quiet = |counters: &CounterSnapshot| FlowBatch {
+        events: Vec::new(),
+        counters: counters.clone(),
+    };
+    aggregator.add(quiet(&counters), 10);
+    assert!(aggregator.has_news(), "nothing delivered yet");
+    aggregator.take_report(0);
+    aggregator.delivered();
+    assert!(!aggregator.has_news());
+    aggregator.add(quiet(&counters), 11);
+    assert!(!aggregator.has_news(), "the same counters again");
+    let mut more = counters.clone();
+    more.rule_hits[0].1 += 1;
+    aggregator.add(quiet(&more), 12);
+    assert!(aggregator.has_news(), "a rule counted a new flow");
+    aggregator.take_report(0);
+    aggregator.delivered();
+    aggregator.add(
+        FlowBatch {
+            events: vec![event(1000, 443, FlowVerdict::Allowed, Some("web"))],
+            counters: more.clone(),
+        },
+        13,
+    );
+    assert!(aggregator.has_news(), "a flow record");
+    aggregator.take_report(0);
+    aggregator.count_lost(2);
+    assert!(aggregator.has_news(), "a failed delivery's losses");
+}
