@@ -23,6 +23,8 @@ pub mod posture;
 pub mod routes;
 pub mod state;
 pub mod status;
+#[cfg(test)]
+mod test_netns;
 pub mod tls;
 pub mod tunio;
 pub mod udpio;

@@ -243,18 +243,9 @@ mod tests {
     /// (as CI has) for the namespace; says so and passes without it.
     #[test]
     fn an_address_added_wakes_the_watcher() {
-        let name = format!("ztmesh-netwatch-{}", std::process::id());
-        if !ip(&["netns", "add", &name]) {
-            eprintln!("skipped: cannot create a network namespace (not root, or no `ip`)");
+        let Some(seen) = crate::test_netns::in_own_namespace("netwatch", watch_in_namespace) else {
             return;
-        }
-        let result = std::thread::spawn({
-            let name = name.clone();
-            move || watch_in_namespace(&name)
-        })
-        .join();
-        ip(&["netns", "del", &name]);
-        let seen = result.unwrap();
+        };
         assert!(
             seen.contains(&"10.77.0.9:51820".parse().unwrap()),
             "the candidates after the change are {seen:?}"
@@ -262,21 +253,12 @@ mod tests {
     }
 
     fn ip(args: &[&str]) -> bool {
-        std::process::Command::new("ip")
-            .args(args)
-            .status()
-            .is_ok_and(|s| s.success())
+        crate::test_netns::run(&[&["ip"], args].concat())
     }
 
-    /// On this thread only: enters the namespace, subscribes, adds an
-    /// address there and returns the candidates once woken.
+    /// Inside the namespace: subscribes, adds an address there and returns
+    /// the candidates once woken.
     fn watch_in_namespace(name: &str) -> Vec<SocketAddr> {
-        let ns = std::fs::File::open(format!("/run/netns/{name}")).unwrap();
-        rustix::thread::move_into_link_name_space(
-            std::os::fd::AsFd::as_fd(&ns),
-            Some(rustix::thread::LinkNameSpaceType::Network),
-        )
-        .unwrap();
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()

@@ -111,45 +111,27 @@ fn subscribe() -> std::io::Result<OwnedFd> {
 #[cfg(test)]
 mod tests {
     use std::cell::Cell;
-    use std::process::Command;
 
     use super::*;
-
-    fn run(args: &[&str]) -> bool {
-        Command::new(args[0])
-            .args(&args[1..])
-            .status()
-            .is_ok_and(|s| s.success())
-    }
+    use crate::test_netns::{in_own_namespace, run};
 
     /// In a network namespace of the test's own: the second check keeps the
     /// verdict, a table added with `nft` makes the next one probe again.
     /// Needs root and `nft`; says so and passes without them.
     #[test]
     fn a_ruleset_change_makes_the_next_check_probe() {
-        let name = format!("ztmesh-posture-{}", std::process::id());
-        if !run(&["nft", "--version"]) || !run(&["ip", "netns", "add", &name]) {
-            eprintln!("skipped: needs root, `ip` and `nft` for a namespace of its own");
+        if !run(&["nft", "--version"]) {
+            eprintln!("skipped: no `nft`");
             return;
         }
-        let result = std::thread::spawn({
-            let name = name.clone();
-            move || probes_in_namespace(&name)
-        })
-        .join();
-        run(&["ip", "netns", "del", &name]);
-        assert_eq!(result.unwrap(), [1, 1, 2, 2]);
+        if let Some(counts) = in_own_namespace("posture", probes_in_namespace) {
+            assert_eq!(counts, [1, 1, 2, 2]);
+        }
     }
 
     /// Probe counts after each of four checks: first, unchanged, after a
     /// change, unchanged again.
     fn probes_in_namespace(name: &str) -> [u32; 4] {
-        let ns = std::fs::File::open(format!("/run/netns/{name}")).unwrap();
-        rustix::thread::move_into_link_name_space(
-            std::os::fd::AsFd::as_fd(&ns),
-            Some(rustix::thread::LinkNameSpaceType::Network),
-        )
-        .unwrap();
         let mut cache = FirewallCache::new();
         assert!(cache.events.is_some(), "no nftables subscription as root");
         // The host's legacy tables are not the namespace's concern here.
