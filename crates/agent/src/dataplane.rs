@@ -44,8 +44,17 @@ const UDP_READS_PER_WAKE: usize = 4;
 const TUN_READS_PER_WAKE: usize = 64;
 /// Relayed packets handled per wake-up.
 const RELAY_READS_PER_WAKE: usize = 64;
-/// How often boringtun's timers run.
-const TIMER_TICK: Duration = Duration::from_millis(250);
+/// How often boringtun's timers run while a handshake we sent waits for a
+/// direct answer: the relay carries it [`paths::RELAY_AFTER`] after.
+const TIMER_TICK_BUSY: Duration = Duration::from_millis(250);
+/// How often they run otherwise. boringtun rounds its timers to the
+/// second (the shortest is the 5 s handshake retry), so an idle laptop
+/// wakes once a second for them, not four times.
+const TIMER_TICK_IDLE: Duration = Duration::from_secs(1);
+/// How often the loop's chores run (the rate limiters' counts, the
+/// filter's expiry, the flow log's batch, STUN), on the tick that comes
+/// first after; the slack keeps a tick a few ms early from skipping them.
+const CHORES_EVERY: Duration = Duration::from_millis(950);
 /// WireGuard message type of a handshake initiation.
 const HANDSHAKE_INIT: u8 = 1;
 /// WireGuard message type of a cookie reply.
@@ -176,7 +185,7 @@ pub async fn run<T: TunIo>(
     engine.apply_netmap(&io, &initial).await;
     let mut wire = Wire::new(&io.udp)?;
     let mut batches = Batches::default();
-    let mut ticks: u64 = 0;
+    let mut chores_due = Instant::now();
     let mut controls = Controls::new(
         &netmap,
         local_addrs,
@@ -205,25 +214,37 @@ pub async fn run<T: TunIo>(
                     .await?;
             }
             Event::Tick => {
-                ticks += 1;
                 engine.on_tick(&io).await;
-                if ticks.is_multiple_of(4) {
+                let now = Instant::now();
+                if now >= chores_due {
+                    chores_due = now + CHORES_EVERY;
                     engine.rate_limiter.reset_count();
                     if let Some(old) = &engine.old_keys {
                         old.rate_limiter.reset_count();
                     }
-                    engine.filter.expire(Instant::now());
+                    engine.filter.expire(now);
                     engine.hand_over_flows(&flow_reports);
                     engine.ask_stun(&io).await;
                 }
+                controls.set_tick_period(engine.tick_period());
             }
             Event::NetMap => {
                 let map = netmap.borrow_and_update().clone();
                 engine.apply_netmap(&io, &map).await;
+                controls.set_tick_period(engine.tick_period());
             }
-            Event::Rekey(key) => engine.rekey(&io, key).await,
-            Event::NetworkChanged => engine.on_network_change(&io).await,
-            Event::Reported => engine.probe_all(&io).await,
+            Event::Rekey(key) => {
+                engine.rekey(&io, key).await;
+                controls.set_tick_period(engine.tick_period());
+            }
+            Event::NetworkChanged => {
+                engine.on_network_change(&io).await;
+                controls.set_tick_period(engine.tick_period());
+            }
+            Event::Reported => {
+                engine.probe_all(&io).await;
+                controls.set_tick_period(engine.tick_period());
+            }
             Event::Status(reply) => {
                 let _ = reply.send(engine.status(&io, connected.load(Ordering::Relaxed)));
             }
@@ -477,6 +498,17 @@ impl Engine {
         let keys = self.peers.set_private(private, rate_limiter);
         tracing::info!(peers = keys.len(), "switched to the rotated WireGuard key");
         self.start_handshakes(io, &keys).await;
+    }
+
+    /// How often boringtun's timers should run now: often while a
+    /// handshake we sent waits for a direct answer (the relay takes over
+    /// when none comes), else once a second.
+    fn tick_period(&self) -> Duration {
+        if self.peers.iter().any(|peer| peer.path.awaits_answer()) {
+            TIMER_TICK_BUSY
+        } else {
+            TIMER_TICK_IDLE
+        }
     }
 
     /// Sends a STUN request from the WireGuard socket when one is due.

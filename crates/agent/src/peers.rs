@@ -93,6 +93,12 @@ impl PathProbe {
         self.init.clear();
     }
 
+    /// Whether the last initiation still waits for a direct answer that
+    /// would keep it off the relay.
+    pub fn awaits_answer(&self) -> bool {
+        self.sent.is_some() && !self.relayed && !self.init.is_empty()
+    }
+
     /// The initiation to send through the relay now: the direct copies
     /// have had `after` to be answered and were not.
     pub fn due_for_relay(&mut self, now: Instant, after: Duration) -> Option<&[u8]> {
@@ -371,4 +377,32 @@ fn retire(tunn: Tunn, index: u32, now: Instant) -> Option<Retiring> {
             since: now,
             until: None,
         })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_initiation_awaits_its_answer_until_answered_or_relayed() {
+        let start = Instant::now();
+        let mut probe = PathProbe::default();
+        assert!(!probe.awaits_answer(), "nothing sent yet");
+        probe.probed(b"init", start);
+        assert!(probe.awaits_answer());
+        // Not yet due: the direct copies still have time.
+        assert!(probe.due_for_relay(start, Duration::from_secs(1)).is_none());
+        assert!(probe.awaits_answer());
+        let later = start + Duration::from_secs(1);
+        assert_eq!(
+            probe.due_for_relay(later, Duration::from_secs(1)),
+            Some(&b"init"[..])
+        );
+        assert!(!probe.awaits_answer(), "the relay carries it now");
+        probe.probed(b"retry", later);
+        assert!(probe.awaits_answer(), "a retry waits again");
+        probe.answered(later + Duration::from_millis(3));
+        assert!(!probe.awaits_answer());
+        assert_eq!(probe.rtt, Some(Duration::from_millis(3)));
+    }
 }

@@ -8,7 +8,7 @@ use std::task::{Context, Poll};
 use tokio::sync::{mpsc, watch};
 use x25519_dalek::StaticSecret;
 
-use super::{Io, TIMER_TICK};
+use super::{Io, TIMER_TICK_BUSY};
 use crate::driver;
 use crate::netmap::NetMap;
 use crate::status::StatusRequest;
@@ -93,7 +93,9 @@ impl Controls {
         rekeys: mpsc::Receiver<StaticSecret>,
         relay_in: mpsc::Receiver<ztmesh_relay::Frame>,
     ) -> Self {
-        let tick = driver::Ticker::new(TIMER_TICK);
+        // Busy until the first tick says otherwise: the loop starts with
+        // handshakes to every peer.
+        let tick = driver::Ticker::new(TIMER_TICK_BUSY);
         let (netmap_tx, netmap_rx) = mpsc::channel(1);
         let follow = tokio::spawn(changes(netmap.clone(), netmap_tx));
         let (network_tx, network_rx) = mpsc::channel(1);
@@ -117,6 +119,11 @@ impl Controls {
             relay_in,
             tick,
         }
+    }
+
+    /// How often the timer ticks from now on.
+    pub(super) fn set_tick_period(&mut self, period: std::time::Duration) {
+        self.tick.set_period(period);
     }
 
     /// Polls the channels and the timer, returning the first event found.
