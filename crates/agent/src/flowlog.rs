@@ -211,9 +211,12 @@ pub fn unix_now() -> i64 {
 /// An idle daemon (no records, same counters) reports this often.
 pub const HEARTBEAT: Duration = Duration::from_secs(30);
 
-/// Aggregates batches and reports every `interval` until the batch channel
-/// closes, when there is something new or a [`HEARTBEAT`] is due. Failed
-/// reports lose their records (counted) but never block.
+/// Aggregates batches and reports them until the batch channel closes:
+/// news (records, changed counters) at once, but at most once every
+/// `interval`; without news only a [`HEARTBEAT`]. No timer runs while
+/// there is nothing to send, so an idle daemon is not woken for it.
+/// Failed reports lose their records (counted) but never block; the next
+/// try waits out `interval`.
 pub async fn report_loop(
     config: ControlConfig,
     mut batches: mpsc::Receiver<FlowBatch>,
@@ -222,11 +225,23 @@ pub async fn report_loop(
     let started_at = unix_now();
     let mut aggregator = Aggregator::default();
     let mut channel: Option<Channel> = None;
-    let mut tick = tokio::time::interval(interval);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut have_counters = false;
-    let mut last_delivery = None;
+    let mut last_try: Option<tokio::time::Instant> = None;
+    let mut last_delivery: Option<tokio::time::Instant> = None;
     loop {
+        let due = report_due(
+            have_counters,
+            aggregator.has_news(),
+            last_try,
+            last_delivery,
+            interval,
+        );
+        let wait = async {
+            match due {
+                Some(at) => tokio::time::sleep_until(at).await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
             batch = batches.recv() => match batch {
                 Some(batch) => {
@@ -235,20 +250,14 @@ pub async fn report_loop(
                 }
                 None => return,
             },
-            _ = tick.tick() => {
-                // Nothing new: only a heartbeat now and then, so the
-                // server's report age still tells a live idle daemon from
-                // a gone one.
-                let heartbeat_due = last_delivery.is_none_or(|at: tokio::time::Instant| at.elapsed() >= HEARTBEAT);
-                if !have_counters || (!aggregator.has_news() && !heartbeat_due) {
-                    continue;
-                }
+            () = wait => {
                 let report = aggregator.take_report(started_at);
                 let records = report.records.len();
+                last_try = Some(tokio::time::Instant::now());
                 match send(&config, &mut channel, report).await {
                     Ok(()) => {
                         aggregator.delivered();
-                        last_delivery = Some(tokio::time::Instant::now());
+                        last_delivery = last_try;
                     }
                     Err(e) => {
                         channel = None;
@@ -259,6 +268,28 @@ pub async fn report_loop(
             }
         }
     }
+}
+
+/// When the next report goes: `None` before the first counters; news a
+/// whole `interval` after the last try (at once if that is past);
+/// otherwise a heartbeat [`HEARTBEAT`] after the last delivery, so the
+/// server's report age still tells a live idle daemon from a gone one.
+fn report_due(
+    have_counters: bool,
+    news: bool,
+    last_try: Option<tokio::time::Instant>,
+    last_delivery: Option<tokio::time::Instant>,
+    interval: Duration,
+) -> Option<tokio::time::Instant> {
+    if !have_counters {
+        return None;
+    }
+    let now = tokio::time::Instant::now();
+    let paced = last_try.map_or(now, |at| at + interval);
+    if news {
+        return Some(paced);
+    }
+    Some(last_delivery.map_or(paced, |at| (at + HEARTBEAT).max(paced)))
 }
 
 async fn send(

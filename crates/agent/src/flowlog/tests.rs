@@ -150,3 +150,26 @@ fn only_records_or_changed_counters_are_news_after_a_delivery() {
     aggregator.count_lost(2);
     assert!(aggregator.has_news(), "a failed delivery's losses");
 }
+
+#[test]
+fn news_goes_at_once_but_paced_and_an_idle_daemon_only_sends_heartbeats() {
+    let interval = Duration::from_secs(2);
+    let now = tokio::time::Instant::now();
+    let ago = |secs: u64| now.checked_sub(Duration::from_secs(secs)).unwrap();
+    // Nothing to report before the first counters: no timer at all.
+    assert_eq!(report_due(false, true, None, None, interval), None);
+    // The first news goes at once.
+    assert!(report_due(true, true, None, None, interval).unwrap() <= tokio::time::Instant::now());
+    // News a second after a try waits out the interval.
+    assert_eq!(
+        report_due(true, true, Some(ago(1)), Some(ago(1)), interval),
+        Some(ago(1) + interval)
+    );
+    // Nothing new: a heartbeat 30 s after the last delivery, not sooner.
+    assert_eq!(
+        report_due(true, false, Some(ago(10)), Some(ago(10)), interval),
+        Some(ago(10) + HEARTBEAT)
+    );
+    // A heartbeat overdue goes at once.
+    assert!(report_due(true, false, Some(ago(40)), Some(ago(40)), interval).unwrap() <= now);
+}
