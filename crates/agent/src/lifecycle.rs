@@ -216,12 +216,21 @@ async fn send_posture(config: &ControlConfig, report: &PostureReport) -> Result<
         .collect())
 }
 
+/// The first retry of an endpoint report the server did not take; each
+/// next one waits twice as long, up to [`ENDPOINT_RETRY_MAX`] (a report
+/// the server refuses as invalid fails the same way every time).
+const ENDPOINT_RETRY_FIRST: Duration = Duration::from_secs(5);
+/// The longest wait between two tries of an endpoint report.
+const ENDPOINT_RETRY_MAX: Duration = Duration::from_secs(300);
+
 /// Reports where this daemon can be reached (the public endpoint learned
 /// over STUN, and the interface candidates) to the server whenever either
 /// changes and on every new control session (a reconnect resets the
 /// server's record to the observed address). Each accepted report bumps
 /// `reported_tx`: the data plane then starts handshakes with every peer on
 /// every path while the server hands the new endpoints to those peers.
+/// A report the server did not take is tried again after 5 s, then less
+/// and less often ([`next_retry`]); each new error is logged as a warning.
 pub async fn endpoint_loop(
     config: ControlConfig,
     mut public: watch::Receiver<Option<std::net::SocketAddr>>,
@@ -231,6 +240,9 @@ pub async fn endpoint_loop(
 ) {
     type Reach = (Option<std::net::SocketAddr>, Vec<std::net::SocketAddr>);
     let mut reported: Option<(Reach, u64)> = None;
+    // After a failed report: when to try again, and the error last told.
+    let mut retry: Option<Duration> = None;
+    let mut told: Option<String> = None;
     loop {
         let session = *sessions.borrow_and_update();
         let current: Reach = (
@@ -249,19 +261,45 @@ pub async fn endpoint_loop(
                         tracing::info!(endpoint = ?current.0, reason = %response.reason, "the server did not take the public endpoint");
                     }
                     reported = Some((current, session));
+                    retry = None;
+                    told = None;
                 }
                 Err(e) => {
-                    tracing::debug!(error = %format!("{e:#}"), "reporting the endpoints failed; retrying")
+                    let after = next_retry(retry);
+                    retry = Some(after);
+                    let error = format!("{e:#}");
+                    if told.as_ref() != Some(&error) {
+                        tracing::warn!(%error, retry_in = ?after, "the server did not take this device's endpoints; peers may not reach it directly");
+                        told = Some(error);
+                    } else {
+                        tracing::debug!(%error, retry_in = ?after, "reporting the endpoints failed again");
+                    }
                 }
             }
         }
+        // Nothing to wait for but changes, unless a report failed: no
+        // timer wakes an idle daemon for this.
+        let again = async {
+            match retry {
+                Some(after) => tokio::time::sleep(after).await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
-            () = tokio::time::sleep(std::time::Duration::from_secs(5)) => {}
+            () = again => {}
             changed = sessions.changed() => if changed.is_err() { return; },
             changed = public.changed() => if changed.is_err() { return; },
             changed = local.changed() => if changed.is_err() { return; },
         }
     }
+}
+
+/// The wait before the next try of an endpoint report, after one that
+/// waited `last` (`None`: the first failure).
+fn next_retry(last: Option<Duration>) -> Duration {
+    last.map_or(ENDPOINT_RETRY_FIRST, |last| {
+        (last * 2).min(ENDPOINT_RETRY_MAX)
+    })
 }
 
 async fn send_endpoint(
@@ -297,5 +335,17 @@ mod tests {
         );
         node.id.clear();
         assert_eq!(rotation_due_at(&node), None);
+    }
+
+    #[test]
+    fn a_refused_endpoint_report_is_tried_again_less_and_less_often() {
+        let mut waits = Vec::new();
+        let mut last = None;
+        for _ in 0..9 {
+            let next = next_retry(last);
+            waits.push(next.as_secs());
+            last = Some(next);
+        }
+        assert_eq!(waits, [5, 10, 20, 40, 80, 160, 300, 300, 300]);
     }
 }
