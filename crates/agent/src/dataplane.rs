@@ -197,6 +197,12 @@ pub async fn run<T: TunIo>(
     );
     loop {
         let event = std::future::poll_fn(|cx| next_event(cx, &io, &mut controls)).await;
+        // What may start or end a handshake's wait for an answer, and so
+        // change how often the timer should tick.
+        let retick = matches!(
+            event,
+            Event::Tick | Event::NetMap | Event::Rekey(_) | Event::NetworkChanged | Event::Reported
+        );
         match event {
             Event::Io { tun, udp } => {
                 // The UDP side first: what it decrypts reaches the TUN
@@ -226,29 +232,21 @@ pub async fn run<T: TunIo>(
                     engine.hand_over_flows(&flow_reports);
                     engine.ask_stun(&io).await;
                 }
-                controls.set_tick_period(engine.tick_period());
             }
             Event::NetMap => {
                 let map = netmap.borrow_and_update().clone();
                 engine.apply_netmap(&io, &map).await;
-                controls.set_tick_period(engine.tick_period());
             }
-            Event::Rekey(key) => {
-                engine.rekey(&io, key).await;
-                controls.set_tick_period(engine.tick_period());
-            }
-            Event::NetworkChanged => {
-                engine.on_network_change(&io).await;
-                controls.set_tick_period(engine.tick_period());
-            }
-            Event::Reported => {
-                engine.probe_all(&io).await;
-                controls.set_tick_period(engine.tick_period());
-            }
+            Event::Rekey(key) => engine.rekey(&io, key).await,
+            Event::NetworkChanged => engine.on_network_change(&io).await,
+            Event::Reported => engine.probe_all(&io).await,
             Event::Status(reply) => {
                 let _ = reply.send(engine.status(&io, connected.load(Ordering::Relaxed)));
             }
             Event::Stop => return Ok(()),
+        }
+        if retick {
+            controls.set_tick_period(engine.tick_period());
         }
     }
 }
