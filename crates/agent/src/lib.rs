@@ -183,6 +183,7 @@ pub async fn run_with<T: TunIo>(
     let socket = netwatch::Socket {
         bound: io.udp.local_addr()?,
         tun_name: io.tun.interface_name().unwrap_or_default().to_owned(),
+        routed: io.tun.routed(),
     };
     let (local_tx, local_rx) = watch::channel(netwatch::current(&socket));
     let (relay_in_tx, relay_in_rx) = mpsc::channel(RELAY_QUEUE);

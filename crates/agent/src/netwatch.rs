@@ -13,6 +13,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::os::fd::OwnedFd;
 use std::time::Duration;
 
+use ipnet::Ipv4Net;
 use rustix::net::netlink::SocketAddrNetlink;
 use rustix::net::{AddressFamily, RecvFlags, SocketFlags, SocketType};
 use tokio::io::unix::AsyncFd;
@@ -39,12 +40,17 @@ pub struct Socket {
     pub bound: SocketAddr,
     /// The overlay interface (its addresses are the tunnel itself).
     pub tun_name: String,
+    /// The overlay range routed into the tunnel ([`crate::tunio::TunIo::routed`]):
+    /// an address in it on another interface (a second overlay, another
+    /// VPN on 100.64.0.0/10) cannot carry this tunnel, and the server
+    /// refuses a report that offers one.
+    pub routed: Option<Ipv4Net>,
 }
 
 /// The candidates among `(interface, address)` pairs: IPv4 (the socket is
 /// IPv4), not loopback, link-local, unspecified or on the overlay
-/// interface, each with the socket's port; private networks first, at
-/// most [`MAX_CANDIDATES`].
+/// interface or inside the routed overlay range, each with the socket's
+/// port; private networks first, at most [`MAX_CANDIDATES`].
 pub fn candidates(
     socket: &Socket,
     interfaces: impl IntoIterator<Item = (String, IpAddr)>,
@@ -62,6 +68,7 @@ pub fn candidates(
         .filter(|v4| {
             !(v4.is_loopback() || v4.is_link_local() || v4.is_unspecified() || v4.is_multicast())
         })
+        .filter(|v4| !socket.routed.is_some_and(|net| net.contains(v4)))
         .collect();
     found.sort_by_key(|v4| (!v4.is_private(), *v4));
     found.dedup();
@@ -196,6 +203,7 @@ mod tests {
         Socket {
             bound: bound.parse().unwrap(),
             tun_name: "ztmesh0".into(),
+            routed: Some("100.64.0.0/10".parse().unwrap()),
         }
     }
 
@@ -229,6 +237,31 @@ mod tests {
         .map(|s| s.parse().unwrap())
         .collect();
         assert_eq!(found, want);
+    }
+
+    /// Found in the benchmark: a second overlay's TUN (100.100.0.1, inside
+    /// this one's 100.64.0.0/10) was offered, and the server refused the
+    /// whole report, so no peer learnt any of this device's addresses.
+    #[test]
+    fn an_address_inside_the_routed_overlay_on_another_interface_is_no_candidate() {
+        let interfaces = ifs(&[
+            ("ztmesh1", "100.100.0.1"),
+            ("tailscale0", "100.101.2.3"),
+            ("eth0", "10.77.0.1"),
+            ("cgnat0", "100.128.0.1"),
+        ]);
+        let found = candidates(&socket("0.0.0.0:51820"), interfaces.clone());
+        let want: Vec<SocketAddr> = ["10.77.0.1:51820", "100.128.0.1:51820"]
+            .iter()
+            .map(|s| s.parse().unwrap())
+            .collect();
+        assert_eq!(found, want);
+        // A device that routes no range (the in-memory TUN) leaves them in.
+        let unrouted = Socket {
+            routed: None,
+            ..socket("0.0.0.0:51820")
+        };
+        assert_eq!(candidates(&unrouted, interfaces).len(), 4);
     }
 
     #[test]

@@ -9,6 +9,7 @@ use std::sync::{Mutex, PoisonError};
 use std::task::{Context, Poll};
 
 use anyhow::{Result, anyhow, bail};
+use ipnet::Ipv4Net;
 use tokio::sync::mpsc;
 use tokio::sync::mpsc::error::TryRecvError;
 
@@ -51,6 +52,13 @@ pub trait TunIo: Send + Sync + 'static {
     fn interface_name(&self) -> Option<&str> {
         None
     }
+
+    /// The range the device's route sends into the tunnel: an address in
+    /// it, on whatever interface, is no path to a peer (packets to it
+    /// would go into the tunnel they are meant to carry).
+    fn routed(&self) -> Option<Ipv4Net> {
+        None
+    }
 }
 
 /// A real kernel TUN device, with TCP segmentation and receive offloads
@@ -60,6 +68,7 @@ pub trait TunIo: Send + Sync + 'static {
 pub struct KernelTun {
     device: tun_rs::SyncDevice,
     name: String,
+    routed: Ipv4Net,
     readable: ReadyFlag,
 }
 
@@ -94,6 +103,10 @@ impl TunIo for KernelTun {
 
     fn interface_name(&self) -> Option<&str> {
         Some(&self.name)
+    }
+
+    fn routed(&self) -> Option<Ipv4Net> {
+        Some(self.routed)
     }
 
     fn try_recv_batch(&self, batch: &mut TunReadBatch) -> io::Result<bool> {
@@ -188,6 +201,9 @@ pub fn create_kernel_tun(
     prefix: u8,
     offload: bool,
 ) -> Result<KernelTun> {
+    let routed = Ipv4Net::new(address, prefix)
+        .map_err(|e| anyhow!("overlay prefix /{prefix}: {e}; give a prefix length of 0 to 32"))?
+        .trunc();
     let build = |offload: bool| {
         tun_rs::DeviceBuilder::new()
             .name(name)
@@ -212,6 +228,7 @@ pub fn create_kernel_tun(
     let device = KernelTun {
         device,
         name: name.to_owned(),
+        routed,
         readable: ReadyFlag::new(),
     };
     tracing::info!(
