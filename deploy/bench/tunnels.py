@@ -157,9 +157,12 @@ def up_ztmesh(lab: Netlab, index: int, zt: str, relayed: bool = False) -> Tunnel
         if relayed:
             extra += ["--tun", "ztmesh1", "--listen-port", str(RELAYED_WG_PORT),
                       "--metrics-listen", "off", "--overlay-prefix", "16"]
-        daemons.append(lab.spawn(name, ns, [zt, "up", "--join", token, "--name", name,
+        # The token in the environment: a command line is readable by
+        # every local user in /proc.
+        daemons.append(lab.spawn(name, ns, [zt, "up", "--name", name,
                                             "--state-dir", str(lab.tmp / name), *extra],
-                                 env={"ZTMESH_LOG": os.environ.get("ZTMESH_LOG", "warn")}))
+                                 env={"ZTMESH_LOG": os.environ.get("ZTMESH_LOG", "warn"),
+                                      "ZTMESH_JOIN_TOKEN": token}))
 
     def status(ns: str, name: str) -> dict:
         r = lab.run(["ip", "netns", "exec", ns, zt, "status", "--state-dir",

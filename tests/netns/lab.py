@@ -537,9 +537,12 @@ class Lab:
         if name in self.nodes and self.nodes[name].alive():
             raise LabError(f"node {name} already running")
         self.say(f"starting node {name}")
+        # The token goes in the environment, not the command line, which
+        # every local user can read in /proc.
         p = self._spawn(name, self.node_ns[name], [
-            self.binary(), "up", "--join", token, "--name", name,
-            "--state-dir", str(self.state_dir(name)), *extra])
+            self.binary(), "up", "--name", name,
+            "--state-dir", str(self.state_dir(name)), *extra],
+            env={"ZTMESH_JOIN_TOKEN": token})
         self.nodes[name] = p
         return p
 
