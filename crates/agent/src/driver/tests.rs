@@ -1,0 +1,283 @@
+//! Tests of the data plane driver: readiness, wake-ups and ticks.
+
+use std::net::UdpSocket;
+use std::os::fd::AsRawFd;
+use std::time::{Duration, Instant};
+
+use super::*;
+
+#[test]
+fn a_datagram_sets_the_flag_and_wakes_the_future() {
+    let rx = UdpSocket::bind("127.0.0.1:0").unwrap();
+    rx.set_nonblocking(true).unwrap();
+    let tx = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let to = rx.local_addr().unwrap();
+    let flag = ReadyFlag::new();
+    let source = Readable {
+        fd: rx.as_raw_fd(),
+        flag: flag.clone(),
+    };
+    let sender = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(50));
+        tx.send_to(b"hello", to).unwrap();
+    });
+    let mut turns = 0;
+    let started = Instant::now();
+    let got = block_on(
+        std::future::poll_fn(|_| {
+            turns += 1;
+            if !flag.is_set() {
+                return Poll::Pending;
+            }
+            let mut buf = [0u8; 16];
+            match rx.recv(&mut buf) {
+                Ok(n) => Poll::Ready(buf[..n].to_vec()),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    flag.clear();
+                    Poll::Pending
+                }
+                Err(e) => panic!("{e}"),
+            }
+        }),
+        &[source],
+    )
+    .unwrap();
+    sender.join().unwrap();
+    assert_eq!(got, b"hello");
+    assert!(started.elapsed() >= Duration::from_millis(40));
+    // The first turn found nothing and cleared the flag, then slept
+    // until the datagram: no busy loop.
+    assert!(turns <= 3, "{turns} turns");
+}
+
+#[test]
+fn a_waker_from_another_thread_wakes_the_future() {
+    let (tx, rx) = std::sync::mpsc::channel::<Waker>();
+    let woken = Arc::new(AtomicBool::new(false));
+    let set = Arc::clone(&woken);
+    let other = std::thread::spawn(move || {
+        let waker = rx.recv().unwrap();
+        std::thread::sleep(Duration::from_millis(30));
+        set.store(true, Ordering::SeqCst);
+        waker.wake();
+    });
+    let mut sent = Some(tx);
+    block_on(
+        std::future::poll_fn(|cx| {
+            if let Some(tx) = sent.take() {
+                tx.send(cx.waker().clone()).unwrap();
+            }
+            if woken.load(Ordering::SeqCst) {
+                Poll::Ready(())
+            } else {
+                Poll::Pending
+            }
+        }),
+        &[],
+    )
+    .unwrap();
+    other.join().unwrap();
+}
+
+#[test]
+fn a_ticker_wakes_the_driver_at_its_deadlines_without_a_busy_loop() {
+    let period = Duration::from_millis(30);
+    let mut ticker = Ticker::new(period);
+    let (mut turns, mut ticks, mut told) = (0, Vec::new(), 0);
+    let started = Instant::now();
+    block_on(
+        std::future::poll_fn(|cx| {
+            turns += 1;
+            // Polled only when told, and after a tick again until it
+            // waits, as the data plane polls it.
+            if take_wakeups() {
+                told += 1;
+                while ticker.poll_tick(cx).is_ready() {
+                    ticks.push(started.elapsed());
+                }
+            }
+            if ticks.len() == 4 {
+                Poll::Ready(())
+            } else {
+                Poll::Pending
+            }
+        }),
+        &[],
+    )
+    .unwrap();
+    // The first tick at once, then one a period after the other.
+    assert!(ticks[0] < period, "{ticks:?}");
+    for pair in ticks.windows(2) {
+        assert!(pair[1] - pair[0] >= period, "{ticks:?}");
+    }
+    // A turn a tick, each one told: no busy loop.
+    assert!(turns <= 6, "{turns} turns for {ticks:?}");
+    assert_eq!(told, turns);
+    // The deadline is gone with the driver.
+    assert!(DEADLINE.with(Cell::get).is_none());
+}
+
+#[test]
+fn a_new_period_counts_from_the_last_tick_and_a_shorter_one_cuts_the_wait() {
+    let mut ticker = Ticker::new(Duration::from_secs(5));
+    let (mut ticks, mut turns) = (Vec::new(), 0);
+    let started = Instant::now();
+    block_on(
+        std::future::poll_fn(|cx| {
+            turns += 1;
+            if take_wakeups() {
+                while ticker.poll_tick(cx).is_ready() {
+                    ticks.push(started.elapsed());
+                }
+                // After the look that left the deadline, as after an
+                // event the loop handled: the tick 5 s away comes
+                // 40 ms after the first instead, in the wait going
+                // on; then 120 ms after the second.
+                match ticks.len() {
+                    1 => ticker.set_period(Duration::from_millis(40)),
+                    2 => ticker.set_period(Duration::from_millis(120)),
+                    _ => {}
+                }
+            }
+            if ticks.len() == 3 {
+                Poll::Ready(())
+            } else {
+                Poll::Pending
+            }
+        }),
+        &[],
+    )
+    .unwrap();
+    let gaps = [ticks[1] - ticks[0], ticks[2] - ticks[1]];
+    assert!(gaps[0] >= Duration::from_millis(40), "{ticks:?}");
+    assert!(
+        gaps[0] < Duration::from_secs(2),
+        "the 5 s wait went on: {ticks:?}"
+    );
+    assert!(gaps[1] >= Duration::from_millis(120), "{ticks:?}");
+    assert!(turns <= 8, "{turns} turns for {ticks:?}");
+}
+
+#[test]
+fn a_tick_comes_even_when_the_future_never_lets_the_driver_wait() {
+    let period = Duration::from_millis(20);
+    let mut ticker = Ticker::new(period);
+    let started = Instant::now();
+    // Every await is ready at once, like a loop that always finds a
+    // socket ready: the future never returns to the driver.
+    let ticks = block_on(
+        async {
+            let mut ticks = 0;
+            while ticks < 3 && started.elapsed() < Duration::from_secs(5) {
+                std::future::poll_fn(|cx| {
+                    if take_wakeups() && ticker.poll_tick(cx).is_ready() {
+                        ticks += 1;
+                        look_again();
+                    }
+                    Poll::Ready(())
+                })
+                .await;
+            }
+            ticks
+        },
+        &[],
+    )
+    .unwrap();
+    assert_eq!(ticks, 3);
+    assert!(started.elapsed() >= period * 2);
+}
+
+#[test]
+fn a_deadline_that_came_while_the_future_waits_elsewhere_does_not_spin() {
+    let period = Duration::from_millis(10);
+    let mut ticker = Ticker::new(period);
+    let (tx, rx) = std::sync::mpsc::channel::<Waker>();
+    let woken = Arc::new(AtomicBool::new(false));
+    let set = Arc::clone(&woken);
+    let other = std::thread::spawn(move || {
+        let waker = rx.recv().unwrap();
+        // Well past the ticker's deadline.
+        std::thread::sleep(Duration::from_millis(100));
+        set.store(true, Ordering::SeqCst);
+        waker.wake();
+    });
+    let (mut turns, mut sent) = (0, Some(tx));
+    let ticked = block_on(
+        std::future::poll_fn(|cx| {
+            turns += 1;
+            if turns == 1 {
+                // The first tick, then a look that leaves a deadline.
+                assert!(ticker.poll_tick(cx).is_ready());
+                assert!(ticker.poll_tick(cx).is_pending());
+            }
+            // Then waiting on something else (the other thread): the
+            // ticker is not polled until that comes.
+            if let Some(tx) = sent.take() {
+                tx.send(cx.waker().clone()).unwrap();
+            }
+            if !woken.load(Ordering::SeqCst) {
+                return Poll::Pending;
+            }
+            Poll::Ready(take_wakeups() && ticker.poll_tick(cx).is_ready())
+        }),
+        &[],
+    )
+    .unwrap();
+    other.join().unwrap();
+    // The deadline woke one turn, then the driver slept until the
+    // other thread's wake (a deadline left in the past would have
+    // made it spin for 100 ms), and the tick was still due.
+    assert!(turns <= 4, "{turns} turns");
+    assert!(ticked);
+}
+
+#[test]
+fn wakeups_are_told_once_and_looking_again_repeats_them() {
+    // Off a driver thread every turn must poll everything.
+    assert!(take_wakeups());
+    let rx = UdpSocket::bind("127.0.0.1:0").unwrap();
+    rx.set_nonblocking(true).unwrap();
+    let tx = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let to = rx.local_addr().unwrap();
+    let flag = ReadyFlag::new();
+    flag.clear();
+    let source = Readable {
+        fd: rx.as_raw_fd(),
+        flag: flag.clone(),
+    };
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 16];
+    block_on(
+        std::future::poll_fn(|cx| {
+            seen.push(take_wakeups());
+            match seen.len() {
+                // The first turn is told to look; a datagram wakes the
+                // next one through epoll alone.
+                1 => {
+                    tx.send_to(b"x", to).unwrap();
+                    Poll::Pending
+                }
+                // No waker fired: not told. Fire one.
+                2 => {
+                    assert!(flag.is_set());
+                    rx.recv(&mut buf).unwrap();
+                    flag.clear();
+                    cx.waker().wake_by_ref();
+                    Poll::Pending
+                }
+                // Told, and asked to look again with a datagram.
+                3 => {
+                    look_again();
+                    tx.send_to(b"y", to).unwrap();
+                    Poll::Pending
+                }
+                _ => Poll::Ready(()),
+            }
+        }),
+        &[source],
+    )
+    .unwrap();
+    assert_eq!(seen, [true, false, true, true]);
+    // The driver is gone from this thread.
+    assert!(take_wakeups());
+}
