@@ -391,3 +391,77 @@ async fn concurrent_writes_all_succeed() {
         assert_eq!(versions, (1..=20).collect::<Vec<u64>>(), "{backend}");
     }
 }
+
+/// Found as a rare "internal server error" on `CreateUser` in CI while a
+/// daemon reported to the same server: a transaction that reads before it
+/// writes cannot take the write lock on SQLite once another connection
+/// has written since its read (SQLITE_BUSY at once, the busy timeout does
+/// not apply). Write transactions take the lock when they begin.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn audited_writes_succeed_while_another_connection_keeps_writing() {
+    use ztmesh_server::store::UserRecord;
+    for (backend, url) in backends().await {
+        let store = Store::connect(&url).await.unwrap();
+        let (id, secret) = token(&store, true, unix_now() + 3600).await;
+        let (_, dev) = store
+            .enroll(
+                &cred(&id, &secret),
+                device("busy", "kbusy"),
+                overlay(),
+                &Settings::default(),
+            )
+            .await
+            .unwrap();
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let writer = {
+            let (store, stop, dev_id) = (store.clone(), Arc::clone(&stop), dev.id.clone());
+            tokio::spawn(async move {
+                let mut n = 0u32;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    n += 1;
+                    let candidate = format!("10.0.{}.{}:51820", n / 250 % 250, n % 250 + 1);
+                    store.set_candidates(&dev_id, &[candidate]).await.unwrap();
+                    // A write a millisecond: far busier than daemons'
+                    // reports, and not a loop that starves every other
+                    // writer past the busy timeout.
+                    tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+                }
+                n
+            })
+        };
+        let users = 40;
+        let mut tasks = Vec::new();
+        for n in 0..users {
+            let store = store.clone();
+            tasks.push(tokio::spawn(async move {
+                let user = UserRecord {
+                    id: random_token(9),
+                    name: format!("user{n}@example.com"),
+                    password_hash: "not-a-real-hash".into(),
+                    totp_sealed: "sealed".into(),
+                    totp_last_step: None,
+                    disabled: false,
+                    created_at: unix_now(),
+                    groups: vec!["eng".into()],
+                };
+                store.create_user(&user, &Actor::system("test")).await
+            }));
+        }
+        let mut failed = Vec::new();
+        for task in tasks {
+            if let Err(e) = task.await.unwrap() {
+                failed.push(format!("{e:#}"));
+            }
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let writes = writer.await.unwrap();
+        assert!(
+            failed.is_empty(),
+            "{backend}: {} of {users} failed, e.g. {:?}",
+            failed.len(),
+            failed.first()
+        );
+        assert!(writes > 0, "{backend}: the writer ran");
+        assert_eq!(store.users().await.unwrap().len(), users, "{backend}");
+    }
+}

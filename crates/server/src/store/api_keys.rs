@@ -57,7 +57,7 @@ impl Store {
         key_hash: &str,
         actor: &Actor,
     ) -> Result<()> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write_tx().await?;
         sqlx::query(
             "INSERT INTO api_keys (id, key_hash, role, created_at, expires_at, revoked_at, description, created_by) \
              VALUES ($1, $2, $3, $4, $5, NULL, $6, $7)",
@@ -106,7 +106,7 @@ impl Store {
     /// also when two owners revoke each other's keys at the same moment.
     pub async fn revoke_api_key(&self, id: &str, actor: &Actor) -> Result<RevokeOutcome> {
         let now = unix_now();
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write_tx().await?;
         // Write first: touching every owner key takes the write lock
         // (SQLite) or their row locks (PostgreSQL), so concurrent
         // revocations of owner keys run one after the other and each sees

@@ -138,7 +138,7 @@ impl Store {
 
     /// Sets a device's status, audited in the same transaction.
     pub async fn set_status(&self, id: &str, status: DeviceStatus, actor: &Actor) -> Result<()> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write_tx().await?;
         lock_device(&mut tx, id).await?;
         let before = device_state(&mut tx, id).await?;
         sqlx::query("UPDATE devices SET status = $1 WHERE id = $2")
@@ -153,7 +153,7 @@ impl Store {
 
     /// Approves a device (audited).
     pub async fn approve(&self, id: &str, actor: &Actor) -> Result<()> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write_tx().await?;
         lock_device(&mut tx, id).await?;
         let before = device_state(&mut tx, id).await?;
         sqlx::query("UPDATE devices SET approved = 1 WHERE id = $1")
@@ -173,7 +173,7 @@ impl Store {
         override_seconds: Option<i64>,
         actor: &Actor,
     ) -> Result<()> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write_tx().await?;
         lock_device(&mut tx, id).await?;
         let before = device_state(&mut tx, id).await?;
         sqlx::query(
@@ -200,7 +200,7 @@ impl Store {
         expires_at: Option<i64>,
         actor: &Actor,
     ) -> Result<bool> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write_tx().await?;
         let updated = sqlx::query(
             "UPDATE devices SET public_key = $1, cert_fingerprint = $2, key_issued_at = $3, key_expires_at = $4 \
              WHERE id = $5 AND cert_fingerprint = $6 AND status = 'active'",

@@ -101,7 +101,7 @@ impl Store {
         expires_at: i64,
         actor: &Actor,
     ) -> Result<()> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write_tx().await?;
         sqlx::query("INSERT INTO join_tokens (id, secret_hash, reusable, tags, expires_at, created_at, created_by, uses, pre_approved) VALUES ($1, $2, $3, $4, $5, $6, $7, 0, $8)")
             .bind(id)
             .bind(secret_hash)
@@ -154,7 +154,7 @@ impl Store {
         settings: &Settings,
     ) -> Result<(Option<TokenRecord>, DeviceRecord), EnrollError> {
         let now = unix_now();
-        let mut tx = self.pool.begin().await.map_err(db)?;
+        let mut tx = self.write_tx().await.map_err(db)?;
         let (token, owner, tags, pre_approved, actor) = match credential {
             Credential::Token { id, secret } => {
                 let (token, pre_approved) = consume_token(&mut tx, id, secret, now).await?;

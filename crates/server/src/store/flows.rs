@@ -76,7 +76,7 @@ fn from_row(row: &AnyRow) -> Result<FlowRow> {
 impl Store {
     /// Appends a device's records in one transaction; returns how many.
     pub async fn insert_flow_records(&self, rows: &[FlowRow]) -> Result<usize> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write_tx().await?;
         let nanos = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_nanos())

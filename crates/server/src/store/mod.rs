@@ -12,8 +12,8 @@ mod policies;
 mod users;
 
 use anyhow::{Context, Result, anyhow};
-use sqlx::AnyPool;
 use sqlx::any::AnyPoolOptions;
+use sqlx::{Any, AnyPool, Transaction};
 
 pub use api_keys::{ApiKeyRecord, RevokeOutcome};
 pub use audit::{Actor, AuditFilter, AuditRecord};
@@ -29,6 +29,8 @@ use self::audit::insert_audit;
 #[derive(Clone)]
 pub struct Store {
     pool: AnyPool,
+    /// The database is SQLite (write transactions begin IMMEDIATE).
+    sqlite: bool,
     /// Bumped after every committed audit record (see `audit.rs`).
     audit_signal: std::sync::Arc<tokio::sync::watch::Sender<u64>>,
 }
@@ -77,8 +79,26 @@ impl Store {
             .context("making the audit log append-only")?;
         Ok(Store {
             pool,
+            sqlite: url.starts_with("sqlite:"),
             audit_signal: std::sync::Arc::new(tokio::sync::watch::channel(0).0),
         })
+    }
+}
+
+impl Store {
+    /// Begins a transaction that writes. On SQLite it takes the write lock
+    /// at once (`BEGIN IMMEDIATE`), waiting up to the busy timeout for
+    /// another writer to finish. A deferred transaction that reads first
+    /// cannot take the lock later once another connection has written
+    /// since its read: SQLite fails it at once with "database is locked",
+    /// busy timeout or not, and the admin saw "internal server error".
+    /// PostgreSQL's row locks and unique keys need no such start.
+    pub(super) async fn write_tx(&self) -> Result<Transaction<'static, Any>, sqlx::Error> {
+        if self.sqlite {
+            self.pool.begin_with("BEGIN IMMEDIATE").await
+        } else {
+            self.pool.begin().await
+        }
     }
 }
 

@@ -57,7 +57,7 @@ impl Default for Settings {
 impl Store {
     /// Creates a user with its groups (audited, one transaction).
     pub async fn create_user(&self, user: &UserRecord, actor: &Actor) -> Result<()> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write_tx().await?;
         let exists = sqlx::query("SELECT id FROM users WHERE name = $1")
             .bind(&user.name)
             .fetch_optional(&mut *tx)
@@ -120,7 +120,7 @@ impl Store {
 
     /// Disables or enables a user (audited).
     pub async fn set_user_disabled(&self, id: &str, disabled: bool, actor: &Actor) -> Result<()> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write_tx().await?;
         lock_user(&mut tx, id).await?;
         let before = user_state(&mut tx, id).await?;
         sqlx::query("UPDATE users SET disabled = $1 WHERE id = $2")
@@ -141,7 +141,7 @@ impl Store {
     /// Deletes a user: its devices are revoked, its groups and record go.
     /// Returns how many devices were revoked.
     pub async fn delete_user(&self, user: &UserRecord, actor: &Actor) -> Result<u64> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write_tx().await?;
         lock_user(&mut tx, &user.id).await?;
         let before = user_state(&mut tx, &user.id).await?;
         let revoked = sqlx::query(
@@ -173,7 +173,7 @@ impl Store {
         member: bool,
         actor: &Actor,
     ) -> Result<()> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write_tx().await?;
         lock_user(&mut tx, user_id).await?;
         let before = user_state(&mut tx, user_id).await?;
         sqlx::query("DELETE FROM user_groups WHERE user_id = $1 AND group_name = $2")
@@ -219,7 +219,7 @@ impl Store {
 
     /// Writes the settings (audited).
     pub async fn set_settings(&self, settings: &Settings, actor: &Actor) -> Result<()> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write_tx().await?;
         // Write first (see `lock_user`).
         sqlx::query("UPDATE settings SET value = value")
             .execute(&mut *tx)
