@@ -12,8 +12,8 @@ use std::sync::Arc;
 use sqlx::Row;
 use ztmesh_server::secrets::{hash_secret, random_token};
 use ztmesh_server::store::{
-    Actor, ApiKeyRecord, Credential, DeviceStatus, EnrollError, NewDevice, Settings, Store,
-    unix_now,
+    Actor, ApiKeyRecord, Credential, DeviceRecord, DeviceStatus, EnrollError, NewDevice, Settings,
+    Store, UserRecord, unix_now,
 };
 
 fn overlay() -> ipnet::Ipv4Net {
@@ -51,6 +51,22 @@ fn device<'a>(id: &'a str, key: &'a str) -> NewDevice<'a> {
 
 fn cred<'a>(id: &'a str, secret: &'a str) -> Credential<'a> {
     Credential::Token { id, secret }
+}
+
+/// Enrolls one device named `name` (key `k` + name) with a fresh token.
+async fn enroll_one(store: &Store, name: &str) -> DeviceRecord {
+    let (id, secret) = token(store, true, unix_now() + 3600).await;
+    let key = format!("k{name}");
+    let (_, dev) = store
+        .enroll(
+            &cred(&id, &secret),
+            device(name, &key),
+            overlay(),
+            &Settings::default(),
+        )
+        .await
+        .unwrap();
+    dev
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -352,16 +368,7 @@ async fn unreachable_database_is_a_clear_error() {
 async fn concurrent_writes_all_succeed() {
     for (backend, url) in backends().await {
         let store = Store::connect(&url).await.unwrap();
-        let (id, secret) = token(&store, true, unix_now() + 3600).await;
-        let (_, dev) = store
-            .enroll(
-                &cred(&id, &secret),
-                device("w", "kw"),
-                overlay(),
-                &Settings::default(),
-            )
-            .await
-            .unwrap();
+        let dev = enroll_one(&store, "w").await;
         let mut tasks = Vec::new();
         for n in 0..20 {
             let writer = store.clone();
@@ -399,19 +406,9 @@ async fn concurrent_writes_all_succeed() {
 /// not apply). Write transactions take the lock when they begin.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn audited_writes_succeed_while_another_connection_keeps_writing() {
-    use ztmesh_server::store::UserRecord;
     for (backend, url) in backends().await {
         let store = Store::connect(&url).await.unwrap();
-        let (id, secret) = token(&store, true, unix_now() + 3600).await;
-        let (_, dev) = store
-            .enroll(
-                &cred(&id, &secret),
-                device("busy", "kbusy"),
-                overlay(),
-                &Settings::default(),
-            )
-            .await
-            .unwrap();
+        let dev = enroll_one(&store, "busy").await;
         let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let writer = {
             let (store, stop, dev_id) = (store.clone(), Arc::clone(&stop), dev.id.clone());

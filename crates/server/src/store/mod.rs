@@ -83,9 +83,7 @@ impl Store {
             audit_signal: std::sync::Arc::new(tokio::sync::watch::channel(0).0),
         })
     }
-}
 
-impl Store {
     /// Begins a transaction that writes. On SQLite it takes the write lock
     /// at once (`BEGIN IMMEDIATE`), waiting up to the busy timeout for
     /// another writer to finish. A deferred transaction that reads first
