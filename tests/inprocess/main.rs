@@ -115,6 +115,12 @@ async fn overlay_enforces_policy_end_to_end() {
         Some(syn_ack),
         "return traffic passes"
     );
+    // Data from n2 proved its endpoint: n1 has a socket connected to it,
+    // and what follows (the echo, the drops) goes through it.
+    n1.wait_status("a connected socket to n2", DELIVERY, |s| {
+        s.peers.iter().any(|p| p.name == "n2" && p.connected_socket)
+    })
+    .await;
     let echo = ping(n1.address, n2.address, 7);
     n1.send(echo.clone()).await;
     assert_eq!(n2.receive(DELIVERY).await, Some(echo), "icmp allowed");

@@ -403,7 +403,11 @@ impl TestAgent {
             ztmesh_agent::run_with(
                 &task_state,
                 &enrollment,
-                Io { tun, udp },
+                Io {
+                    tun,
+                    udp,
+                    peer_sockets: true,
+                },
                 posture.options(),
                 stopped,
             )

@@ -36,6 +36,9 @@ pub struct TunReadBatch {
     pub(crate) sizes: Vec<usize>,
     /// How many buffers hold a packet.
     pub(crate) count: usize,
+    /// How many of them were handled (a full UDP send buffer can stop
+    /// the data plane in the middle of a read).
+    taken: usize,
 }
 
 impl Default for TunReadBatch {
@@ -49,6 +52,7 @@ impl Default for TunReadBatch {
             bufs,
             sizes: vec![0; BATCH],
             count: 0,
+            taken: 0,
         }
     }
 }
@@ -63,9 +67,34 @@ impl TunReadBatch {
             .filter_map(|(buf, &len)| buf.get(..len))
     }
 
+    /// The next packet not yet handled ([`advance`](Self::advance)).
+    pub fn pending(&self) -> Option<&[u8]> {
+        if self.taken >= self.count {
+            return None;
+        }
+        let len = *self.sizes.get(self.taken)?;
+        self.bufs.get(self.taken)?.get(..len)
+    }
+
+    /// The pending packet was handled.
+    pub fn advance(&mut self) {
+        self.taken += 1;
+    }
+
+    /// Whether a packet of the last read waits to be handled.
+    pub fn has_pending(&self) -> bool {
+        self.taken < self.count
+    }
+
+    /// A new read's packets, none handled yet.
+    pub(crate) fn set_count(&mut self, count: usize) {
+        self.count = count;
+        self.taken = 0;
+    }
+
     /// The buffer a device without offloads reads its one packet into.
     pub(crate) fn single_buffer(&mut self) -> &mut [u8] {
-        self.count = 0;
+        self.set_count(0);
         self.bufs.first_mut().map_or(&mut [][..], Vec::as_mut_slice)
     }
 
@@ -73,7 +102,7 @@ impl TunReadBatch {
     pub(crate) fn set_single(&mut self, len: usize) {
         if let Some(size) = self.sizes.first_mut() {
             *size = len;
-            self.count = 1;
+            self.set_count(1);
         }
     }
 }
@@ -143,11 +172,14 @@ impl TunWriteBatch {
 
 /// Encrypted datagrams waiting for the UDP socket, back to back in one
 /// buffer. Consecutive datagrams to one endpoint with one size (the last
-/// may be shorter) go out as one GSO send.
+/// may be shorter) go out as one GSO send. A flush that finds the socket's
+/// buffer full stops and goes on later from the first datagram not sent.
 pub struct UdpSendBatch {
     buf: Vec<u8>,
     used: usize,
     datagrams: Vec<Datagram>,
+    /// Datagrams already sent, from the front.
+    sent: usize,
 }
 
 /// Where one datagram of a [`UdpSendBatch`] lies and where it goes.
@@ -167,6 +199,8 @@ pub struct Run<'a> {
     pub contents: &'a [u8],
     /// Size of each but the last, which may be shorter; `None` for one datagram.
     pub segment_size: Option<usize>,
+    /// How many datagrams it holds.
+    pub count: usize,
 }
 
 impl Default for UdpSendBatch {
@@ -175,6 +209,7 @@ impl Default for UdpSendBatch {
             buf: vec![0; MAX_PACKET + MAX_DATAGRAM],
             used: 0,
             datagrams: Vec::with_capacity(BATCH),
+            sent: 0,
         }
     }
 }
@@ -203,23 +238,38 @@ impl UdpSendBatch {
         self.used += len;
     }
 
-    /// Whether nothing waits.
+    /// Whether nothing waits to be sent.
     pub fn is_empty(&self) -> bool {
-        self.datagrams.is_empty()
+        self.sent >= self.datagrams.len()
     }
 
-    /// The waiting datagrams grouped into runs of at most `max_segments`.
+    /// The one waiting datagram and where it goes, when exactly one waits.
+    pub fn lone(&self) -> Option<(SocketAddr, &[u8])> {
+        match self.datagrams.get(self.sent..)? {
+            [one] => Some((one.to, self.buf.get(one.start..one.start + one.len)?)),
+            _ => None,
+        }
+    }
+
+    /// The datagrams not yet sent, grouped into runs of at most
+    /// `max_segments`.
     pub fn runs(&self, max_segments: usize) -> Runs<'_> {
         Runs {
             batch: self,
-            next: 0,
+            next: self.sent,
             max_segments: max_segments.max(1),
         }
+    }
+
+    /// The first `count` datagrams not yet sent went out (or are given up).
+    pub fn mark_sent(&mut self, count: usize) {
+        self.sent = (self.sent + count).min(self.datagrams.len());
     }
 
     /// Forgets the waiting datagrams (after they were sent).
     pub fn clear(&mut self) {
         self.used = 0;
+        self.sent = 0;
         self.datagrams.clear();
     }
 }
@@ -261,6 +311,7 @@ impl<'a> Iterator for Runs<'a> {
             to: first.to,
             contents,
             segment_size: (count > 1).then_some(first.len),
+            count,
         })
     }
 }

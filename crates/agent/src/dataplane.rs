@@ -15,6 +15,7 @@ use x25519_dalek::{PublicKey, StaticSecret};
 use ztmesh_filter::{DropReason, Filter, FilterConfig, FilterLimits, Verdict};
 
 use crate::batch::{TunReadBatch, TunWriteBatch, UdpSendBatch};
+use crate::connected::ConnectedSockets;
 use crate::discovery::Discovery;
 use crate::flowlog::{CounterSnapshot, FlowBatch};
 
@@ -27,18 +28,19 @@ use crate::wgsock::WgSocket;
 
 mod events;
 mod paths;
+mod pump;
 mod receive;
 mod report;
 use events::{Controls, Event, next_event};
 use paths::{Paths, via};
-use receive::Source;
 use report::log_monitored;
 
 /// Scratch room for handshake messages and packets queued during a handshake.
 const BUF_SIZE: usize = 65_536 + 256;
-/// UDP reads (each up to a `recvmmsg` of GRO super-datagrams) per wake-up,
-/// so that a flood on the socket cannot starve the TUN side.
-const UDP_READS_PER_WAKE: usize = 4;
+/// UDP reads per wake-up (one message, then `recvmmsg` calls of up to
+/// eight GRO super-datagrams each), so that a flood on the socket cannot
+/// starve the TUN side.
+const UDP_READS_PER_WAKE: usize = 5;
 /// TUN reads per wake-up (each a packet, or a super-packet's segments),
 /// for the same reason the other way round.
 const TUN_READS_PER_WAKE: usize = 64;
@@ -70,6 +72,9 @@ pub struct Io<T> {
     pub tun: T,
     /// The WireGuard UDP socket.
     pub udp: WgSocket,
+    /// Whether peers with a proven endpoint get a connected socket of
+    /// their own beside it ([`ConnectedSockets`]).
+    pub peer_sockets: bool,
 }
 
 impl<T: TunIo> Io<T> {
@@ -134,6 +139,8 @@ struct Engine {
     public_endpoint: watch::Sender<Option<SocketAddr>>,
     /// The relay side of sending.
     paths: Paths,
+    /// A connected socket per peer endpoint that carries traffic.
+    connected: ConnectedSockets,
 }
 
 struct OldKeys {
@@ -180,9 +187,10 @@ pub async fn run<T: TunIo>(
         discovery: Discovery::default(),
         public_endpoint,
         paths: Paths::new(relay_out, relay_up),
+        connected: ConnectedSockets::new(&io.udp, io.peer_sockets),
     };
     let initial = netmap.borrow_and_update().clone();
-    engine.apply_netmap(&io, &initial).await;
+    engine.apply_netmap(&io, &initial);
     let mut wire = Wire::new(&io.udp)?;
     let mut batches = Batches::default();
     let mut chores_due = Instant::now();
@@ -196,7 +204,9 @@ pub async fn run<T: TunIo>(
         relay_in,
     );
     loop {
-        let event = std::future::poll_fn(|cx| next_event(cx, &io, &mut controls)).await;
+        let event =
+            std::future::poll_fn(|cx| next_event(cx, &io, &mut controls, &mut engine.connected))
+                .await;
         // What may start or end a handshake's wait for an answer, and so
         // change how often the timer should tick.
         let retick = matches!(
@@ -207,20 +217,32 @@ pub async fn run<T: TunIo>(
             Event::Io { tun, udp } => {
                 // The UDP side first: what it decrypts reaches the TUN
                 // (and a reply generated there) before our own sends.
-                if udp {
-                    engine.on_udp_ready(&io, &mut wire, &mut batches).await?;
+                // What it wrote to the device may have been answered at
+                // once (an echo, an ACK): that goes out in this turn.
+                let wrote = udp && engine.on_udp_ready(&io, &mut wire, &mut batches)?;
+                if tun || wrote {
+                    engine.on_tun_ready(&io, &wire, &mut batches)?;
                 }
-                if tun {
-                    engine.on_tun_ready(&io, &wire, &mut batches).await?;
+                // The one wait of the packet path: a full socket buffer
+                // left datagrams in the batch, and maybe packets of a TUN
+                // read not yet encrypted.
+                loop {
+                    if wire.try_flush(&io.udp, &engine.connected, &mut batches.udp_out) {
+                        if !batches.tun_in.has_pending() {
+                            break;
+                        }
+                        engine.on_tun_ready(&io, &wire, &mut batches)?;
+                    } else if let Err(e) = io.udp.room().await {
+                        tracing::debug!(error = %e, "cannot wait for room to send; dropping the batch");
+                        batches.udp_out.clear();
+                    }
                 }
             }
             Event::Relay(frame) => {
-                engine
-                    .on_relay(&io, frame, &mut controls.relay_in, &mut batches)
-                    .await?;
+                engine.on_relay(&io, frame, &mut controls.relay_in, &mut batches)?;
             }
             Event::Tick => {
-                engine.on_tick(&io).await;
+                engine.on_tick(&io);
                 let now = Instant::now();
                 if now >= chores_due {
                     chores_due = now + CHORES_EVERY;
@@ -230,16 +252,16 @@ pub async fn run<T: TunIo>(
                     }
                     engine.filter.expire(now);
                     engine.hand_over_flows(&flow_reports);
-                    engine.ask_stun(&io).await;
+                    engine.ask_stun(&io);
                 }
             }
             Event::NetMap => {
                 let map = netmap.borrow_and_update().clone();
-                engine.apply_netmap(&io, &map).await;
+                engine.apply_netmap(&io, &map);
             }
-            Event::Rekey(key) => engine.rekey(&io, key).await,
-            Event::NetworkChanged => engine.on_network_change(&io).await,
-            Event::Reported => engine.probe_all(&io).await,
+            Event::Rekey(key) => engine.rekey(&io, key),
+            Event::NetworkChanged => engine.on_network_change(&io),
+            Event::Reported => engine.probe_all(&io),
             Event::Status(reply) => {
                 let _ = reply.send(engine.status(&io, connected.load(Ordering::Relaxed)));
             }
@@ -252,118 +274,19 @@ pub async fn run<T: TunIo>(
 }
 
 impl Engine {
-    /// Encrypts the TUN read that woke us and what else waits on the
-    /// device (a few dozen reads at most; with offloads each can be all
-    /// segments of a super-packet) into the send batch, and sends it with
-    /// as few system calls as GSO allows. Only a dead TUN is an error.
-    async fn on_tun_ready<T: TunIo>(
-        &mut self,
-        io: &Io<T>,
-        wire: &Wire,
-        batches: &mut Batches,
-    ) -> std::io::Result<()> {
-        let now = Instant::now();
-        let Batches {
-            tun_in, udp_out, ..
-        } = batches;
-        for read in 0..TUN_READS_PER_WAKE {
-            if !io.tun.try_recv_batch(tun_in)? {
-                break;
-            }
-            for packet in tun_in.packets() {
-                if udp_out.needs_flush(packet.len()) {
-                    wire.flush(&io.udp, udp_out).await;
-                }
-                self.on_tun(packet, now, udp_out);
-            }
-            // A lone packet that woke us (a ping, a request) leaves before
-            // the read that finds nothing more; a flood still leaves in GSO
-            // batches of the reads after it.
-            if read == 0 && tun_in.count == 1 {
-                wire.flush(&io.udp, udp_out).await;
-            }
-        }
-        wire.flush(&io.udp, udp_out).await;
-        Ok(())
-    }
-
-    /// Route by allowed IPs, outbound filter, encrypt into the send batch.
-    fn on_tun(&mut self, packet: &[u8], now: Instant, udp_out: &mut UdpSendBatch) {
-        // The kernel's own IPv6 chatter and traffic to non-peers ends here.
-        let Some(dst) = ztmesh_filter::destination_address(packet) else {
-            return;
-        };
-        let Some(key) = self.peers.route(dst) else {
-            return;
-        };
-        if let Verdict::Drop(_) = self.filter.outbound(packet, now) {
-            return;
-        }
-        let Some(peer) = self.peers.get_mut(&key) else {
-            return;
-        };
-        let way = via(peer);
-        match peer.sending_tunn().encapsulate(packet, udp_out.room()) {
-            TunnResult::WriteToNetwork(datagram) => match way {
-                Some(paths::Via::Direct(endpoint)) => {
-                    let len = datagram.len();
-                    udp_out.commit(len, endpoint);
-                }
-                Some(paths::Via::Relay(key)) if self.paths.relay(key, datagram) => {
-                    peer.route.relay_data += 1;
-                }
-                _ => {}
-            },
-            TunnResult::Err(e) => {
-                tracing::debug!(peer = %peer.info.name, error = ?e, "encapsulate failed")
-            }
-            _ => {}
-        }
-    }
-
-    /// Reads what waits on the UDP socket (a few `recvmmsg` calls at most),
-    /// decrypts and filters it into the TUN batch, and writes that batch.
-    /// Only a dead TUN device is an error.
-    async fn on_udp_ready<T: TunIo>(
-        &mut self,
-        io: &Io<T>,
-        wire: &mut Wire,
-        batches: &mut Batches,
-    ) -> std::io::Result<()> {
-        let tun_out = &mut batches.tun_out;
-        for _ in 0..UDP_READS_PER_WAKE {
-            match wire.try_recv(&io.udp) {
-                Ok(true) => {}
-                Ok(false) => break,
-                Err(e) => {
-                    // ICMP port unreachable from a peer surfaces here on Linux; not fatal.
-                    tracing::debug!(error = %e, "udp receive error");
-                    break;
-                }
-            }
-            let now = Instant::now();
-            for (from, datagram) in wire.datagrams() {
-                if tun_out.is_full() {
-                    io.tun.send_batch(tun_out).await?;
-                }
-                self.on_packet(io, Source::Direct(from), datagram, now, tun_out)
-                    .await;
-            }
-            // Deliver before the next read: a read finds up to eight GRO
-            // super-datagrams, enough to coalesce, and a lone packet (a
-            // ping, a request) is not held back by the read that finds
-            // nothing more.
-            if !tun_out.is_empty() {
-                io.tun.send_batch(tun_out).await?;
-                io.tun.wrote();
-            }
-        }
-        Ok(())
-    }
-
-    async fn on_tick<T: TunIo>(&mut self, io: &Io<T>) {
+    fn on_tick<T: TunIo>(&mut self, io: &Io<T>) {
         let now = Instant::now();
         self.peers.expire_retiring(now);
+        if !self.connected.is_empty() {
+            // Endpoints no peer sends to directly any more.
+            let direct: std::collections::HashSet<SocketAddr> = self
+                .peers
+                .iter()
+                .filter(|p| !p.route.via_relay)
+                .filter_map(|p| p.endpoint)
+                .collect();
+            self.connected.retain(|remote| direct.contains(&remote));
+        }
         if self
             .old_keys
             .as_ref()
@@ -375,74 +298,43 @@ impl Engine {
             if let TunnResult::WriteToNetwork(datagram) = peer.tunn.update_timers(&mut self.out) {
                 if datagram.first() == Some(&HANDSHAKE_INIT) {
                     // A retry: the path may be gone, so try every path.
-                    self.paths.spray(&io.udp, datagram, peer).await;
+                    self.paths.spray(&io.udp, datagram, peer);
                 } else if let Some(way) = via(peer) {
-                    self.paths.send(&io.udp, way, datagram).await;
+                    self.paths.send(&io.udp, way, datagram);
                 }
             }
         }
-        self.tend_paths(&io.udp, now).await;
-    }
-
-    /// Packets from the relay: the one that woke us and what else waits
-    /// (a few dozen at most), through the same receive path as UDP.
-    async fn on_relay<T: TunIo>(
-        &mut self,
-        io: &Io<T>,
-        first: ztmesh_relay::Frame,
-        relay_in: &mut mpsc::Receiver<ztmesh_relay::Frame>,
-        batches: &mut Batches,
-    ) -> std::io::Result<()> {
-        let now = Instant::now();
-        let tun_out = &mut batches.tun_out;
-        let mut next = Some(first);
-        let mut taken = 0;
-        while let Some(frame) = next.take() {
-            if tun_out.is_full() {
-                io.tun.send_batch(tun_out).await?;
-            }
-            self.on_packet(io, Source::Relay(frame.key), &frame.payload, now, tun_out)
-                .await;
-            taken += 1;
-            if taken < RELAY_READS_PER_WAKE {
-                next = relay_in.try_recv().ok();
-            }
-        }
-        if !tun_out.is_empty() {
-            io.tun.send_batch(tun_out).await?;
-            io.tun.wrote();
-        }
-        Ok(())
+        self.tend_paths(&io.udp, now);
     }
 
     /// The machine is on a new network: ask STUN again at once and start
     /// handshakes with every peer on every path, so that the tunnels move
     /// to the new address without waiting for a timer (and the peers'
     /// NATs see us from there).
-    async fn on_network_change<T: TunIo>(&mut self, io: &Io<T>) {
+    fn on_network_change<T: TunIo>(&mut self, io: &Io<T>) {
         self.discovery.renew();
-        self.ask_stun(io).await;
-        self.probe_all(io).await;
+        self.ask_stun(io);
+        self.probe_all(io);
         tracing::info!("network changed: handshakes sent to every peer on every path");
     }
 
     /// A handshake with every peer on every path: after a network change,
     /// and when the server took our new endpoints (it hands them to the
     /// peers, which probe us at the same moment).
-    async fn probe_all<T: TunIo>(&mut self, io: &Io<T>) {
+    fn probe_all<T: TunIo>(&mut self, io: &Io<T>) {
         for peer in self.peers.iter_mut() {
             if let TunnResult::WriteToNetwork(init) =
                 peer.tunn.format_handshake_initiation(&mut self.out, true)
             {
-                self.paths.spray(&io.udp, init, peer).await;
+                self.paths.spray(&io.udp, init, peer);
             }
         }
     }
 
-    async fn apply_netmap<T: TunIo>(&mut self, io: &Io<T>, map: &NetMap) {
+    fn apply_netmap<T: TunIo>(&mut self, io: &Io<T>, map: &NetMap) {
         self.self_node = map.self_node.clone();
         self.discovery.set_server(map.stun);
-        self.ask_stun(io).await;
+        self.ask_stun(io);
         let diff = PeerDiff::between(self.peers.iter().map(|p| &p.info), map.peers.values());
         let probe = self.peers.apply(diff);
         if map.filter != self.filter_config {
@@ -456,7 +348,7 @@ impl Engine {
         }
         // Handshakes with new peers (tunnels up before traffic) and with
         // peers on new endpoints (a direct path through their NAT).
-        self.start_handshakes(io, &probe).await;
+        self.start_handshakes(io, &probe);
     }
 
     /// Handshakes with `keys`, sent on every path each peer may have: to
@@ -465,7 +357,7 @@ impl Engine {
     /// endpoints), which opens the way through NATs that map a socket to
     /// the same public port whatever the destination; the first answer
     /// sets the path.
-    async fn start_handshakes<T: TunIo>(&mut self, io: &Io<T>, keys: &[[u8; 32]]) {
+    fn start_handshakes<T: TunIo>(&mut self, io: &Io<T>, keys: &[[u8; 32]]) {
         for key in keys {
             // Forced: a handshake still in flight went to the old
             // endpoints, which may be the very reason for this one.
@@ -473,7 +365,7 @@ impl Engine {
                 && let TunnResult::WriteToNetwork(init) =
                     peer.tunn.format_handshake_initiation(&mut self.out, true)
             {
-                self.paths.spray(&io.udp, init, peer).await;
+                self.paths.spray(&io.udp, init, peer);
             }
         }
     }
@@ -481,7 +373,7 @@ impl Engine {
     /// Switches to a new static key (key rotation). Sessions of the old
     /// key carry traffic until the new handshakes complete; the old key
     /// keeps answering handshakes for a while.
-    async fn rekey<T: TunIo>(&mut self, io: &Io<T>, private: StaticSecret) {
+    fn rekey<T: TunIo>(&mut self, io: &Io<T>, private: StaticSecret) {
         let public = PublicKey::from(&private);
         let rate_limiter = Arc::new(RateLimiter::new(&public, HANDSHAKE_RATE_LIMIT));
         let old_private = std::mem::replace(&mut self.private, private.clone());
@@ -495,7 +387,7 @@ impl Engine {
         });
         let keys = self.peers.set_private(private, rate_limiter);
         tracing::info!(peers = keys.len(), "switched to the rotated WireGuard key");
-        self.start_handshakes(io, &keys).await;
+        self.start_handshakes(io, &keys);
     }
 
     /// How often boringtun's timers should run now: often while a
@@ -510,9 +402,9 @@ impl Engine {
     }
 
     /// Sends a STUN request from the WireGuard socket when one is due.
-    async fn ask_stun<T: TunIo>(&mut self, io: &Io<T>) {
+    fn ask_stun<T: TunIo>(&mut self, io: &Io<T>) {
         if let Some((server, request)) = self.discovery.due(Instant::now()) {
-            send(&io.udp, &request, server).await;
+            send(&io.udp, &request, server);
         }
     }
 
@@ -561,8 +453,11 @@ struct Batches {
     udp_out: UdpSendBatch,
 }
 
-async fn send(udp: &WgSocket, datagram: &[u8], to: SocketAddr) {
-    if let Err(e) = udp.send_to(datagram, to).await {
+/// Sends one handshake, cookie or STUN message without waiting. A full
+/// socket buffer drops it, as a full link would: WireGuard's timers send
+/// handshakes again, and STUN asks again.
+fn send(udp: &WgSocket, datagram: &[u8], to: SocketAddr) {
+    if let Err(e) = udp.try_send_to(datagram, to) {
         tracing::debug!(to = %to, error = %e, "udp send failed");
     }
 }

@@ -10,6 +10,9 @@
 //! sched and syscall tracepoints). Here a readable socket is a flag set
 //! from the epoll result and a read; nothing else runs in between.
 //!
+//! Descriptors can be added while it runs ([`watch`]): the data plane's
+//! connected sockets, one per peer endpoint.
+//!
 //! The rest of the daemon stays on the runtime: the data plane's channels
 //! wake this thread through an eventfd (mio's `Waker`), and the runtime's
 //! handle is entered so that spawned tasks and the rare wait for send
@@ -31,6 +34,9 @@ use std::time::{Duration, Instant};
 
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Token};
+
+mod watch;
+pub use watch::{Watch, take_ready, watch};
 
 /// The token of the waker; the sources take 0, 1, ...
 const WAKE: Token = Token(usize::MAX);
@@ -64,6 +70,11 @@ impl ReadyFlag {
     /// answer at once, such as an echo reply on the TUN).
     pub fn set(&self) {
         self.0.store(true, Ordering::Relaxed);
+    }
+
+    /// [`set`](Self::set); `true` when it was clear.
+    pub fn raise(&self) -> bool {
+        !self.0.swap(true, Ordering::Relaxed)
     }
 
     /// Nothing is there until the next edge.
@@ -203,13 +214,15 @@ fn hold_deadline(next: Instant) -> bool {
     true
 }
 
-/// Clears [`CURRENT`] and [`DEADLINE`] when the driver returns or unwinds.
+/// Clears [`CURRENT`], [`DEADLINE`] and the watched descriptors when the
+/// driver returns or unwinds.
 struct Current;
 
 impl Current {
-    fn set(waker: &Arc<ThreadWaker>) -> Self {
+    fn set(waker: &Arc<ThreadWaker>, registry: mio::Registry, base: usize) -> Self {
         CURRENT.with(|current| *current.borrow_mut() = Some(Arc::clone(waker)));
         DEADLINE.with(|deadline| deadline.set(None));
+        watch::start(registry, base);
         Self
     }
 }
@@ -218,6 +231,7 @@ impl Drop for Current {
     fn drop(&mut self) {
         CURRENT.with(|current| *current.borrow_mut() = None);
         DEADLINE.with(|deadline| deadline.set(None));
+        watch::stop();
     }
 }
 
@@ -254,11 +268,11 @@ pub fn block_on<F: Future>(future: F, sources: &[Readable]) -> io::Result<F::Out
         // The first turn polls every source, registering its waker.
         fired: AtomicBool::new(true),
     });
-    let _current = Current::set(&waker);
+    let _current = Current::set(&waker, poll.registry().try_clone()?, sources.len());
     let task_waker = Waker::from(Arc::clone(&waker));
     let mut cx = Context::from_waker(&task_waker);
     let mut future = pin!(future);
-    let mut events = Events::with_capacity(sources.len() + 1);
+    let mut events = Events::with_capacity(sources.len() + 64);
     loop {
         // Cleared before the poll: a wake-up during or after it writes
         // the eventfd, and the wait below returns at once.
@@ -286,8 +300,10 @@ pub fn block_on<F: Future>(future: F, sources: &[Readable]) -> io::Result<F::Out
         }
         // A deadline that came is found by the next take_wakeups.
         for event in &events {
-            if let Some(source) = sources.get(event.token().0) {
-                source.flag.set();
+            match sources.get(event.token().0) {
+                Some(source) => source.flag.set(),
+                None if event.token() != WAKE => watch::fired(event.token().0),
+                None => {}
             }
         }
     }

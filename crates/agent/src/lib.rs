@@ -6,6 +6,7 @@
 #![warn(clippy::indexing_slicing)]
 
 pub mod batch;
+pub mod connected;
 pub mod control;
 pub mod dataplane;
 pub mod discovery;
@@ -68,6 +69,9 @@ pub struct UpOptions {
     /// Ask the kernel for TUN offloads (TSO/GRO with a virtio-net header);
     /// falls back to a plain device when the kernel refuses.
     pub tun_offload: bool,
+    /// Give each peer endpoint that carries traffic a connected UDP
+    /// socket on the WireGuard port (see [`connected`]).
+    pub peer_sockets: bool,
 }
 
 /// Enrolls if needed, then runs the daemon on a real TUN until `shutdown`.
@@ -99,7 +103,12 @@ pub async fn up(options: UpOptions, shutdown: watch::Receiver<bool>) -> Result<(
         tracing::info!(listen = %addr, "metrics at http://{addr}/metrics");
     }
     tracing::info!(name = %enrollment.name, address = %address, tun = %options.tun_name, port = options.listen_port, "daemon running");
-    run(&state, &enrollment, Io { tun, udp }, shutdown).await
+    let io = Io {
+        tun,
+        udp,
+        peer_sockets: options.peer_sockets,
+    };
+    run(&state, &enrollment, io, shutdown).await
 }
 
 /// Returns the enrollment in `state`, enrolling with `join` first if there is none.
@@ -316,20 +325,26 @@ pub fn bind_udp(addr: SocketAddr) -> Result<WgSocket> {
         Some(socket2::Protocol::UDP),
     )
     .with_context(bind_error)?;
+    size_buffers(&socket);
+    socket.set_nonblocking(true).with_context(bind_error)?;
+    socket.bind(&addr.into()).with_context(bind_error)?;
+    WgSocket::from_std(socket.into()).with_context(bind_error)
+}
+
+/// Asks for [`UDP_BUFFER_BYTES`] each way on a WireGuard socket; a
+/// refused size is logged, not fatal.
+pub(crate) fn size_buffers(socket: &socket2::Socket) {
     if let Err(e) = socket.set_recv_buffer_size(UDP_BUFFER_BYTES) {
         tracing::debug!(error = %e, "could not enlarge the UDP receive buffer");
     }
     if let Err(e) = socket.set_send_buffer_size(UDP_BUFFER_BYTES) {
         tracing::debug!(error = %e, "could not enlarge the UDP send buffer");
     }
-    socket.set_nonblocking(true).with_context(bind_error)?;
-    socket.bind(&addr.into()).with_context(bind_error)?;
     tracing::debug!(
         recv = socket.recv_buffer_size().unwrap_or(0),
         send = socket.send_buffer_size().unwrap_or(0),
         "UDP socket buffers"
     );
-    WgSocket::from_std(socket.into()).with_context(bind_error)
 }
 
 /// Requested UDP socket buffer size (each direction).

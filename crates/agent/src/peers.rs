@@ -159,16 +159,26 @@ impl Peer {
     }
 }
 
+/// A peer's place in the table, valid until the peer set next changes
+/// ([`PeerTable::apply`]). The packet path looks peers up by it: a
+/// session index or an inner address leads to a position, not to a
+/// 32-byte key that would be hashed again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct PeerId(usize);
+
 /// All peers with their lookup tables, rebuilt from the peer set on each change.
 pub struct PeerTable {
     private: StaticSecret,
     rate_limiter: Arc<RateLimiter>,
+    /// Sorted by public key, so that a position orders peers as their
+    /// keys do (the route table's tie-break).
+    peers: Vec<Peer>,
     // foldhash, as in the filter: these are probed on every packet (SipHash
     // cost about 10 ns more per probe). The keys probed may come from the
     // network, but only we insert, so no input can build a collision chain.
-    peers: HashMap<[u8; 32], Peer, RandomState>,
-    by_index: HashMap<u32, ([u8; 32], Slot), RandomState>,
-    routes: RouteTable,
+    by_key: HashMap<[u8; 32], PeerId, RandomState>,
+    by_index: HashMap<u32, (PeerId, Slot), RandomState>,
+    routes: RouteTable<PeerId>,
     next_index: u32,
 }
 
@@ -178,7 +188,8 @@ impl PeerTable {
         Self {
             private,
             rate_limiter,
-            peers: HashMap::default(),
+            peers: Vec::new(),
+            by_key: HashMap::default(),
             by_index: HashMap::default(),
             routes: RouteTable::default(),
             next_index: 1,
@@ -191,18 +202,21 @@ impl PeerTable {
     /// traffic flows on until the new handshake completes.
     pub fn apply(&mut self, diff: PeerDiff) -> Vec<[u8; 32]> {
         let mut replaced: HashMap<String, Peer> = HashMap::new();
-        for key in diff.removed {
-            if let Some(peer) = self.peers.remove(&key) {
-                self.by_index.remove(&peer.index);
-                if let Some(old) = &peer.retiring {
-                    self.by_index.remove(&old.index);
-                }
+        if !diff.removed.is_empty() {
+            let removed: std::collections::HashSet<[u8; 32]> = diff.removed.into_iter().collect();
+            let (gone, kept) = std::mem::take(&mut self.peers)
+                .into_iter()
+                .partition(|peer| removed.contains(&peer.info.public_key));
+            self.peers = kept;
+            let gone: Vec<Peer> = gone;
+            for peer in gone {
                 replaced.insert(peer.info.id.clone(), peer);
             }
         }
+        self.index_keys();
         let mut added = Vec::with_capacity(diff.added.len());
         for info in diff.changed {
-            if let Some(peer) = self.peers.get_mut(&info.public_key) {
+            if let Some(peer) = self.get_mut(&info.public_key) {
                 if info.endpoints != peer.info.endpoints {
                     // A path that carries a session stays until an answer
                     // on another one moves it; without one, the server's
@@ -219,8 +233,6 @@ impl PeerTable {
         for info in diff.added {
             let index = self.allocate_index();
             let tunn = self.new_tunn(info.public_key, index);
-            self.by_index
-                .insert(index, (info.public_key, Slot::Current));
             added.push(info.public_key);
             let previous = replaced.remove(&info.id);
             let endpoint = previous
@@ -228,24 +240,17 @@ impl PeerTable {
                 .and_then(|p| p.endpoint)
                 .or_else(|| info.endpoints.first().copied());
             let retiring = previous.and_then(|p| p.into_retiring(now));
-            if let Some(old) = &retiring {
-                self.by_index
-                    .insert(old.index, (info.public_key, Slot::Retiring));
-            }
-            self.peers.insert(
-                info.public_key,
-                Peer {
-                    endpoint,
-                    info,
-                    tunn,
-                    index,
-                    retiring,
-                    path: PathProbe::default(),
-                    route: Route::default(),
-                },
-            );
+            self.peers.push(Peer {
+                endpoint,
+                info,
+                tunn,
+                index,
+                retiring,
+                path: PathProbe::default(),
+                route: Route::default(),
+            });
         }
-        self.rebuild_routes();
+        self.rebuild();
         added
     }
 
@@ -260,13 +265,10 @@ impl PeerTable {
         self.private = private;
         self.rate_limiter = rate_limiter;
         let now = Instant::now();
-        let keys: Vec<[u8; 32]> = self.peers.keys().copied().collect();
-        for key in &keys {
+        let mut peers = std::mem::take(&mut self.peers);
+        for peer in &mut peers {
             let index = self.allocate_index();
-            let tunn = self.new_tunn(*key, index);
-            let Some(peer) = self.peers.get_mut(key) else {
-                continue;
-            };
+            let tunn = self.new_tunn(peer.info.public_key, index);
             let old_tunn = std::mem::replace(&mut peer.tunn, tunn);
             let old_index = std::mem::replace(&mut peer.index, index);
             let previous = Peer {
@@ -278,23 +280,17 @@ impl PeerTable {
                 path: PathProbe::default(),
                 route: Route::default(),
             };
-            self.by_index.remove(&old_index);
-            if let Some(old) = &previous.retiring {
-                self.by_index.remove(&old.index);
-            }
             peer.retiring = previous.into_retiring(now);
-            if let Some(old) = &peer.retiring {
-                self.by_index.insert(old.index, (*key, Slot::Retiring));
-            }
-            self.by_index.insert(index, (*key, Slot::Current));
         }
-        keys
+        self.peers = peers;
+        self.rebuild();
+        self.peers.iter().map(|p| p.info.public_key).collect()
     }
 
     /// Drops retiring tunnels whose successor has had a session for the
     /// grace period (or that are too old).
     pub fn expire_retiring(&mut self, now: Instant) {
-        for peer in self.peers.values_mut() {
+        for peer in &mut self.peers {
             let current_ready = peer.tunn.time_since_last_handshake().is_some();
             let Some(old) = &mut peer.retiring else {
                 continue;
@@ -322,48 +318,82 @@ impl PeerTable {
         )
     }
 
+    /// The place of the peer with this public key.
+    pub fn find(&self, key: &[u8; 32]) -> Option<PeerId> {
+        self.by_key.get(key).copied()
+    }
+
     /// Peer by public key.
     pub fn get_mut(&mut self, key: &[u8; 32]) -> Option<&mut Peer> {
-        self.peers.get_mut(key)
+        let id = self.find(key)?;
+        self.at_mut(id)
+    }
+
+    /// Peer by place.
+    pub fn at_mut(&mut self, id: PeerId) -> Option<&mut Peer> {
+        self.peers.get_mut(id.0)
     }
 
     /// The peer and tunnel owning a session index from a received packet.
-    pub fn by_receiver_index(&self, receiver_index: u32) -> Option<([u8; 32], Slot)> {
+    pub fn by_receiver_index(&self, receiver_index: u32) -> Option<(PeerId, Slot)> {
         self.by_index.get(&(receiver_index >> 8)).copied()
     }
 
-    /// Public key of the peer whose allowed IPs hold `addr` (longest prefix wins).
-    pub fn route(&self, addr: IpAddr) -> Option<[u8; 32]> {
+    /// The peer whose allowed IPs hold `addr` (longest prefix wins).
+    pub fn route(&self, addr: IpAddr) -> Option<PeerId> {
         self.routes.lookup(addr)
     }
 
     /// All peers.
     pub fn iter(&self) -> impl Iterator<Item = &Peer> {
-        self.peers.values()
+        self.peers.iter()
     }
 
     /// All peers, mutable (timers).
     pub fn iter_mut(&mut self) -> impl Iterator<Item = &mut Peer> {
-        self.peers.values_mut()
+        self.peers.iter_mut()
     }
 
     fn allocate_index(&mut self) -> u32 {
         loop {
             let index = self.next_index & 0x00ff_ffff;
             self.next_index = self.next_index.wrapping_add(1);
+            // Indexes handed out since the last rebuild are not in the
+            // map yet, but they came before this one and cannot repeat.
             if index != 0 && !self.by_index.contains_key(&index) {
                 return index;
             }
         }
     }
 
-    fn rebuild_routes(&mut self) {
-        self.routes = RouteTable::build(self.peers.values().flat_map(|p| {
-            p.info
-                .allowed_ips
+    /// The peers in key order, and every table derived from them.
+    fn rebuild(&mut self) {
+        self.peers.sort_by_key(|p| p.info.public_key);
+        self.index_keys();
+        self.by_index.clear();
+        for (at, peer) in self.peers.iter().enumerate() {
+            let id = PeerId(at);
+            self.by_index.insert(peer.index, (id, Slot::Current));
+            if let Some(old) = &peer.retiring {
+                self.by_index.insert(old.index, (id, Slot::Retiring));
+            }
+        }
+        self.routes = RouteTable::build(
+            self.peers
                 .iter()
-                .map(|net| (*net, p.info.public_key))
-        }));
+                .enumerate()
+                .flat_map(|(at, p)| p.info.allowed_ips.iter().map(move |net| (*net, PeerId(at)))),
+        );
+    }
+
+    /// The key lookup, for the peers as they stand now.
+    fn index_keys(&mut self) {
+        self.by_key = self
+            .peers
+            .iter()
+            .enumerate()
+            .map(|(at, p)| (p.info.public_key, PeerId(at)))
+            .collect();
     }
 }
 

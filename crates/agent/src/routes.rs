@@ -11,29 +11,40 @@ use std::net::IpAddr;
 use foldhash::fast::RandomState;
 use ipnet::IpNet;
 
-/// A peer, by its WireGuard public key.
+/// A peer, by its WireGuard public key (the default), or by anything
+/// else small that orders the peers the same way (the data plane uses
+/// positions in its key-sorted peer list).
 type Key = [u8; 32];
 
 /// Prefixes of one length, by network address.
 #[derive(Debug, Clone)]
-struct Level<A> {
+struct Level<A, V> {
     len: u8,
     /// foldhash: probed on every packet; only we insert.
-    nets: HashMap<A, Key, RandomState>,
+    nets: HashMap<A, V, RandomState>,
 }
 
 /// The allowed-IP prefixes of all peers.
-#[derive(Debug, Clone, Default)]
-pub struct RouteTable {
-    v4: Vec<Level<u32>>,
-    v6: Vec<Level<u128>>,
+#[derive(Debug, Clone)]
+pub struct RouteTable<V = Key> {
+    v4: Vec<Level<u32, V>>,
+    v6: Vec<Level<u128, V>>,
 }
 
-impl RouteTable {
+impl<V> Default for RouteTable<V> {
+    fn default() -> Self {
+        Self {
+            v4: Vec::new(),
+            v6: Vec::new(),
+        }
+    }
+}
+
+impl<V: Copy + Ord> RouteTable<V> {
     /// Builds the table. Two peers claiming the same prefix (the server
-    /// should never send that) resolve to the smaller key, so the choice
+    /// should never send that) resolve to the smaller value, so the choice
     /// does not depend on the order the peers come in.
-    pub fn build(routes: impl IntoIterator<Item = (IpNet, Key)>) -> Self {
+    pub fn build(routes: impl IntoIterator<Item = (IpNet, V)>) -> Self {
         let mut table = Self::default();
         for (net, key) in routes {
             match net {
@@ -55,7 +66,7 @@ impl RouteTable {
     }
 
     /// The peer whose allowed IPs hold `addr`, longest prefix first.
-    pub fn lookup(&self, addr: IpAddr) -> Option<Key> {
+    pub fn lookup(&self, addr: IpAddr) -> Option<V> {
         match addr {
             IpAddr::V4(addr) => find(&self.v4, u32::from(addr), mask_v4),
             IpAddr::V6(addr) => find(&self.v6, u128::from(addr), mask_v6),
@@ -74,7 +85,12 @@ impl RouteTable {
     }
 }
 
-fn insert<A: std::hash::Hash + Eq>(levels: &mut Vec<Level<A>>, len: u8, network: A, key: Key) {
+fn insert<A: std::hash::Hash + Eq, V: Copy + Ord>(
+    levels: &mut Vec<Level<A, V>>,
+    len: u8,
+    network: A,
+    key: V,
+) {
     let at = match levels.binary_search_by(|level| len.cmp(&level.len)) {
         Ok(at) => at,
         Err(at) => {
@@ -97,11 +113,11 @@ fn insert<A: std::hash::Hash + Eq>(levels: &mut Vec<Level<A>>, len: u8, network:
     }
 }
 
-fn find<A: std::hash::Hash + Eq + Copy>(
-    levels: &[Level<A>],
+fn find<A: std::hash::Hash + Eq + Copy, V: Copy>(
+    levels: &[Level<A, V>],
     addr: A,
     mask: fn(A, u8) -> A,
-) -> Option<Key> {
+) -> Option<V> {
     levels
         .iter()
         .find_map(|level| level.nets.get(&mask(addr, level.len)).copied())
@@ -157,8 +173,8 @@ mod tests {
         assert_eq!(table.lookup(ip("fd7a:0:1::9")), None);
         // An IPv4 route does not catch the IPv4-mapped IPv6 address.
         assert_eq!(table.lookup(ip("::ffff:100.64.0.7")), None);
-        assert_eq!(RouteTable::default().lookup(ip("100.64.0.7")), None);
-        assert!(RouteTable::default().is_empty());
+        assert_eq!(RouteTable::<Key>::default().lookup(ip("100.64.0.7")), None);
+        assert!(RouteTable::<Key>::default().is_empty());
     }
 
     #[test]

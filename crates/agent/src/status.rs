@@ -77,6 +77,10 @@ pub struct PeerStatus {
     /// Data packets that went through the relay, both ways.
     #[serde(default)]
     pub relay_data_packets: u64,
+    /// Whether the endpoint has a connected socket of its own (direct
+    /// traffic then skips the kernel's route lookups both ways).
+    #[serde(default)]
+    pub connected_socket: bool,
     /// Every endpoint the server gave (the public one, then candidates),
     /// which handshakes probe.
     #[serde(default)]

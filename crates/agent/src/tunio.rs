@@ -1,7 +1,6 @@
 //! The TUN side of the data plane, behind a small trait so tests can use an
 //! in-memory device.
 
-use std::future::Future;
 use std::io;
 use std::net::Ipv4Addr;
 use std::os::fd::AsRawFd;
@@ -32,9 +31,10 @@ pub trait TunIo: Send + Sync + 'static {
     fn try_recv_batch(&self, batch: &mut TunReadBatch) -> io::Result<bool>;
 
     /// Writes the batch's packets (coalescing them where the device can)
-    /// and empties it. A packet that cannot be written is dropped, as a
-    /// full device queue would; only a dead device is an error.
-    fn send_batch(&self, batch: &mut TunWriteBatch) -> impl Future<Output = io::Result<()>> + Send;
+    /// and empties it, without waiting. A packet that cannot be written is
+    /// dropped, as a full device queue would; only a dead device is an
+    /// error.
+    fn send_batch(&self, batch: &mut TunWriteBatch) -> io::Result<()>;
 
     /// The descriptor the data plane driver waits on, with the flag it
     /// sets; `None` for a device that wakes its poller itself.
@@ -111,7 +111,7 @@ impl TunIo for KernelTun {
 
     fn try_recv_batch(&self, batch: &mut TunReadBatch) -> io::Result<bool> {
         if !self.readable.is_set() {
-            batch.count = 0;
+            batch.set_count(0);
             return Ok(false);
         }
         let TunReadBatch {
@@ -123,14 +123,14 @@ impl TunIo for KernelTun {
         match self.device.recv_multiple(original, bufs, sizes, 0) {
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                 self.readable.clear();
-                batch.count = 0;
+                batch.set_count(0);
                 Ok(false)
             }
             read => settle(batch, read).map(|()| true),
         }
     }
 
-    async fn send_batch(&self, batch: &mut TunWriteBatch) -> io::Result<()> {
+    fn send_batch(&self, batch: &mut TunWriteBatch) -> io::Result<()> {
         let count = batch.count;
         batch.count = 0;
         let Some(bufs) = batch.bufs.get_mut(..count) else {
@@ -179,9 +179,9 @@ impl KernelTun {
 /// code could not split (no OS error behind it) loses that one packet and
 /// the device goes on; an OS error is the device's.
 fn settle(batch: &mut TunReadBatch, read: io::Result<usize>) -> io::Result<()> {
-    batch.count = 0;
+    batch.set_count(0);
     match read {
-        Ok(n) => batch.count = n,
+        Ok(n) => batch.set_count(n),
         Err(e) if e.raw_os_error().is_none() => tracing::debug!(error = %e, "tun read dropped"),
         Err(e) => return Err(e),
     }
@@ -356,7 +356,7 @@ impl TunIo for ChannelTun {
             None => match inbound.packets.try_recv() {
                 Ok(packet) => packet,
                 Err(TryRecvError::Empty) => {
-                    batch.count = 0;
+                    batch.set_count(0);
                     return Ok(false);
                 }
                 Err(TryRecvError::Disconnected) => return Err(closed()),
@@ -371,7 +371,7 @@ impl TunIo for ChannelTun {
         Ok(true)
     }
 
-    async fn send_batch(&self, batch: &mut TunWriteBatch) -> io::Result<()> {
+    fn send_batch(&self, batch: &mut TunWriteBatch) -> io::Result<()> {
         for packet in batch.packets() {
             // A full channel drops the packet, as a real TUN queue would.
             let _ = self.outbound.try_send(packet.to_vec());

@@ -6,9 +6,10 @@
 //! Nor is it registered for writability: a UDP socket signals "writable"
 //! each time the kernel frees one of its sent datagrams, which on a local
 //! link is during the send itself, and every send would cost one more
-//! reactor pass. Sends go straight to the socket; only when its buffer is
-//! full does a duplicate descriptor register with the runtime for
-//! writability, for as long as that wait lasts.
+//! reactor pass. Sends go straight to the socket and never wait; only when
+//! the data plane finds its buffer full does a duplicate descriptor
+//! register with the runtime for writability, for as long as that wait
+//! lasts ([`WgSocket::room`]).
 
 use std::io;
 use std::net::{SocketAddr, UdpSocket};
@@ -57,6 +58,12 @@ impl WgSocket {
         }
     }
 
+    /// Whether a read may find something (no empty read since the last
+    /// edge).
+    pub fn may_read(&self) -> bool {
+        self.readable.is_set()
+    }
+
     /// Ready when a read may succeed. Not ready registers no waker: the
     /// driver polls again when epoll reports the socket.
     pub fn poll_readable(&self, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -88,22 +95,17 @@ impl WgSocket {
         self.readable.clear();
     }
 
-    /// One send; while the socket's buffer is full it waits for room.
-    pub async fn send_with<R>(
-        &self,
-        mut send: impl FnMut(&UdpSocket) -> io::Result<R>,
-    ) -> io::Result<R> {
-        loop {
-            match send(self.socket()) {
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.room().await?,
-                other => return other,
-            }
-        }
+    /// Sends one datagram on a connected socket without waiting:
+    /// `WouldBlock` when the socket's buffer is full. With no address the
+    /// kernel uses the route it keeps for the connection.
+    pub fn try_send(&self, datagram: &[u8]) -> io::Result<usize> {
+        self.socket.send(datagram)
     }
 
-    /// Sends one datagram to `to`.
-    pub async fn send_to(&self, datagram: &[u8], to: SocketAddr) -> io::Result<usize> {
-        self.send_with(|socket| socket.send_to(datagram, to)).await
+    /// Sends one datagram to `to` without waiting: `WouldBlock` when the
+    /// socket's buffer is full.
+    pub fn try_send_to(&self, datagram: &[u8], to: SocketAddr) -> io::Result<usize> {
+        self.socket.send_to(datagram, to)
     }
 
     /// Waits until the full send buffer has room. epoll registers a
@@ -111,7 +113,7 @@ impl WgSocket {
     /// beside the read registration; it is dropped (and deregistered)
     /// once there is room. Registration reports the current state, so
     /// room made before it is not missed.
-    pub(crate) async fn room(&self) -> io::Result<()> {
+    pub async fn room(&self) -> io::Result<()> {
         let duplicate = register(self.socket().try_clone()?, Interest::WRITABLE)?;
         duplicate.writable().await.map(drop)
     }
@@ -146,7 +148,7 @@ mod tests {
                 .await
                 .unwrap()
                 .unwrap();
-            a.send_to(&[round; 10], b_addr).await.unwrap();
+            a.try_send_to(&[round; 10], b_addr).unwrap();
             // The driver would set the flag on the edge.
             b.source().flag.set();
             let (n, from) = loop {

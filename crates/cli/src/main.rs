@@ -67,6 +67,11 @@ struct UpArgs {
     /// every packet then costs its own read and write. For comparison and debugging.
     #[arg(long)]
     no_tun_offload: bool,
+    /// Send and receive every peer's traffic on the one WireGuard socket, with
+    /// no connected socket per peer endpoint (those save the kernel a route
+    /// lookup on each packet both ways). For comparison and debugging.
+    #[arg(long)]
+    no_peer_sockets: bool,
 }
 
 fn main() -> ExitCode {
@@ -119,6 +124,7 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
         overlay_prefix: args.overlay_prefix,
         metrics_listen: args.metrics_listen,
         tun_offload: !args.no_tun_offload,
+        peer_sockets: !args.no_peer_sockets,
     };
     ztmesh_agent::up(options, shutdown_signal()).await
 }

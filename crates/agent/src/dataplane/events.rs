@@ -9,6 +9,7 @@ use tokio::sync::{mpsc, watch};
 use x25519_dalek::StaticSecret;
 
 use super::{Io, TIMER_TICK_BUSY};
+use crate::connected::ConnectedSockets;
 use crate::driver;
 use crate::netmap::NetMap;
 use crate::status::StatusRequest;
@@ -49,10 +50,11 @@ pub(super) fn next_event<T: TunIo>(
     cx: &mut Context<'_>,
     io: &Io<T>,
     controls: &mut Controls,
+    connected: &mut ConnectedSockets,
 ) -> Poll<Event> {
     // An error on either socket is reported by the read that follows.
     let tun = io.tun.poll_readable(cx).is_ready();
-    let udp = io.udp.poll_readable(cx).is_ready();
+    let udp = io.udp.poll_readable(cx).is_ready() | connected.poll_ready();
     if driver::take_wakeups()
         && let Poll::Ready(event) = controls.poll(cx)
     {

@@ -57,9 +57,9 @@ impl Paths {
     }
 
     /// Sends `datagram` the way `via` says.
-    pub(super) async fn send(&self, udp: &WgSocket, via: Via, datagram: &[u8]) {
+    pub(super) fn send(&self, udp: &WgSocket, via: Via, datagram: &[u8]) {
         match via {
-            Via::Direct(to) => super::send(udp, datagram, to).await,
+            Via::Direct(to) => super::send(udp, datagram, to),
             Via::Relay(key) => {
                 self.relay(key, datagram);
             }
@@ -82,10 +82,10 @@ impl Paths {
     /// A handshake initiation to every direct endpoint the peer may have
     /// (where it was last heard from, and all the server gave), once each;
     /// through the relay at once as well when the peer is relayed.
-    pub(super) async fn spray(&self, udp: &WgSocket, init: &[u8], peer: &mut Peer) {
+    pub(super) fn spray(&self, udp: &WgSocket, init: &[u8], peer: &mut Peer) {
         let now = Instant::now();
         peer.path.probed(init, now);
-        direct_to_all(udp, init, peer).await;
+        direct_to_all(udp, init, peer);
         if peer.route.via_relay && peer.path.due_for_relay(now, Duration::ZERO).is_some() {
             self.relay(peer.info.public_key, init);
         }
@@ -102,11 +102,11 @@ pub(super) fn via(peer: &Peer) -> Option<Via> {
 }
 
 /// `datagram` to each direct endpoint of `peer`, once each.
-async fn direct_to_all(udp: &WgSocket, datagram: &[u8], peer: &Peer) {
+fn direct_to_all(udp: &WgSocket, datagram: &[u8], peer: &Peer) {
     let paths = peer.endpoint.iter().chain(peer.info.endpoints.iter());
     for (i, to) in paths.clone().enumerate() {
         if !paths.clone().take(i).any(|seen| seen == to) {
-            super::send(udp, datagram, *to).await;
+            super::send(udp, datagram, *to);
         }
     }
 }
@@ -114,7 +114,7 @@ async fn direct_to_all(udp: &WgSocket, datagram: &[u8], peer: &Peer) {
 impl Engine {
     /// From the timer: handshakes no direct path answered go through the
     /// relay; relayed peers get a direct try now and then.
-    pub(super) async fn tend_paths(&mut self, udp: &WgSocket, now: Instant) {
+    pub(super) fn tend_paths(&mut self, udp: &WgSocket, now: Instant) {
         for peer in self.peers.iter_mut() {
             let key = peer.info.public_key;
             if let Some(init) = peer.path.due_for_relay(now, RELAY_AFTER) {
@@ -131,7 +131,7 @@ impl Engine {
                     peer.tunn.format_handshake_initiation(&mut self.out, true)
                 {
                     peer.path.probed(init, now);
-                    direct_to_all(udp, init, peer).await;
+                    direct_to_all(udp, init, peer);
                 }
             }
         }

@@ -23,8 +23,10 @@ const DIRECT_FRESH: Duration = Duration::from_secs(10);
 /// Where a packet came from.
 #[derive(Clone, Copy, Debug)]
 pub(super) enum Source {
-    /// The UDP socket, from this address.
+    /// The shared UDP socket, from this address.
     Direct(SocketAddr),
+    /// The socket connected to this address (its endpoint is proven).
+    Connected(SocketAddr),
     /// The relay, from the device with this WireGuard key (the relay
     /// checked its certificate).
     Relay([u8; 32]),
@@ -32,15 +34,20 @@ pub(super) enum Source {
 
 impl Source {
     fn ip(self) -> Option<IpAddr> {
+        self.direct().map(|from| from.ip())
+    }
+
+    /// The address it came from, when not through the relay.
+    fn direct(self) -> Option<SocketAddr> {
         match self {
-            Self::Direct(from) => Some(from.ip()),
+            Self::Direct(from) | Self::Connected(from) => Some(from),
             Self::Relay(_) => None,
         }
     }
 }
 
 impl Engine {
-    pub(super) async fn on_packet<T: TunIo>(
+    pub(super) fn on_packet<T: TunIo>(
         &mut self,
         io: &Io<T>,
         source: Source,
@@ -48,7 +55,7 @@ impl Engine {
         now: Instant,
         tun_out: &mut TunWriteBatch,
     ) {
-        if let Source::Direct(from) = source
+        if let Some(from) = source.direct()
             && ztmesh_stun::is_stun(datagram)
         {
             if let Some(public) = self.discovery.on_datagram(from, datagram, Instant::now()) {
@@ -75,8 +82,8 @@ impl Engine {
         let packet = match packet {
             Ok(packet) => packet,
             Err(TunnResult::WriteToNetwork(cookie)) => {
-                if let Source::Direct(from) = source {
-                    super::send(&io.udp, cookie, from).await;
+                if let Some(from) = source.direct() {
+                    super::send(&io.udp, cookie, from);
                 }
                 return;
             }
@@ -92,11 +99,13 @@ impl Engine {
         let target = match packet {
             Packet::HandshakeInit(p) => {
                 match parse_handshake_anon(&self.private, &self.public, &p) {
-                    Ok(h) => Some((h.peer_static_public, Slot::Current)),
+                    Ok(h) => self
+                        .peers
+                        .find(&h.peer_static_public)
+                        .map(|id| (id, Slot::Current)),
                     Err(_) => self.old_keys.as_ref().and_then(|old| {
-                        parse_handshake_anon(&old.private, &old.public, &p)
-                            .ok()
-                            .map(|h| (h.peer_static_public, Slot::Retiring))
+                        let h = parse_handshake_anon(&old.private, &old.public, &p).ok()?;
+                        Some((self.peers.find(&h.peer_static_public)?, Slot::Retiring))
                     }),
                 }
             }
@@ -104,18 +113,21 @@ impl Engine {
             Packet::PacketCookieReply(p) => self.peers.by_receiver_index(p.receiver_idx),
             Packet::PacketData(p) => self.peers.by_receiver_index(p.receiver_idx),
         };
-        // Through the relay, a message is only for the peer the relay says
-        // sent it.
-        let target = target.filter(|(key, _)| match source {
-            Source::Relay(sender) => *key == sender,
-            Source::Direct(_) => true,
-        });
-        let Some((peer, slot)) = target.and_then(|(k, slot)| Some((self.peers.get_mut(&k)?, slot)))
+        let Some((peer, slot)) = target.and_then(|(id, slot)| Some((self.peers.at_mut(id)?, slot)))
         else {
             self.filter
                 .record_drop(DropReason::UnknownPeer, datagram.len());
             return;
         };
+        // Through the relay, a message is only for the peer the relay says
+        // sent it.
+        if let Source::Relay(sender) = source
+            && peer.info.public_key != sender
+        {
+            self.filter
+                .record_drop(DropReason::UnknownPeer, datagram.len());
+            return;
+        }
         let key = peer.info.public_key;
         let allowed_ips = &peer.info.allowed_ips;
         let name = &peer.info.name;
@@ -139,7 +151,7 @@ impl Engine {
         };
         // Where answers go: back the way the message came.
         let back = match source {
-            Source::Direct(from) => Via::Direct(from),
+            Source::Direct(from) | Source::Connected(from) => Via::Direct(from),
             Source::Relay(_) => Via::Relay(key),
         };
         let mut authenticated = false;
@@ -148,7 +160,7 @@ impl Engine {
             TunnResult::WriteToNetwork(reply) if reply.first() == Some(&COOKIE_REPLY) => {
                 // An unauthenticated answer: send it, but do not let it move
                 // the peer's endpoint.
-                self.paths.send(&io.udp, back, reply).await;
+                self.paths.send(&io.udp, back, reply);
             }
             TunnResult::WriteToNetwork(reply) => {
                 // A handshake message that decrypted: the peer proved its key.
@@ -156,12 +168,12 @@ impl Engine {
                 if is_response {
                     path.answered(now);
                 }
-                self.paths.send(&io.udp, back, reply).await;
+                self.paths.send(&io.udp, back, reply);
                 // Flush packets queued while the handshake was in progress.
                 while let TunnResult::WriteToNetwork(queued) =
                     tunn.decapsulate(None, &[], &mut self.out)
                 {
-                    self.paths.send(&io.udp, back, queued).await;
+                    self.paths.send(&io.udp, back, queued);
                 }
             }
             TunnResult::WriteToTunnelV4(packet, src) => {
@@ -185,7 +197,7 @@ impl Engine {
         }
         if authenticated {
             match source {
-                Source::Direct(from) => {
+                Source::Direct(from) | Source::Connected(from) => {
                     *endpoint = Some(from);
                     // A handshake initiation proves only that this way in
                     // works; data and responses prove the way out too.
@@ -194,6 +206,10 @@ impl Engine {
                         if route.via_relay {
                             tracing::info!(peer = %name, endpoint = %from, "direct path found; leaving the relay");
                             route.via_relay = false;
+                        }
+                        // A proven endpoint: its own connected socket.
+                        if let Source::Direct(_) = source {
+                            self.connected.connect(from, now);
                         }
                     }
                 }

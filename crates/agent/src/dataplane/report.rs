@@ -50,6 +50,9 @@ impl Engine {
                     }
                     .to_owned(),
                     relay_data_packets: p.route.relay_data,
+                    connected_socket: p
+                        .endpoint
+                        .is_some_and(|e| self.connected.socket_for(e).is_some()),
                     endpoints: p.info.endpoints.iter().map(ToString::to_string).collect(),
                     rtt_ms: p.path.rtt.map(|d| d.as_secs_f64() * 1000.0),
                     allowed_ips: p.info.allowed_ips.iter().map(ToString::to_string).collect(),

@@ -281,3 +281,77 @@ fn wakeups_are_told_once_and_looking_again_repeats_them() {
     // The driver is gone from this thread.
     assert!(take_wakeups());
 }
+
+#[test]
+fn a_socket_watched_while_the_driver_runs_is_told_once_per_edge_until_dropped() {
+    let rx = UdpSocket::bind("127.0.0.1:0").unwrap();
+    rx.set_nonblocking(true).unwrap();
+    let tx = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let to = rx.local_addr().unwrap();
+    assert!(
+        watch(rx.as_raw_fd(), ReadyFlag::new()).is_err(),
+        "off a driver thread"
+    );
+    let mut step = 0;
+    let mut watched: Option<Watch> = None;
+    let flag = ReadyFlag::new();
+    let mut ready = Vec::new();
+    let started = Instant::now();
+    let mut ticker = Ticker::new(Duration::from_millis(50));
+    block_on(
+        std::future::poll_fn(|cx| {
+            assert!(
+                started.elapsed() < Duration::from_secs(5),
+                "stuck at step {step}"
+            );
+            take_ready(&mut ready);
+            match step {
+                0 => {
+                    let w = watch(rx.as_raw_fd(), flag.clone()).unwrap();
+                    // Nothing read yet: the flag starts set, so the first
+                    // edge is not queued again.
+                    flag.clear();
+                    watched = Some(w);
+                    tx.send_to(b"a", to).unwrap();
+                    tx.send_to(b"b", to).unwrap();
+                    step = 1;
+                }
+                1 if !ready.is_empty() => {
+                    let id = watched.as_ref().unwrap().id();
+                    assert_eq!(ready, vec![id], "one entry for two datagrams");
+                    ready.clear();
+                    let mut buf = [0u8; 4];
+                    while rx.recv(&mut buf).is_ok() {}
+                    flag.clear();
+                    tx.send_to(b"c", to).unwrap();
+                    step = 2;
+                }
+                2 if !ready.is_empty() => {
+                    assert_eq!(ready.len(), 1, "a new edge after the empty read");
+                    ready.clear();
+                    // Dropped: no more reports, and its id is free again.
+                    drop(watched.take());
+                    flag.clear();
+                    tx.send_to(b"d", to).unwrap();
+                    // The first tick is at once; the next one, 50 ms
+                    // on, wakes the driver for the last step.
+                    assert!(ticker.poll_tick(cx).is_ready());
+                    assert!(ticker.poll_tick(cx).is_pending());
+                    step = 3;
+                }
+                // A tick later, the datagram sits unreported.
+                3 if take_wakeups() && ticker.poll_tick(cx).is_ready() => {
+                    assert!(ready.is_empty() && !flag.is_set());
+                    let again = watch(rx.as_raw_fd(), ReadyFlag::new()).unwrap();
+                    assert_eq!(again.id(), 0, "the freed id is taken again");
+                    return Poll::Ready(());
+                }
+                _ => {}
+            }
+            Poll::Pending
+        }),
+        &[],
+    )
+    .unwrap();
+    assert!(!flag.is_set(), "the dropped watch set nothing");
+}

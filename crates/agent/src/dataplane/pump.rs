@@ -1,0 +1,211 @@
+//! Moving packets when a socket is readable: the TUN side (route,
+//! outbound filter, encrypt, send) and the UDP side (the WireGuard
+//! socket, the connected sockets that fired, and the relay's packets,
+//! all through the receive path into the TUN). Synchronous: the one wait,
+//! for room in a full socket buffer, is the loop's.
+
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use boringtun::noise::TunnResult;
+use tokio::sync::mpsc;
+use ztmesh_filter::Verdict;
+
+use super::paths::{self, via};
+use super::receive::Source;
+use super::{Batches, Engine, Io, RELAY_READS_PER_WAKE, TUN_READS_PER_WAKE, UDP_READS_PER_WAKE};
+use crate::batch::{TunWriteBatch, UdpSendBatch};
+use crate::tunio::TunIo;
+use crate::udpio::Wire;
+use crate::wgsock::WgSocket;
+
+impl Engine {
+    /// Encrypts the TUN read that woke us and what else waits on the
+    /// device (a few dozen reads at most; with offloads each can be all
+    /// segments of a super-packet) into the send batch, and sends it with
+    /// as few system calls as GSO allows. Stops early, leaving the rest in
+    /// the batch, when the socket's buffer is full: the loop waits for
+    /// room, and the device, still marked readable, is read again on the
+    /// next turn. Only a dead TUN is an error.
+    pub(super) fn on_tun_ready<T: TunIo>(
+        &mut self,
+        io: &Io<T>,
+        wire: &Wire,
+        batches: &mut Batches,
+    ) -> std::io::Result<()> {
+        let now = Instant::now();
+        let Batches {
+            tun_in, udp_out, ..
+        } = batches;
+        for read in 0..TUN_READS_PER_WAKE {
+            // A read stopped by a full send buffer goes on first.
+            if !tun_in.has_pending() && !io.tun.try_recv_batch(tun_in)? {
+                break;
+            }
+            while let Some(packet) = tun_in.pending() {
+                if udp_out.needs_flush(packet.len())
+                    && !wire.try_flush(&io.udp, &self.connected, udp_out)
+                {
+                    return Ok(());
+                }
+                self.on_tun(packet, now, udp_out);
+                tun_in.advance();
+            }
+            // A lone packet that woke us (a ping, a request) leaves before
+            // the read that finds nothing more; a flood still leaves in GSO
+            // batches of the reads after it.
+            if (read == 0 && tun_in.count == 1)
+                && !wire.try_flush(&io.udp, &self.connected, udp_out)
+            {
+                return Ok(());
+            }
+        }
+        wire.try_flush(&io.udp, &self.connected, udp_out);
+        Ok(())
+    }
+
+    /// Route by allowed IPs, outbound filter, encrypt into the send batch.
+    fn on_tun(&mut self, packet: &[u8], now: Instant, udp_out: &mut UdpSendBatch) {
+        // The kernel's own IPv6 chatter and traffic to non-peers ends here.
+        let Some(dst) = ztmesh_filter::destination_address(packet) else {
+            return;
+        };
+        let Some(id) = self.peers.route(dst) else {
+            return;
+        };
+        if let Verdict::Drop(_) = self.filter.outbound(packet, now) {
+            return;
+        }
+        let Some(peer) = self.peers.at_mut(id) else {
+            return;
+        };
+        let way = via(peer);
+        match peer.sending_tunn().encapsulate(packet, udp_out.room()) {
+            TunnResult::WriteToNetwork(datagram) => match way {
+                Some(paths::Via::Direct(endpoint)) => {
+                    let len = datagram.len();
+                    udp_out.commit(len, endpoint);
+                }
+                Some(paths::Via::Relay(key)) if self.paths.relay(key, datagram) => {
+                    peer.route.relay_data += 1;
+                }
+                _ => {}
+            },
+            TunnResult::Err(e) => {
+                tracing::debug!(peer = %peer.info.name, error = ?e, "encapsulate failed")
+            }
+            _ => {}
+        }
+    }
+
+    /// Reads what waits on the WireGuard socket and on the connected
+    /// sockets that fired (a few `recvmmsg` calls each at most), decrypts
+    /// and filters it into the TUN batch, and writes that batch; `true`
+    /// when it wrote to the device. Only a dead TUN device is an error.
+    pub(super) fn on_udp_ready<T: TunIo>(
+        &mut self,
+        io: &Io<T>,
+        wire: &mut Wire,
+        batches: &mut Batches,
+    ) -> std::io::Result<bool> {
+        let tun_out = &mut batches.tun_out;
+        let mut wrote = self.on_socket_ready(io, wire, &io.udp, Source::Direct, tun_out)?;
+        if self.connected.poll_ready() {
+            let ready = self.connected.take_ready();
+            let mut read = Ok(());
+            for &id in &ready {
+                let Some(socket) = self.connected.socket(id) else {
+                    continue;
+                };
+                match self.on_socket_ready(io, wire, &socket, Source::Connected, tun_out) {
+                    Ok(more) => wrote |= more,
+                    Err(e) => read = Err(e),
+                }
+                // Not read empty: its share of the turn ran out.
+                if socket.may_read() {
+                    self.connected.still_ready(id);
+                }
+            }
+            self.connected.done_reading(ready);
+            read?;
+        }
+        Ok(wrote)
+    }
+
+    /// Reads one socket (a few `recvmmsg` calls at most) into the TUN
+    /// batch and writes that batch; `true` when it wrote to the device.
+    fn on_socket_ready<T: TunIo>(
+        &mut self,
+        io: &Io<T>,
+        wire: &mut Wire,
+        udp: &WgSocket,
+        source: fn(SocketAddr) -> Source,
+        tun_out: &mut TunWriteBatch,
+    ) -> std::io::Result<bool> {
+        let mut wrote = false;
+        for read in 0..UDP_READS_PER_WAKE {
+            match wire.try_recv(udp, read == 0) {
+                Ok(true) => {}
+                Ok(false) => break,
+                Err(e) => {
+                    // ICMP port unreachable from a peer surfaces here on Linux; not fatal.
+                    tracing::debug!(error = %e, "udp receive error");
+                    break;
+                }
+            }
+            let now = Instant::now();
+            for (from, datagram) in wire.datagrams() {
+                if tun_out.is_full() {
+                    io.tun.send_batch(tun_out)?;
+                }
+                self.on_packet(io, source(from), datagram, now, tun_out);
+            }
+            // Deliver before the next read: a read finds up to eight GRO
+            // super-datagrams, enough to coalesce, and a lone packet (a
+            // ping, a request) is not held back by the read that finds
+            // nothing more.
+            if !tun_out.is_empty() {
+                io.tun.send_batch(tun_out)?;
+                io.tun.wrote();
+                wrote = true;
+            }
+            // A lone datagram (a ping, a request) is answered before the
+            // read that would most likely find nothing: the socket stays
+            // marked readable, and the next turn reads it.
+            if read == 0 && wire.lone() {
+                break;
+            }
+        }
+        Ok(wrote)
+    }
+
+    /// Packets from the relay: the one that woke us and what else waits
+    /// (a few dozen at most), through the same receive path as UDP.
+    pub(super) fn on_relay<T: TunIo>(
+        &mut self,
+        io: &Io<T>,
+        first: ztmesh_relay::Frame,
+        relay_in: &mut mpsc::Receiver<ztmesh_relay::Frame>,
+        batches: &mut Batches,
+    ) -> std::io::Result<()> {
+        let now = Instant::now();
+        let tun_out = &mut batches.tun_out;
+        let mut next = Some(first);
+        let mut taken = 0;
+        while let Some(frame) = next.take() {
+            if tun_out.is_full() {
+                io.tun.send_batch(tun_out)?;
+            }
+            self.on_packet(io, Source::Relay(frame.key), &frame.payload, now, tun_out);
+            taken += 1;
+            if taken < RELAY_READS_PER_WAKE {
+                next = relay_in.try_recv().ok();
+            }
+        }
+        if !tun_out.is_empty() {
+            io.tun.send_batch(tun_out)?;
+            io.tun.wrote();
+        }
+        Ok(())
+    }
+}
