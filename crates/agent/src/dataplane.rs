@@ -133,6 +133,9 @@ struct Engine {
     /// The counters last handed to the flow log: an idle second with
     /// nothing new wakes nobody.
     handed_over: Option<CounterSnapshot>,
+    /// The rule counters as last taken, with the (policy, counter)
+    /// generation they were taken at.
+    rule_hits: ((u64, u64), Arc<[(Arc<str>, u64)]>),
     /// Public endpoint discovery (STUN) from the WireGuard socket.
     discovery: Discovery,
     /// Where the public endpoint goes to be reported.
@@ -184,6 +187,7 @@ pub async fn run<T: TunIo>(
         out: vec![0; BUF_SIZE],
         flow_events_dropped: 0,
         handed_over: None,
+        rule_hits: ((u64::MAX, u64::MAX), Arc::new([])),
         discovery: Discovery::default(),
         public_endpoint,
         paths: Paths::new(relay_out, relay_up),

@@ -32,8 +32,9 @@ pub struct CounterSnapshot {
     /// Policy version of the filter in force.
     pub policy_version: u64,
     /// New flows decided by each rule (names shared with the filter: the
-    /// data plane takes this once a second and copies no string).
-    pub rule_hits: Vec<(Arc<str>, u64)>,
+    /// data plane copies no string, and takes the list anew only when a
+    /// count changed; equal snapshots share it).
+    pub rule_hits: Arc<[(Arc<str>, u64)]>,
     /// Drops by reason.
     pub drops: Vec<(&'static str, u64)>,
     /// Inbound packets accepted.

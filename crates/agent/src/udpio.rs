@@ -6,6 +6,9 @@
 use std::io::{self, IoSliceMut};
 use std::net::SocketAddr;
 
+use std::os::fd::AsRawFd;
+
+use nix::sys::socket::{ControlMessageOwned, MsgFlags, SockaddrStorage, recvmsg};
 use quinn_udp::{RecvMeta, Transmit, UdpSocketState};
 
 use crate::batch::UdpSendBatch;
@@ -23,6 +26,8 @@ pub struct Wire {
     bufs: Vec<Vec<u8>>,
     meta: Vec<RecvMeta>,
     received: usize,
+    /// Room for the one control message a single read asks for.
+    cmsg: Vec<u8>,
 }
 
 impl Wire {
@@ -32,6 +37,7 @@ impl Wire {
     pub fn new(udp: &WgSocket) -> io::Result<Self> {
         let state = UdpSocketState::new(udp.socket().into())?;
         allow_fragmentation(udp);
+        no_tos_or_destination(udp);
         tracing::info!(
             gso_segments = state.max_gso_segments(),
             gro_segments = state.gro_segments(),
@@ -42,6 +48,7 @@ impl Wire {
             bufs: vec![vec![0; RECV_BUFFER_BYTES]; RECV_BUFFERS],
             meta: vec![RecvMeta::default(); RECV_BUFFERS],
             received: 0,
+            cmsg: nix::cmsg_space!(i32),
         })
     }
 
@@ -54,27 +61,69 @@ impl Wire {
     /// load, take up to all the buffers at once.
     pub fn try_recv(&mut self, udp: &WgSocket, first: bool) -> io::Result<bool> {
         self.received = 0;
-        let Self {
-            state, bufs, meta, ..
-        } = self;
-        let wanted = if first { 1 } else { RECV_BUFFERS };
-        let mut it = bufs.iter_mut();
-        let mut slices: [IoSliceMut<'_>; RECV_BUFFERS] = std::array::from_fn(|_| {
-            IoSliceMut::new(it.next().map_or(&mut [][..], Vec::as_mut_slice))
-        });
-        let slices = slices.get_mut(..wanted).unwrap_or_default();
-        match udp.try_read(|socket| state.recv(socket.into(), slices, meta)) {
+        let read = if first {
+            self.recv_one(udp)
+        } else {
+            let Self {
+                state, bufs, meta, ..
+            } = self;
+            let mut it = bufs.iter_mut();
+            let mut slices: [IoSliceMut<'_>; RECV_BUFFERS] = std::array::from_fn(|_| {
+                IoSliceMut::new(it.next().map_or(&mut [][..], Vec::as_mut_slice))
+            });
+            udp.try_read(|socket| state.recv(socket.into(), &mut slices, meta))
+                .inspect(|&n| {
+                    if n < RECV_BUFFERS {
+                        // recvmmsg stopped at the empty queue.
+                        udp.drained();
+                    }
+                })
+        };
+        match read {
             Ok(n) => {
                 self.received = n;
-                if n < wanted {
-                    // recvmmsg stopped at the empty queue.
-                    udp.drained();
-                }
                 Ok(true)
             }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(false),
             Err(e) => Err(e),
         }
+    }
+
+    /// One `recvmsg` into the first buffer, asking only for the GRO
+    /// segment size. quinn-udp's `recvmmsg` readies 32 message headers
+    /// (2 KiB of stack zeroed) and decodes every control message, which a
+    /// wake-up for one datagram pays for with cold caches.
+    fn recv_one(&mut self, udp: &WgSocket) -> io::Result<usize> {
+        let Self {
+            bufs, meta, cmsg, ..
+        } = self;
+        let (Some(buf), Some(meta)) = (bufs.first_mut(), meta.first_mut()) else {
+            return Ok(0);
+        };
+        udp.try_read(|socket| {
+            let mut iov = [IoSliceMut::new(buf)];
+            let msg = recvmsg::<SockaddrStorage>(
+                socket.as_raw_fd(),
+                &mut iov,
+                Some(cmsg),
+                MsgFlags::empty(),
+            )?;
+            let mut stride = 0;
+            for c in msg.cmsgs()? {
+                if let ControlMessageOwned::UdpGroSegments(size) = c {
+                    stride = usize::try_from(size).unwrap_or(0);
+                }
+            }
+            let addr = msg
+                .address
+                .as_ref()
+                .and_then(socket_addr)
+                .ok_or_else(|| io::Error::other("a datagram with no IP source address"))?;
+            meta.addr = addr;
+            meta.len = msg.bytes;
+            meta.stride = stride;
+            Ok(1)
+        })
     }
 
     /// Whether the last read found one plain datagram (no GRO
@@ -184,7 +233,39 @@ impl Wire {
 pub fn prepare(udp: &WgSocket) -> io::Result<()> {
     UdpSocketState::new(udp.socket().into())?;
     allow_fragmentation(udp);
+    no_tos_or_destination(udp);
     Ok(())
+}
+
+/// quinn-udp asks the kernel for each datagram's TOS byte and destination
+/// address; WireGuard uses neither, and each is a control message built
+/// and decoded per read (and one [`recv_one`](Wire::recv_one) does not
+/// expect).
+fn no_tos_or_destination(udp: &WgSocket) {
+    use nix::sys::socket::{setsockopt, sockopt};
+    let socket = udp.socket();
+    let off = match udp.local_addr() {
+        Ok(SocketAddr::V6(_)) => {
+            rustix::net::sockopt::set_ipv6_recvtclass(socket, false).is_ok()
+                && setsockopt(socket, sockopt::Ipv6RecvPacketInfo, &false).is_ok()
+        }
+        _ => {
+            rustix::net::sockopt::set_ip_recvtos(socket, false).is_ok()
+                && setsockopt(socket, sockopt::Ipv4PacketInfo, &false).is_ok()
+        }
+    };
+    if !off {
+        tracing::debug!("could not turn the TOS and destination control messages off");
+    }
+}
+
+/// The IP address and port of a received datagram's source.
+fn socket_addr(addr: &SockaddrStorage) -> Option<SocketAddr> {
+    if let Some(v4) = addr.as_sockaddr_in() {
+        return Some(SocketAddr::from((v4.ip(), v4.port())));
+    }
+    addr.as_sockaddr_in6()
+        .map(|v6| SocketAddr::from((v6.ip(), v6.port())))
 }
 
 /// quinn-udp forbids fragmentation: it is made for QUIC, which probes the
@@ -237,13 +318,17 @@ mod tests {
         assert!(wire_a.try_flush(&a, &ConnectedSockets::default(), &mut batch));
         assert!(batch.is_empty());
         let mut got = Vec::new();
+        let mut reads = 0;
         tokio::time::timeout(Duration::from_secs(5), async {
             while got.len() < sent.len() {
                 // What the driver does on an edge; here, a look each
                 // millisecond.
                 b.source().flag.set();
                 tokio::time::sleep(Duration::from_millis(1)).await;
-                while wire_b.try_recv(&b, false).unwrap() {
+                // The first read as a wake-up does it (one message, GRO
+                // super-datagram or not), then batches of them.
+                while wire_b.try_recv(&b, reads == 0).unwrap() {
+                    reads += 1;
                     for (from, datagram) in wire_b.datagrams() {
                         assert_eq!(from, a_addr);
                         got.push(datagram.to_vec());

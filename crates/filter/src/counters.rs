@@ -80,6 +80,8 @@ pub struct Counters {
     /// Names are shared, so a snapshot copies no string.
     rule_hits: Vec<(Arc<str>, u64)>,
     rule_slots: HashMap<Arc<str>, usize>,
+    /// Bumped whenever a rule counter changes or a new one appears.
+    rule_hits_generation: u64,
 }
 
 impl Counters {
@@ -161,6 +163,13 @@ impl Counters {
         self.rule_hits.iter().map(|(name, hits)| (&**name, *hits))
     }
 
+    /// Changes whenever [`rule_hits`](Self::rule_hits) would give
+    /// something new: a snapshot of them with the same generation is
+    /// still current, and need not be taken again.
+    pub fn rule_hits_generation(&self) -> u64 {
+        self.rule_hits_generation
+    }
+
     /// The same, with the names shared rather than borrowed: what a
     /// snapshot taken on the packet thread keeps without allocating a
     /// string per rule.
@@ -201,6 +210,7 @@ impl Counters {
         let slot = self.rule_hits.len();
         let name: Arc<str> = Arc::from(name);
         self.rule_hits.push((Arc::clone(&name), 0));
+        self.rule_hits_generation += 1;
         self.rule_slots.insert(name, slot);
         slot
     }
@@ -221,6 +231,7 @@ impl Counters {
     pub(crate) fn count_rule_hit(&mut self, slot: usize) {
         if let Some((_, hits)) = self.rule_hits.get_mut(slot) {
             *hits += 1;
+            self.rule_hits_generation += 1;
         }
     }
 }
@@ -228,6 +239,26 @@ impl Counters {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_rule_hits_generation_moves_only_when_a_rule_count_does() {
+        let mut c = Counters::default();
+        let start = c.rule_hits_generation();
+        let slot = c.rule_slot("web");
+        let named = c.rule_hits_generation();
+        assert_ne!(named, start, "a new counter");
+        assert_eq!(c.rule_slot("web"), slot);
+        assert_eq!(c.rule_hits_generation(), named, "a name seen before");
+        // Packets of established flows move other counters only.
+        c.count_accepted_inbound();
+        c.count_accepted_outbound();
+        c.count_bytes(true, crate::Verdict::Accept, 100);
+        c.count_drop(DropReason::NoRule);
+        assert_eq!(c.rule_hits_generation(), named);
+        c.count_rule_hit(slot);
+        assert_ne!(c.rule_hits_generation(), named, "a new flow counted");
+        assert_eq!(c.rule_hits().collect::<Vec<_>>(), vec![("web", 1)]);
+    }
 
     #[test]
     fn names_are_stable_and_distinct() {

@@ -1,6 +1,8 @@
 //! What the data plane tells others: the status socket's answer, the
 //! counters for the flow log, and the log lines of monitored flows.
 
+use std::sync::Arc;
+
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use ztmesh_filter::{FlowEvent, FlowVerdict};
@@ -11,15 +13,21 @@ use crate::status::{PeerStatus, Status};
 use crate::tunio::TunIo;
 
 impl Engine {
-    pub(super) fn counter_snapshot(&self) -> CounterSnapshot {
+    pub(super) fn counter_snapshot(&mut self) -> CounterSnapshot {
         let counters = self.filter.counters();
+        // 1,200 rules make a list of 1,200 shared names: taken anew only
+        // when a count changed (a new flow), not every second.
+        let generation = (self.filter.version(), counters.rule_hits_generation());
+        if self.rule_hits.0 != generation {
+            self.rule_hits = (generation, counters.rule_hits_shared().collect());
+        }
         let (rx_bytes, tx_bytes) = self.peers.iter().fold((0u64, 0u64), |(rx, tx), p| {
             let (_, sent, received, _, _) = p.tunn.stats();
             (rx + received as u64, tx + sent as u64)
         });
         CounterSnapshot {
             policy_version: self.filter.version(),
-            rule_hits: counters.rule_hits_shared().collect(),
+            rule_hits: Arc::clone(&self.rule_hits.1),
             drops: counters
                 .iter_drops()
                 .map(|(reason, n)| (reason.as_str(), n))

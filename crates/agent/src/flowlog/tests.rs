@@ -32,7 +32,7 @@ fn same_flow_events_aggregate_and_drops_come_first() {
         ],
         counters: CounterSnapshot {
             policy_version: 7,
-            rule_hits: vec![("web".into(), 1), ("no-ssh".into(), 2)],
+            rule_hits: vec![("web".into(), 1), ("no-ssh".into(), 2)].into(),
             events_lost: 3,
             ..CounterSnapshot::default()
         },
@@ -118,7 +118,7 @@ fn only_records_or_changed_counters_are_news_after_a_delivery() {
     let mut aggregator = Aggregator::default();
     let counters = CounterSnapshot {
         policy_version: 3,
-        rule_hits: vec![("web".into(), 4)],
+        rule_hits: vec![("web".into(), 4)].into(),
         ..CounterSnapshot::default()
     };
     let quiet = |counters: &CounterSnapshot| FlowBatch {
@@ -133,7 +133,7 @@ fn only_records_or_changed_counters_are_news_after_a_delivery() {
     aggregator.add(quiet(&counters), 11);
     assert!(!aggregator.has_news(), "the same counters again");
     let mut more = counters.clone();
-    more.rule_hits[0].1 += 1;
+    more.rule_hits = vec![("web".into(), 5)].into();
     aggregator.add(quiet(&more), 12);
     assert!(aggregator.has_news(), "a rule counted a new flow");
     aggregator.take_report(0);
