@@ -83,6 +83,16 @@ def ensure(impls: list[str]) -> dict[str, str]:
     return bins
 
 
+def ensure_valgrind() -> None:
+    """valgrind (callgrind and callgrind_control), for footprint.py."""
+    if shutil.which("valgrind") and shutil.which("callgrind_control"):
+        return
+    print("[bench] installing valgrind", file=sys.stderr)
+    _run(["apt-get", "update"], 600)
+    _run(["apt-get", "install", "-y", "valgrind"], 900,
+         env=dict(os.environ, DEBIAN_FRONTEND="noninteractive"))
+
+
 def versions(impls: list[str], bins: dict[str, str]) -> dict[str, str]:
     out = {"iperf3": _first_line(["iperf3", "--version"]),
            "wg": _first_line(["wg", "--version"])}

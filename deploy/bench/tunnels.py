@@ -46,8 +46,10 @@ class WgImpl:
     env: tuple[tuple[str, str], ...] = ()        # None: kernel module, no process
 
 
-def up_wireguard(lab: Netlab, index: int, impl: WgImpl, binary: str | None) -> Tunnel:
-    """Starts impl on both sides and configures the pair with `wg set`."""
+def up_wireguard(lab: Netlab, index: int, impl: WgImpl, binary: str | None,
+                 wrap_b: tuple[str, ...] = ()) -> Tunnel:
+    """Starts impl on both sides and configures the pair with `wg set`;
+    `wrap_b` prefixes side B's command (a profiler)."""
     subnet = f"10.{200 + index}.0"
     port = 51900 + index
     sides = [(lab.ns_a, "a", f"{subnet}.1", lab.ip_a), (lab.ns_b, "b", f"{subnet}.2", lab.ip_b)]
@@ -65,10 +67,13 @@ def up_wireguard(lab: Netlab, index: int, impl: WgImpl, binary: str | None) -> T
             lab.run(["ip", "-n", ns, "link", "add", iface, "type", "wireguard"])
         else:
             args = [binary or impl.argv[0], *impl.argv[1:], iface]
+            if side == "b":
+                args = [*wrap_b, *args]
             p = lab.spawn(f"{impl.name}-{side}", ns, args, env=dict(impl.env))
             procs.append(p)
             sock = Path(f"/var/run/wireguard/{iface}.sock")
-            lab.wait(lambda: sock.exists() or p.dead_error(), 15, f"{impl.name} UAPI socket {sock}")
+            lab.wait(lambda: sock.exists() or p.dead_error(), 60 if wrap_b else 15,
+                     f"{impl.name} UAPI socket {sock}")
     for i, (ns, side, ovl, under) in enumerate(sides):
         other = sides[1 - i]
         priv_file = lab.tmp / f"{ifaces[i]}.key"
@@ -103,9 +108,11 @@ table inet ztbench {{
 """
 
 
-def up_ztmesh(lab: Netlab, index: int, zt: str, relayed: bool = False) -> Tunnel:
+def up_ztmesh(lab: Netlab, index: int, zt: str, relayed: bool = False,
+              wrap_b: tuple[str, ...] = ()) -> Tunnel:
     """Server in namespace A, daemons in A and B, the generated policy in
-    force; `relayed`: the direct path blocked, traffic through the relay."""
+    force; `relayed`: the direct path blocked, traffic through the relay;
+    `wrap_b` prefixes daemon B's command (a profiler)."""
     tag = "zt-relay" if relayed else "zt"
     data = lab.tmp / f"{tag}-server"
     port = 7444 if relayed else 7443
@@ -145,8 +152,8 @@ def up_ztmesh(lab: Netlab, index: int, zt: str, relayed: bool = False) -> Tunnel
 
     daemons = []
     names = ("relay-a", "relay-b") if relayed else ("bench-a", "bench-b")
-    for ns, name, tags in ((lab.ns_a, names[0], policy_gen.CLIENT_TAGS),
-                           (lab.ns_b, names[1], policy_gen.SERVER_TAGS)):
+    for ns, name, tags, wrap in ((lab.ns_a, names[0], policy_gen.CLIENT_TAGS, ()),
+                                 (lab.ns_b, names[1], policy_gen.SERVER_TAGS, wrap_b)):
         args = ["join-token", "create", "--expires", "1h"]
         for tag in tags:
             args += ["--tag", tag]
@@ -159,7 +166,7 @@ def up_ztmesh(lab: Netlab, index: int, zt: str, relayed: bool = False) -> Tunnel
                       "--metrics-listen", "off", "--overlay-prefix", "16"]
         # The token in the environment: a command line is readable by
         # every local user in /proc.
-        daemons.append(lab.spawn(name, ns, [zt, "up", "--name", name,
+        daemons.append(lab.spawn(name, ns, [*wrap, zt, "up", "--name", name,
                                             "--state-dir", str(lab.tmp / name), *extra],
                                  env={"ZTMESH_LOG": os.environ.get("ZTMESH_LOG", "warn"),
                                       "ZTMESH_JOIN_TOKEN": token}))
@@ -182,7 +189,8 @@ def up_ztmesh(lab: Netlab, index: int, zt: str, relayed: bool = False) -> Tunnel
         if relayed and not (sa.get("relay_connected") and sb.get("relay_connected")):
             return None
         return sb
-    sb = lab.wait(connected, 60, "both ztmesh daemons to connect and get the policy and a peer")
+    sb = lab.wait(connected, 300 if wrap_b else 60,
+                  "both ztmesh daemons to connect and get the policy and a peer")
     dst = next(a.split("/")[0] for a in sb["addresses"] if ":" not in a)
     facts["policy_version"] = sb.get("policy_version")
     iface = "ztmesh1" if relayed else _tun_name(lab, lab.ns_b)

@@ -1,0 +1,233 @@
+#!/usr/bin/env python3
+"""Cold-path footprint: the code a tunnel runs for one ping round trip.
+
+Run as root through footprint.sh. A ping that comes 100 ms after the
+last finds the caches cold, and on this kind of machine each cache line
+of code a packet needs costs tens of nanoseconds to fetch again; two
+tunnels that do the same work differ in RTT by about the number of lines
+they touch (see README.md here). Timing that is noisy; counting it is
+not: valgrind's callgrind counts instructions exactly, whatever else
+the machine does.
+
+For each implementation the answering side (namespace B) runs under
+callgrind with instrumentation off; after warm-up pings, it is switched
+on for N pings from namespace A and off again. Printed, for the thread
+that carries the packets: instructions per round trip, and the distinct
+64-byte lines of code it executed on (nearly) every round trip (in at
+least 95 % of them), the code a cold round trip must fetch; then the
+functions holding most of those lines. Stdlib only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import tools  # noqa: E402
+import tunnels  # noqa: E402
+from netlab import BenchError, Netlab  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[2]
+IMPLS = ["ztmesh", "boringtun-t1", "boringtun", "gotatun"]
+LINE = 64
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--only", default="ztmesh,boringtun-t1",
+                    help=f"comma-separated subset of: {','.join(IMPLS)} (default ztmesh,boringtun-t1)")
+    ap.add_argument("--pings", type=int, default=200, help="round trips counted (default 200)")
+    ap.add_argument("--top", type=int, default=15, help="functions listed per tunnel (default 15)")
+    ap.add_argument("--keep-logs", action="store_true",
+                    help="keep each run's temp dir (logs, callgrind dumps)")
+    args = ap.parse_args()
+    impls = [s.strip() for s in args.only.split(",") if s.strip()]
+    unknown = [i for i in impls if i not in IMPLS]
+    if unknown:
+        ap.error(f"unknown implementation(s) {unknown}; known: {IMPLS}")
+    if args.pings < 20:
+        ap.error("--pings must be at least 20")
+    if os.geteuid() != 0:
+        print("footprint: must run as root (namespaces, TUN devices)", file=sys.stderr)
+        return 1
+    zt = Path(os.environ.get("ZTMESH_BIN") or REPO / "target" / "release" / "ztmesh")
+    if "ztmesh" in impls and not (zt.is_file() and os.access(zt, os.X_OK)):
+        print(f"footprint: no ztmesh binary at {zt}; build it with "
+              f"`cargo build --release --locked -p ztmesh` or set ZTMESH_BIN", file=sys.stderr)
+        return 2
+    try:
+        bins = tools.ensure(impls)
+        tools.ensure_valgrind()
+    except tools.ToolError as e:
+        print(f"footprint: {e}", file=sys.stderr)
+        return 2
+    bins["ztmesh"] = str(zt)
+
+    results = []
+    for index, impl in enumerate(impls):
+        lab = Netlab()
+        try:
+            lab.build()
+            results.append(_measure(lab, index, impl, bins, args.pings))
+        except BenchError as e:
+            print(f"[footprint] {impl}: {e}", file=sys.stderr)
+            return 1
+        finally:
+            lab.close(keep_tmp=args.keep_logs)
+    print(_report(results, args.pings, args.top))
+    return 0
+
+
+def _measure(lab: Netlab, index: int, impl: str, bins: dict[str, str], pings: int) -> dict:
+    out = lab.tmp / "callgrind.out"
+    wrap = ("valgrind", "--tool=callgrind", "--instr-atstart=no", "--dump-instr=yes",
+            "--dump-line=no", "--separate-threads=yes", f"--callgrind-out-file={out}")
+    lab.say(f"bringing up {impl}, side B under callgrind")
+    if impl == "ztmesh":
+        t = tunnels.up_ztmesh(lab, index, bins["ztmesh"], wrap_b=wrap)
+    else:
+        t = tunnels.up_wireguard(lab, index, tools.WG_IMPLS[impl], bins.get(impl), wrap_b=wrap)
+    b = t.procs[-1]
+
+    def ping(count: int, interval: str) -> None:
+        lab.run(["ip", "netns", "exec", lab.ns_a, "ping", "-q", "-c", str(count), "-i", interval,
+                 "-W", "5", t.dst_ip], timeout=count * 0.2 + 60)
+
+    lab.wait(lambda: lab.run(["ip", "netns", "exec", lab.ns_a, "ping", "-c", "1", "-W", "2",
+                              t.dst_ip], timeout=10, check=False).returncode == 0 or b.dead_error(),
+             120, f"{impl}: a first ping through the tunnel")
+    ping(30, "0.05")
+    lab.run(["callgrind_control", "-i", "on", str(b.pid)], timeout=60)
+    ping(pings, "0.05")
+    lab.run(["callgrind_control", "-i", "off", str(b.pid)], timeout=60)
+    lab.run(["callgrind_control", "-d", str(b.pid)], timeout=60)
+    dumps = _wait_dumps(out)
+    threads = [_parse(p) for p in dumps]
+    # The thread that carries the packets encrypts them: one seal per
+    # round trip on the answering side (its reply). callgrind takes
+    # commands when it next looks, so the window may have missed the
+    # first pings; the seals say how many round trips it saw.
+    seals = [_calls(th, "seal") for th in threads]
+    rtts = max(seals, default=0)
+    data = threads[seals.index(rtts)] if threads else {}
+    lab.say(f"{impl}: {len(dumps)} thread dump(s); the one that encrypts ran "
+            f"{data.get('total', 0):,} instructions for {rtts} replies")
+    if rtts < pings // 2:
+        raise BenchError(f"only {rtts} of {pings} round trips were counted; try more --pings")
+    return {"impl": impl, "rtts": rtts, **data}
+
+
+def _wait_dumps(out: Path) -> list[Path]:
+    """The per-thread files of the dump just asked for (callgrind writes
+    them after the command returns)."""
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        dumps = sorted(out.parent.glob(out.name + ".1-*"))
+        if dumps and all(p.stat().st_size > 0 for p in dumps):
+            time.sleep(1)
+            return dumps
+        time.sleep(0.5)
+    raise BenchError(f"callgrind wrote no dump next to {out}")
+
+
+# A cost line: the position (absolute, relative or the same), then the
+# cost (dumps made with --dump-instr=yes --dump-line=no).
+POS = re.compile(r"^(0x[0-9a-fA-F]+|[+-]\d+|\*)\s+(\d+)$")
+
+
+def _parse(path: Path) -> dict:
+    """Instructions by address, and the function of each address, from a
+    callgrind dump made with --dump-instr=yes --dump-line=no."""
+    names: dict[str, str] = {}
+    counts: collections.Counter = collections.Counter()
+    fn_of: dict[int, str] = {}
+    addr, fn, in_call = 0, "?", False
+
+    def name(val: str) -> str:
+        m = re.match(r"\((\d+)\)(?:\s+(.*))?$", val)
+        if not m:
+            return val
+        if m.group(2):
+            names[m.group(1)] = m.group(2)
+        return names.get(m.group(1), m.group(1))
+
+    total = 0
+    for line in path.read_text(errors="replace").splitlines():
+        if line.startswith("positions:") and line.split()[1:] != ["instr"]:
+            raise BenchError(f"{path}: positions {line.split()[1:]}, not instr")
+        if line.startswith("fn="):
+            fn = name(line[3:])
+        elif line.startswith("cfn="):
+            name(line[4:])
+        elif line.startswith("calls="):
+            in_call = True
+        elif line.startswith("totals:"):
+            total = int(line.split()[1])
+        else:
+            m = POS.match(line)
+            if not m:
+                continue
+            a = m.group(1)
+            if a.startswith("0x"):
+                addr = int(a, 16)
+            elif a[0] in "+-":
+                addr += int(a)
+            if in_call:  # the cost line of a call: inclusive cost, not this address's
+                in_call = False
+                continue
+            counts[addr] += int(m.group(2))
+            fn_of.setdefault(addr, fn)
+    return {"total": total, "counts": counts, "fn_of": fn_of}
+
+
+def _calls(thread: dict, word: str) -> int:
+    """How often a ChaCha20-Poly1305 function with `word` in its name ran:
+    the count of its first instruction (its entry)."""
+    entries: dict[str, int] = {}
+    for a in thread["counts"]:
+        fn = thread["fn_of"][a]
+        if "chacha20_poly1305" in fn and word in fn and a < entries.get(fn, a + 1):
+            entries[fn] = a
+    return max((thread["counts"][a] for a in entries.values()), default=0)
+
+
+def _report(results: list[dict], pings: int, top: int) -> str:
+    out = [f"Code per ping round trip on the answering side (namespace B), data-carrying thread; "
+           f"'lines': distinct {LINE}-byte lines of code run on at least 95 % of the round trips "
+           f"counted", ""]
+    out.append(f"{'impl':<14}{'rtts':>6}{'instr/rtt':>11}{'lines':>8}{'KiB':>7}")
+    summaries = []
+    for r in results:
+        floor = int(r["rtts"] * 0.95)
+        hot = [a for a, c in r["counts"].items() if c >= floor]
+        lines = {a // LINE for a in hot}
+        by_fn: dict[str, set] = collections.defaultdict(set)
+        for a in hot:
+            by_fn[_short(r["fn_of"][a])].add(a // LINE)
+        summaries.append((r["impl"], by_fn))
+        out.append(f"{r['impl']:<14}{r['rtts']:>6}{r['total'] / r['rtts']:>11,.0f}"
+                   f"{len(lines):>8}{len(lines) * LINE / 1024:>7.1f}")
+    for impl, by_fn in summaries:
+        out += ["", f"{impl}: functions by lines of code run per round trip"]
+        for fn, lines in sorted(by_fn.items(), key=lambda kv: -len(kv[1]))[:top]:
+            out.append(f"  {len(lines):>5}  {fn}")
+    return "\n".join(out)
+
+
+def _short(fn: str) -> str:
+    """A function name without its generic arguments and closure noise."""
+    fn = re.sub(r"<impl [^>]*>::", "", fn)
+    fn = fn.replace("::{{closure}}", "")
+    return fn if len(fn) <= 110 else fn[:107] + "..."
+
+
+if __name__ == "__main__":
+    sys.exit(main())
