@@ -11,11 +11,16 @@
 //!
 //! A link is made when an authenticated packet from a peer comes through
 //! the shared socket (so its endpoint is proven), and dropped when no
-//! peer uses that endpoint any more. The shared socket stays for
+//! peer uses that endpoint any more, when a send on it fails (its source
+//! address went away), and all at once when the machine's addresses
+//! change: a connected socket keeps the source address it was given at
+//! `connect`, so after a roam it would go on sending from an address the
+//! machine no longer has. The shared socket stays for
 //! everything else: handshakes to every path, STUN, new and roaming
 //! peers. Its port is taken without `SO_REUSEPORT` (so a second daemon on
 //! the port still fails to start), and shared only after.
 
+use std::cell::Cell;
 use std::collections::HashMap;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -37,6 +42,9 @@ struct Link {
     _watch: Watch,
     /// Shared with the read going on, which may outlive the link.
     socket: Rc<WgSocket>,
+    /// A send failed on it: nothing more goes through it, and it is
+    /// closed at the next tidying.
+    broken: Cell<bool>,
 }
 
 /// The connected sockets of the data plane, by the id the driver gives
@@ -81,10 +89,37 @@ impl ConnectedSockets {
         }
     }
 
-    /// The connected socket for `remote`, if there is one.
+    /// The connected socket for `remote`, if there is one that works.
     pub fn socket_for(&self, remote: SocketAddr) -> Option<&WgSocket> {
+        let link = self.link(remote)?;
+        (!link.broken.get()).then_some(&*link.socket)
+    }
+
+    fn link(&self, remote: SocketAddr) -> Option<&Link> {
         let id = *self.by_remote.get(&remote)?;
-        Some(&self.links.get(id)?.as_ref()?.socket)
+        self.links.get(id)?.as_ref()
+    }
+
+    /// A send to `remote` on its link failed with something other than
+    /// a full buffer: its traffic goes through the shared socket from now
+    /// on, and the link is closed at the next [`retain`](Self::retain)
+    /// (and tried again after a while).
+    pub fn send_failed(&self, remote: SocketAddr, error: &io::Error) {
+        if let Some(link) = self.link(remote)
+            && !link.broken.replace(true)
+        {
+            tracing::info!(%remote, %error, "a send on the connected socket to the peer failed; using the shared one");
+        }
+    }
+
+    /// Closes every link: the machine's addresses changed, and a link
+    /// keeps the source address it got when it was made. The next
+    /// authenticated packet from a peer makes its link anew.
+    pub fn clear(&mut self) {
+        self.links.iter_mut().for_each(|slot| *slot = None);
+        self.by_remote.clear();
+        self.ready.clear();
+        self.failed.clear();
     }
 
     /// The socket with this id, to read while the data plane goes on.
@@ -135,12 +170,22 @@ impl ConnectedSockets {
         }
     }
 
-    /// Keeps only the links whose endpoint `keep` still wants.
+    /// Keeps only the links whose endpoint `keep` still wants and on
+    /// which no send failed.
     pub fn retain(&mut self, mut keep: impl FnMut(SocketAddr) -> bool) {
         let links = &mut self.links;
+        let failed = &mut self.failed;
+        let now = Instant::now();
         self.by_remote.retain(|remote, id| {
-            let kept = keep(*remote);
-            if !kept && let Some(slot) = links.get_mut(*id) {
+            let Some(slot) = links.get_mut(*id) else {
+                return false;
+            };
+            let broken = slot.as_ref().is_some_and(|link| link.broken.get());
+            if broken {
+                failed.insert(*remote, now);
+            }
+            let kept = !broken && keep(*remote);
+            if !kept {
                 *slot = None;
             }
             kept
@@ -219,6 +264,7 @@ fn open(local: SocketAddr, remote: SocketAddr) -> io::Result<Link> {
     Ok(Link {
         _watch: watch,
         socket: Rc::new(socket),
+        broken: Cell::new(false),
     })
 }
 
@@ -322,6 +368,44 @@ mod tests {
                 })
                 .await;
                 assert_eq!(again, Some((b"again".to_vec(), remote)));
+            },
+            &sources,
+        )
+        .unwrap();
+    }
+
+    #[test]
+    fn a_failed_send_or_a_network_change_closes_links() {
+        let shared = crate::bind_udp(SocketAddr::from(([127, 0, 0, 1], 0))).unwrap();
+        let first = SocketAddr::from(([127, 0, 0, 1], 9));
+        let second = SocketAddr::from(([127, 0, 0, 1], 10));
+        let sources = [shared.source()];
+        driver::block_on(
+            async {
+                let mut connected = ConnectedSockets::new(&shared, true);
+                connected.connect(first, Instant::now());
+                connected.connect(second, Instant::now());
+                assert_eq!(connected.len(), 2);
+
+                // A send failed: the link is no longer used, closed at the
+                // next tidying, and not made again at once.
+                let error = io::Error::from_raw_os_error(libc::EADDRNOTAVAIL);
+                connected.send_failed(first, &error);
+                assert!(connected.socket_for(first).is_none());
+                assert!(connected.socket_for(second).is_some());
+                connected.retain(|_| true);
+                assert_eq!(connected.len(), 1);
+                connected.connect(first, Instant::now());
+                assert!(connected.socket_for(first).is_none());
+                assert!(!connected.settled(first, Instant::now() + RETRY_AFTER));
+
+                // The machine's addresses changed: every link closes, and
+                // the next proven packet makes one anew at once.
+                connected.clear();
+                assert!(connected.is_empty());
+                assert!(!connected.settled(first, Instant::now()));
+                connected.connect(first, Instant::now());
+                assert!(connected.socket_for(first).is_some());
             },
             &sources,
         )

@@ -133,9 +133,8 @@ struct Engine {
     /// The counters last handed to the flow log: an idle second with
     /// nothing new wakes nobody.
     handed_over: Option<CounterSnapshot>,
-    /// The rule counters as last taken, with the (policy, counter)
-    /// generation they were taken at.
-    rule_hits: ((u64, u64), Arc<[(Arc<str>, u64)]>),
+    /// The rule counters as last taken.
+    rule_hits: report::TakenRuleHits,
     /// Public endpoint discovery (STUN) from the WireGuard socket.
     discovery: Discovery,
     /// Where the public endpoint goes to be reported.
@@ -187,7 +186,7 @@ pub async fn run<T: TunIo>(
         out: vec![0; BUF_SIZE],
         flow_events_dropped: 0,
         handed_over: None,
-        rule_hits: ((u64::MAX, u64::MAX), Arc::new([])),
+        rule_hits: report::TakenRuleHits::default(),
         discovery: Discovery::default(),
         public_endpoint,
         paths: Paths::new(relay_out, relay_up),
@@ -314,8 +313,11 @@ impl Engine {
     /// The machine is on a new network: ask STUN again at once and start
     /// handshakes with every peer on every path, so that the tunnels move
     /// to the new address without waiting for a timer (and the peers'
-    /// NATs see us from there).
+    /// NATs see us from there). The connected sockets close: each keeps
+    /// the source address it got when made, maybe one gone now.
     fn on_network_change<T: TunIo>(&mut self, io: &Io<T>) {
+        // Links keep the source address they were made with.
+        self.connected.clear();
         self.discovery.renew();
         self.ask_stun(io);
         self.probe_all(io);

@@ -171,10 +171,19 @@ impl Wire {
         batch: &mut UdpSendBatch,
     ) -> bool {
         if let Some((to, datagram)) = batch.lone() {
-            let sent = match connected.socket_for(to) {
+            let mut sent = match connected.socket_for(to) {
                 Some(link) => link.try_send(datagram),
                 None => udp.try_send_to(datagram, to),
             };
+            if let Err(e) = &sent
+                && e.kind() != io::ErrorKind::WouldBlock
+                && connected.socket_for(to).is_some()
+            {
+                // The link's source address may be gone: the shared
+                // socket picks one afresh.
+                connected.send_failed(to, e);
+                sent = udp.try_send_to(datagram, to);
+            }
             match sent {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return false,
                 Err(e) => tracing::debug!(to = %to, error = %e, "udp send failed"),
@@ -191,9 +200,22 @@ impl Wire {
                     src_ip: None,
                 };
                 let count = run.count;
-                let socket = connected.socket_for(run.to).unwrap_or(udp);
-                if !self.transmit(socket, &transmit) {
-                    return false;
+                let mut sent = match connected.socket_for(run.to) {
+                    Some(link) => self.transmit(link, &transmit),
+                    None => self.transmit(udp, &transmit),
+                };
+                if let Sent::Failed(e) = &sent
+                    && connected.socket_for(run.to).is_some()
+                {
+                    connected.send_failed(run.to, e);
+                    sent = self.transmit(udp, &transmit);
+                }
+                match sent {
+                    Sent::Full => return false,
+                    Sent::Failed(e) => {
+                        tracing::debug!(to = %run.to, error = %e, "udp send failed");
+                    }
+                    Sent::Done => {}
                 }
                 batch.mark_sent(count);
             }
@@ -202,31 +224,45 @@ impl Wire {
         true
     }
 
-    /// One run; `false` when the socket's buffer is full. A GSO send the
-    /// kernel refuses (quinn-udp then turns GSO off for good on EIO; a
-    /// link whose MTU is below the segment size refuses with EINVAL) goes
-    /// again one datagram at a time, which the kernel may fragment; should
-    /// the buffer fill during that, the rest of the run is lost, as the
-    /// kernel's own queue would drop it.
-    fn transmit(&self, udp: &WgSocket, transmit: &Transmit<'_>) -> bool {
+    /// One run. A GSO send the kernel refuses (quinn-udp then turns GSO
+    /// off for good on EIO; a link whose MTU is below the segment size
+    /// refuses with EINVAL) goes again one datagram at a time, which the
+    /// kernel may fragment; should the buffer fill during that, the rest
+    /// of the run is lost, as the kernel's own queue would drop it.
+    fn transmit(&self, udp: &WgSocket, transmit: &Transmit<'_>) -> Sent {
         let e = match self.state.try_send(udp.socket().into(), transmit) {
-            Ok(()) => return true,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return false,
+            Ok(()) => return Sent::Done,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Sent::Full,
             Err(e) => e,
         };
         let Some(size) = transmit.segment_size else {
-            tracing::debug!(to = %transmit.destination, error = %e, "udp send failed");
-            return true;
+            return Sent::Failed(e);
         };
         tracing::debug!(to = %transmit.destination, error = %e, "GSO send refused; sending the datagrams one by one");
-        for datagram in transmit.contents.chunks(size.max(1)) {
-            if let Err(e) = udp.try_send_to(datagram, transmit.destination) {
-                tracing::debug!(to = %transmit.destination, error = %e, "udp send failed");
-                break;
+        for (i, datagram) in transmit.contents.chunks(size.max(1)).enumerate() {
+            match udp.try_send_to(datagram, transmit.destination) {
+                Ok(_) => {}
+                // Nothing went: the socket itself fails.
+                Err(e) if i == 0 && e.kind() != io::ErrorKind::WouldBlock => {
+                    return Sent::Failed(e);
+                }
+                Err(e) => {
+                    tracing::debug!(to = %transmit.destination, error = %e, "udp send failed");
+                    break;
+                }
             }
         }
-        true
+        Sent::Done
     }
+}
+
+/// How a run's send went.
+enum Sent {
+    Done,
+    /// The socket's buffer is full; nothing was sent.
+    Full,
+    /// The socket refused it: nothing was sent.
+    Failed(io::Error),
 }
 
 /// Sets a further WireGuard socket up as [`Wire::new`] does the first.

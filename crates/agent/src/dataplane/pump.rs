@@ -83,6 +83,12 @@ impl Engine {
         match peer.sending_tunn().encapsulate(packet, udp_out.room()) {
             TunnResult::WriteToNetwork(datagram) => match way {
                 Some(paths::Via::Direct(endpoint)) => {
+                    if datagram.first() == Some(&super::HANDSHAKE_INIT) {
+                        // No session yet: boringtun started a handshake.
+                        // Timed like ours (its round trip), and relayed
+                        // should the endpoint not answer.
+                        peer.path.probed(datagram, now);
+                    }
                     let len = datagram.len();
                     udp_out.commit(len, endpoint);
                 }

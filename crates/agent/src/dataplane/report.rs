@@ -12,14 +12,25 @@ use crate::flowlog::CounterSnapshot;
 use crate::status::{PeerStatus, Status};
 use crate::tunio::TunIo;
 
+/// The rule counters as last taken for a snapshot, and the (policy
+/// version, counter generation) they were taken at.
+#[derive(Default)]
+pub(super) struct TakenRuleHits {
+    generation: Option<(u64, u64)>,
+    hits: Arc<[(Arc<str>, u64)]>,
+}
+
 impl Engine {
     pub(super) fn counter_snapshot(&mut self) -> CounterSnapshot {
         let counters = self.filter.counters();
         // 1,200 rules make a list of 1,200 shared names: taken anew only
         // when a count changed (a new flow), not every second.
         let generation = (self.filter.version(), counters.rule_hits_generation());
-        if self.rule_hits.0 != generation {
-            self.rule_hits = (generation, counters.rule_hits_shared().collect());
+        if self.rule_hits.generation != Some(generation) {
+            self.rule_hits = TakenRuleHits {
+                generation: Some(generation),
+                hits: counters.rule_hits_shared().collect(),
+            };
         }
         let (rx_bytes, tx_bytes) = self.peers.iter().fold((0u64, 0u64), |(rx, tx), p| {
             let (_, sent, received, _, _) = p.tunn.stats();
@@ -27,7 +38,7 @@ impl Engine {
         });
         CounterSnapshot {
             policy_version: self.filter.version(),
-            rule_hits: Arc::clone(&self.rule_hits.1),
+            rule_hits: Arc::clone(&self.rule_hits.hits),
             drops: counters
                 .iter_drops()
                 .map(|(reason, n)| (reason.as_str(), n))
