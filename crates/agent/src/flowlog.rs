@@ -145,7 +145,7 @@ impl Aggregator {
         v1::FlowReport {
             policy_version: c.policy_version,
             records: records.into_iter().map(record).collect(),
-            rule_hits: named(&c.rule_hits),
+            rule_hits: hit_rules(&c.rule_hits),
             drops: named(&c.drops),
             accepted_inbound: c.accepted_inbound,
             monitored: c.monitored,
@@ -312,6 +312,22 @@ async fn send(
     )
     .await??;
     Ok(())
+}
+
+/// The rules that decided a flow, by name. A policy has hundreds or
+/// thousands of rules and a device meets few of them: sending every
+/// rule's zero with every report made it tens of kilobytes, built and
+/// encoded every two seconds while traffic flows (about 800,000
+/// instructions and 1,200 allocations each, measured with callgrind in
+/// the bench's 736-rule filter). A rule left out has no hits.
+fn hit_rules(list: &[(Arc<str>, u64)]) -> Vec<v1::NamedCounter> {
+    list.iter()
+        .filter(|(_, hits)| *hits > 0)
+        .map(|(name, value)| v1::NamedCounter {
+            name: name.as_ref().to_owned(),
+            value: *value,
+        })
+        .collect()
 }
 
 /// Counters by name, as the report carries them.

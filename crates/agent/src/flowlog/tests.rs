@@ -173,3 +173,32 @@ fn news_goes_at_once_but_paced_and_an_idle_daemon_only_sends_heartbeats() {
     // A heartbeat overdue goes at once.
     assert!(report_due(true, false, Some(ago(40)), Some(ago(40)), interval).unwrap() <= now);
 }
+
+#[test]
+fn rules_without_hits_are_left_out_of_the_report() {
+    let mut aggregator = Aggregator::default();
+    let rules: Vec<(Arc<str>, u64)> = (0..1000)
+        .map(|i| (Arc::from(format!("rule-{i}")), u64::from(i == 7) * 3))
+        .chain([(Arc::from("web"), 1)])
+        .collect();
+    aggregator.add(
+        FlowBatch {
+            events: Vec::new(),
+            counters: CounterSnapshot {
+                rule_hits: rules.into(),
+                drops: vec![("denied", 0)],
+                ..CounterSnapshot::default()
+            },
+        },
+        10,
+    );
+    let report = aggregator.take_report(0);
+    let hits: Vec<(&str, u64)> = report
+        .rule_hits
+        .iter()
+        .map(|c| (c.name.as_str(), c.value))
+        .collect();
+    assert_eq!(hits, [("rule-7", 3), ("web", 1)]);
+    // Drop reasons are few and fixed: all of them go, zeros too.
+    assert_eq!(report.drops.len(), 1);
+}
