@@ -244,31 +244,16 @@ pub async fn run<T: TunIo>(
             Event::Relay(frame) => {
                 engine.on_relay(&io, frame, &mut controls.relay_in, &mut batches)?;
             }
-            Event::Tick => {
-                engine.on_tick(&io);
-                let now = Instant::now();
-                if now >= chores_due {
-                    chores_due = now + CHORES_EVERY;
-                    engine.rate_limiter.reset_count();
-                    if let Some(old) = &engine.old_keys {
-                        old.rate_limiter.reset_count();
-                    }
-                    engine.filter.expire(now);
-                    engine.hand_over_flows(&flow_reports);
-                    engine.ask_stun(&io);
-                }
-            }
-            Event::NetMap => {
-                let map = netmap.borrow_and_update().clone();
-                engine.apply_netmap(&io, &map);
-            }
-            Event::Rekey(key) => engine.rekey(&io, key),
-            Event::NetworkChanged => engine.on_network_change(&io),
-            Event::Reported => engine.probe_all(&io),
-            Event::Status(reply) => {
-                let _ = reply.send(engine.status(&io, connected.load(Ordering::Relaxed)));
-            }
             Event::Stop => return Ok(()),
+            control => {
+                let mut chores = Chores {
+                    due: &mut chores_due,
+                    flow_reports: &flow_reports,
+                    netmap: &mut netmap,
+                    connected: &connected,
+                };
+                engine.on_control(&io, control, &mut chores);
+            }
         }
         if retick {
             controls.set_tick_period(engine.tick_period());
@@ -276,7 +261,54 @@ pub async fn run<T: TunIo>(
     }
 }
 
+/// What the loop's rare events need besides the engine.
+struct Chores<'a> {
+    /// When the once-a-second chores run next.
+    due: &'a mut Instant,
+    flow_reports: &'a mpsc::Sender<FlowBatch>,
+    netmap: &'a mut watch::Receiver<NetMap>,
+    connected: &'a AtomicBool,
+}
+
 impl Engine {
+    /// The loop's events other than packets: timers, a new network map,
+    /// a key rotation, a network change, a status request. Kept out of
+    /// line and marked cold, so that the packet path's code stays
+    /// together: a ping that finds the caches cold then loads fewer
+    /// lines of code.
+    #[cold]
+    #[inline(never)]
+    fn on_control<T: TunIo>(&mut self, io: &Io<T>, event: Event, chores: &mut Chores<'_>) {
+        match event {
+            Event::Tick => {
+                self.on_tick(io);
+                let now = Instant::now();
+                if now >= *chores.due {
+                    *chores.due = now + CHORES_EVERY;
+                    self.rate_limiter.reset_count();
+                    if let Some(old) = &self.old_keys {
+                        old.rate_limiter.reset_count();
+                    }
+                    self.filter.expire(now);
+                    self.hand_over_flows(chores.flow_reports);
+                    self.ask_stun(io);
+                }
+            }
+            Event::NetMap => {
+                let map = chores.netmap.borrow_and_update().clone();
+                self.apply_netmap(io, &map);
+            }
+            Event::Rekey(key) => self.rekey(io, key),
+            Event::NetworkChanged => self.on_network_change(io),
+            Event::Reported => self.probe_all(io),
+            Event::Status(reply) => {
+                let _ = reply.send(self.status(io, chores.connected.load(Ordering::Relaxed)));
+            }
+            // The loop handles these itself.
+            Event::Io { .. } | Event::Relay(_) | Event::Stop => {}
+        }
+    }
+
     fn on_tick<T: TunIo>(&mut self, io: &Io<T>) {
         let now = Instant::now();
         self.peers.expire_retiring(now);
