@@ -132,6 +132,10 @@ def scenario(lab: NatLab, r: Results) -> None:
     p21 = peer(lab.status("n2"), "n1")
     r.check("n2 sends to n1 at r1's public address (direct)",
             endpoint_ip(p21) == public["n1"], f"peer n1 in n2's status: {json.dumps(p21)}")
+    # Whichever side started the handshake in force, each times it: the
+    # initiator up to the response, the responder up to the first packet.
+    r.check("n2's status shows the handshake round trip to n1",
+            isinstance((p21 or {}).get("rtt_ms"), (int, float)), json.dumps(p21))
 
     step("policy across the NATs")
     r.run("n1 tcp/80 to n2 passes", lambda: lab.tcp_check("n1", "n2", ip["n2"], 80),

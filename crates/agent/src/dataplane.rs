@@ -59,6 +59,8 @@ const TIMER_TICK_IDLE: Duration = Duration::from_secs(1);
 const CHORES_EVERY: Duration = Duration::from_millis(950);
 /// WireGuard message type of a handshake initiation.
 const HANDSHAKE_INIT: u8 = 1;
+/// WireGuard message type of a handshake response.
+const HANDSHAKE_RESPONSE: u8 = 2;
 /// WireGuard message type of a cookie reply.
 const COOKIE_REPLY: u8 = 3;
 /// Handshakes per second before the rate limiter answers with cookies.

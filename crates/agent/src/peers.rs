@@ -67,11 +67,17 @@ pub struct Peer {
 /// through the relay when no direct answer comes): when the last went
 /// out, a copy of it for the relay, and how fast the first answer came
 /// (the handshake's round trip, which includes the peer's key exchange).
+/// A handshake the peer starts is timed too, from our response to the
+/// first packet of its session (the initiator sends one, a keepalive at
+/// least, as soon as our response arrives): when both sides start one
+/// at once and the peer's wins, ours is never answered.
 #[derive(Debug, Default, Clone)]
 pub struct PathProbe {
     sent: Option<Instant>,
     init: Vec<u8>,
     relayed: bool,
+    /// Our last response: the index of ours it gave the session, and when.
+    responded: Option<(u32, Instant)>,
     /// The last handshake's round trip.
     pub rtt: Option<Duration>,
 }
@@ -91,6 +97,24 @@ impl PathProbe {
             self.rtt = Some(now.saturating_duration_since(sent));
         }
         self.init.clear();
+    }
+
+    /// We answered the peer's initiation with a response that gives the
+    /// session our index `index`.
+    pub fn responded(&mut self, index: u32, now: Instant) {
+        self.responded = Some((index, now));
+    }
+
+    /// A packet of the session with our index `index` decrypted: the
+    /// first after our response for it ends that handshake's round trip.
+    #[inline]
+    pub fn received(&mut self, index: u32, now: Instant) {
+        if let Some((answered, at)) = self.responded
+            && answered == index
+        {
+            self.responded = None;
+            self.rtt = Some(now.saturating_duration_since(at));
+        }
     }
 
     /// Whether the last initiation still waits for a direct answer that
@@ -434,5 +458,21 @@ mod tests {
         probe.answered(later + Duration::from_millis(3));
         assert!(!probe.awaits_answer());
         assert_eq!(probe.rtt, Some(Duration::from_millis(3)));
+    }
+
+    #[test]
+    fn a_handshake_we_answered_is_timed_to_the_first_packet_of_its_session() {
+        let start = Instant::now();
+        let mut probe = PathProbe::default();
+        probe.responded(7, start);
+        // A packet of an older session (sent before our response came)
+        // says nothing about this handshake.
+        probe.received(6, start + Duration::from_millis(1));
+        assert_eq!(probe.rtt, None);
+        probe.received(7, start + Duration::from_millis(4));
+        assert_eq!(probe.rtt, Some(Duration::from_millis(4)));
+        // Only the first packet counts.
+        probe.received(7, start + Duration::from_millis(9));
+        assert_eq!(probe.rtt, Some(Duration::from_millis(4)));
     }
 }

@@ -85,8 +85,10 @@ pub struct PeerStatus {
     /// which handshakes probe.
     #[serde(default)]
     pub endpoints: Vec<String>,
-    /// Round trip of the last handshake we started, on the path that
-    /// answered first, in milliseconds.
+    /// Round trip of the last handshake, in milliseconds: one we started,
+    /// from our initiation to the first answer (on whichever path came
+    /// first); one the peer started, from our response to the first
+    /// packet of the session it opened.
     #[serde(default)]
     pub rtt_ms: Option<f64>,
     /// Inner addresses this peer may use.

@@ -94,7 +94,11 @@ impl Engine {
             }
         };
         // Data decrypts straight into the TUN batch; handshakes use scratch.
-        let is_data = matches!(packet, Packet::PacketData(_));
+        let data_index = match &packet {
+            Packet::PacketData(p) => Some(p.receiver_idx),
+            _ => None,
+        };
+        let is_data = data_index.is_some();
         let is_response = matches!(packet, Packet::HandshakeResponse(_));
         let target = match packet {
             Packet::HandshakeInit(p) => {
@@ -167,6 +171,8 @@ impl Engine {
                 authenticated = true;
                 if is_response {
                     path.answered(now);
+                } else if let Some(index) = response_index(reply) {
+                    path.responded(index, now);
                 }
                 self.paths.send(&io.udp, back, reply);
                 // Flush packets queued while the handshake was in progress.
@@ -178,6 +184,9 @@ impl Engine {
             }
             TunnResult::WriteToTunnelV4(packet, src) => {
                 authenticated = true;
+                if let Some(index) = data_index {
+                    path.received(index, now);
+                }
                 let allowed = allowed_ips.iter().any(|n| n.contains(&IpAddr::V4(src)));
                 if admit(&mut self.filter, allowed, packet, now) {
                     delivered = Some(packet.len());
@@ -185,6 +194,9 @@ impl Engine {
             }
             TunnResult::WriteToTunnelV6(packet, src) => {
                 authenticated = true;
+                if let Some(index) = data_index {
+                    path.received(index, now);
+                }
                 let allowed = allowed_ips.iter().any(|n| n.contains(&IpAddr::V6(src)));
                 if admit(&mut self.filter, allowed, packet, now) {
                     delivered = Some(packet.len());
@@ -193,7 +205,13 @@ impl Engine {
             TunnResult::Err(e) => {
                 tracing::debug!(peer = %name, error = ?e, "decapsulate failed")
             }
-            TunnResult::Done => {}
+            TunnResult::Done => {
+                // A keepalive that decrypted (the initiator's first packet
+                // when it has nothing else to send).
+                if let Some(index) = data_index {
+                    path.received(index, now);
+                }
+            }
         }
         if authenticated {
             match source {
@@ -237,4 +255,14 @@ impl Engine {
             tun_out.commit(len);
         }
     }
+}
+
+/// The index of ours a handshake response gives the session it opens
+/// (its sender index); `None` for any other message.
+fn response_index(message: &[u8]) -> Option<u32> {
+    if message.first() != Some(&super::HANDSHAKE_RESPONSE) {
+        return None;
+    }
+    let index = message.get(4..8)?;
+    Some(u32::from_le_bytes(index.try_into().ok()?))
 }
