@@ -31,7 +31,7 @@ mod paths;
 mod pump;
 mod receive;
 mod report;
-use events::{Controls, Event, next_event};
+use events::{Control, Controls, Event, next_event};
 use paths::{Paths, via};
 use report::log_monitored;
 
@@ -212,12 +212,6 @@ pub async fn run<T: TunIo>(
         let event =
             std::future::poll_fn(|cx| next_event(cx, &io, &mut controls, &mut engine.connected))
                 .await;
-        // What may start or end a handshake's wait for an answer, and so
-        // change how often the timer should tick.
-        let retick = matches!(
-            event,
-            Event::Tick | Event::NetMap | Event::Rekey(_) | Event::NetworkChanged | Event::Reported
-        );
         match event {
             Event::Io { tun, udp } => {
                 // The UDP side first: what it decrypts reaches the TUN
@@ -247,7 +241,8 @@ pub async fn run<T: TunIo>(
                 engine.on_relay(&io, frame, &mut controls.relay_in, &mut batches)?;
             }
             Event::Stop => return Ok(()),
-            control => {
+            Event::Control(control) => {
+                let retick = control.reticks();
                 let mut chores = Chores {
                     due: &mut chores_due,
                     flow_reports: &flow_reports,
@@ -255,10 +250,10 @@ pub async fn run<T: TunIo>(
                     connected: &connected,
                 };
                 engine.on_control(&io, control, &mut chores);
+                if retick {
+                    controls.set_tick_period(engine.tick_period());
+                }
             }
-        }
-        if retick {
-            controls.set_tick_period(engine.tick_period());
         }
     }
 }
@@ -280,9 +275,9 @@ impl Engine {
     /// lines of code.
     #[cold]
     #[inline(never)]
-    fn on_control<T: TunIo>(&mut self, io: &Io<T>, event: Event, chores: &mut Chores<'_>) {
-        match event {
-            Event::Tick => {
+    fn on_control<T: TunIo>(&mut self, io: &Io<T>, control: Control, chores: &mut Chores<'_>) {
+        match control {
+            Control::Tick => {
                 self.on_tick(io);
                 let now = Instant::now();
                 if now >= *chores.due {
@@ -296,18 +291,16 @@ impl Engine {
                     self.ask_stun(io);
                 }
             }
-            Event::NetMap => {
+            Control::NetMap => {
                 let map = chores.netmap.borrow_and_update().clone();
                 self.apply_netmap(io, &map);
             }
-            Event::Rekey(key) => self.rekey(io, key),
-            Event::NetworkChanged => self.on_network_change(io),
-            Event::Reported => self.probe_all(io),
-            Event::Status(reply) => {
+            Control::Rekey(key) => self.rekey(io, key),
+            Control::NetworkChanged => self.on_network_change(io),
+            Control::Reported => self.probe_all(io),
+            Control::Status(reply) => {
                 let _ = reply.send(self.status(io, chores.connected.load(Ordering::Relaxed)));
             }
-            // The loop handles these itself.
-            Event::Io { .. } | Event::Relay(_) | Event::Stop => {}
         }
     }
 
@@ -350,7 +343,6 @@ impl Engine {
     /// NATs see us from there). The connected sockets close: each keeps
     /// the source address it got when made, maybe one gone now.
     fn on_network_change<T: TunIo>(&mut self, io: &Io<T>) {
-        // Links keep the source address they were made with.
         self.connected.clear();
         self.discovery.renew();
         self.ask_stun(io);

@@ -171,13 +171,14 @@ impl Wire {
         batch: &mut UdpSendBatch,
     ) -> bool {
         if let Some((to, datagram)) = batch.lone() {
-            let mut sent = match connected.socket_for(to) {
+            let link = connected.socket_for(to);
+            let mut sent = match link {
                 Some(link) => link.try_send(datagram),
                 None => udp.try_send_to(datagram, to),
             };
             if let Err(e) = &sent
                 && e.kind() != io::ErrorKind::WouldBlock
-                && connected.socket_for(to).is_some()
+                && link.is_some()
             {
                 // The link's source address may be gone: the shared
                 // socket picks one afresh.
@@ -200,12 +201,10 @@ impl Wire {
                     src_ip: None,
                 };
                 let count = run.count;
-                let mut sent = match connected.socket_for(run.to) {
-                    Some(link) => self.transmit(link, &transmit),
-                    None => self.transmit(udp, &transmit),
-                };
+                let link = connected.socket_for(run.to);
+                let mut sent = self.transmit(link.unwrap_or(udp), &transmit);
                 if let Sent::Failed(e) = &sent
-                    && connected.socket_for(run.to).is_some()
+                    && link.is_some()
                 {
                     connected.send_failed(run.to, e);
                     sent = self.transmit(udp, &transmit);

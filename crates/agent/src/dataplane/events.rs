@@ -25,6 +25,13 @@ pub(super) enum Event {
     },
     /// A packet through the relay.
     Relay(ztmesh_relay::Frame),
+    /// One of the rare events besides packets.
+    Control(Control),
+    Stop,
+}
+
+/// The loop's events other than packets.
+pub(super) enum Control {
     Tick,
     NetMap,
     Rekey(StaticSecret),
@@ -33,7 +40,14 @@ pub(super) enum Event {
     NetworkChanged,
     /// The server took new endpoints of ours.
     Reported,
-    Stop,
+}
+
+impl Control {
+    /// Whether it may start or end a handshake's wait for an answer, and
+    /// so change how often the timer should tick.
+    pub(super) fn reticks(&self) -> bool {
+        !matches!(self, Self::Status(_))
+    }
 }
 
 /// One poll of what the loop waits on. Each source keeps its waker
@@ -139,22 +153,22 @@ impl Controls {
             return Poll::Ready(Event::Stop);
         }
         if let Poll::Ready(change) = self.netmap.poll_recv(cx) {
-            return Poll::Ready(change.map_or(Event::Stop, |()| Event::NetMap));
+            return Poll::Ready(change.map_or(Event::Stop, |()| Event::Control(Control::NetMap)));
         }
         if let Poll::Ready(Some(reply)) = self.status_requests.poll_recv(cx) {
-            return Poll::Ready(Event::Status(reply));
+            return Poll::Ready(Event::Control(Control::Status(reply)));
         }
         if let Poll::Ready(Some(key)) = self.rekeys.poll_recv(cx) {
-            return Poll::Ready(Event::Rekey(key));
+            return Poll::Ready(Event::Control(Control::Rekey(key)));
         }
         if let Poll::Ready(Some(())) = self.network.poll_recv(cx) {
-            return Poll::Ready(Event::NetworkChanged);
+            return Poll::Ready(Event::Control(Control::NetworkChanged));
         }
         if let Poll::Ready(Some(())) = self.reported.poll_recv(cx) {
-            return Poll::Ready(Event::Reported);
+            return Poll::Ready(Event::Control(Control::Reported));
         }
         if self.tick.poll_tick(cx).is_ready() {
-            return Poll::Ready(Event::Tick);
+            return Poll::Ready(Event::Control(Control::Tick));
         }
         Poll::Pending
     }

@@ -160,7 +160,20 @@ impl Engine {
         };
         let mut authenticated = false;
         let mut delivered = None;
-        match tunn.decapsulate(source.ip(), datagram, dst) {
+        let result = tunn.decapsulate(source.ip(), datagram, dst);
+        // A data packet that decrypted (a keepalive, the initiator's first
+        // packet when it has nothing else to send, comes back as Done).
+        if let Some(index) = data_index
+            && matches!(
+                result,
+                TunnResult::WriteToTunnelV4(..)
+                    | TunnResult::WriteToTunnelV6(..)
+                    | TunnResult::Done
+            )
+        {
+            path.received(index, now);
+        }
+        match result {
             TunnResult::WriteToNetwork(reply) if reply.first() == Some(&COOKIE_REPLY) => {
                 // An unauthenticated answer: send it, but do not let it move
                 // the peer's endpoint.
@@ -184,9 +197,6 @@ impl Engine {
             }
             TunnResult::WriteToTunnelV4(packet, src) => {
                 authenticated = true;
-                if let Some(index) = data_index {
-                    path.received(index, now);
-                }
                 let allowed = allowed_ips.iter().any(|n| n.contains(&IpAddr::V4(src)));
                 if admit(&mut self.filter, allowed, packet, now) {
                     delivered = Some(packet.len());
@@ -194,9 +204,6 @@ impl Engine {
             }
             TunnResult::WriteToTunnelV6(packet, src) => {
                 authenticated = true;
-                if let Some(index) = data_index {
-                    path.received(index, now);
-                }
                 let allowed = allowed_ips.iter().any(|n| n.contains(&IpAddr::V6(src)));
                 if admit(&mut self.filter, allowed, packet, now) {
                     delivered = Some(packet.len());
@@ -205,13 +212,7 @@ impl Engine {
             TunnResult::Err(e) => {
                 tracing::debug!(peer = %name, error = ?e, "decapsulate failed")
             }
-            TunnResult::Done => {
-                // A keepalive that decrypted (the initiator's first packet
-                // when it has nothing else to send).
-                if let Some(index) = data_index {
-                    path.received(index, now);
-                }
-            }
+            TunnResult::Done => {}
         }
         if authenticated {
             match source {
