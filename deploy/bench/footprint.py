@@ -22,19 +22,16 @@ from __future__ import annotations
 
 import argparse
 import collections
-import os
 import re
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import pingtool  # noqa: E402
 import tools  # noqa: E402
-import tunnels  # noqa: E402
 from netlab import BenchError, Netlab  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[2]
 IMPLS = ["ztmesh", "boringtun-t1", "boringtun", "gotatun"]
 LINE = 64
 
@@ -49,27 +46,10 @@ def main() -> int:
     ap.add_argument("--keep-logs", action="store_true",
                     help="keep each run's temp dir (logs, callgrind dumps)")
     args = ap.parse_args()
-    impls = [s.strip() for s in args.only.split(",") if s.strip()]
-    unknown = [i for i in impls if i not in IMPLS]
-    if unknown:
-        ap.error(f"unknown implementation(s) {unknown}; known: {IMPLS}")
-    if args.pings < 20:
-        ap.error("--pings must be at least 20")
-    if os.geteuid() != 0:
-        print("footprint: must run as root (namespaces, TUN devices)", file=sys.stderr)
-        return 1
-    zt = Path(os.environ.get("ZTMESH_BIN") or REPO / "target" / "release" / "ztmesh")
-    if "ztmesh" in impls and not (zt.is_file() and os.access(zt, os.X_OK)):
-        print(f"footprint: no ztmesh binary at {zt}; build it with "
-              f"`cargo build --release --locked -p ztmesh` or set ZTMESH_BIN", file=sys.stderr)
-        return 2
-    try:
-        bins = tools.ensure(impls)
-        tools.ensure_valgrind()
-    except tools.ToolError as e:
-        print(f"footprint: {e}", file=sys.stderr)
-        return 2
-    bins["ztmesh"] = str(zt)
+    prepared = pingtool.prepare(ap, args, IMPLS, "footprint", tools.ensure_valgrind)
+    if isinstance(prepared, int):
+        return prepared
+    impls, bins = prepared
 
     results = []
     for index, impl in enumerate(impls):
@@ -90,23 +70,11 @@ def _measure(lab: Netlab, index: int, impl: str, bins: dict[str, str], pings: in
     out = lab.tmp / "callgrind.out"
     wrap = ("valgrind", "--tool=callgrind", "--instr-atstart=no", "--dump-instr=yes",
             "--dump-line=no", "--separate-threads=yes", f"--callgrind-out-file={out}")
-    lab.say(f"bringing up {impl}, side B under callgrind")
-    if impl == "ztmesh":
-        t = tunnels.up_ztmesh(lab, index, bins["ztmesh"], wrap_b=wrap)
-    else:
-        t = tunnels.up_wireguard(lab, index, tools.WG_IMPLS[impl], bins.get(impl), wrap_b=wrap)
-    b = t.procs[-1]
-
-    def ping(count: int, interval: str) -> None:
-        lab.run(["ip", "netns", "exec", lab.ns_a, "ping", "-q", "-c", str(count), "-i", interval,
-                 "-W", "5", t.dst_ip], timeout=count * 0.2 + 60)
-
-    lab.wait(lambda: lab.run(["ip", "netns", "exec", lab.ns_a, "ping", "-c", "1", "-W", "2",
-                              t.dst_ip], timeout=10, check=False).returncode == 0 or b.dead_error(),
-             120, f"{impl}: a first ping through the tunnel")
-    ping(30, "0.05")
+    tunnel = pingtool.PingedTunnel(lab, index, impl, bins, wrap_b=wrap)
+    b = tunnel.t.procs[-1]
+    tunnel.ping(30, "0.05")
     lab.run(["callgrind_control", "-i", "on", str(b.pid)], timeout=60)
-    ping(pings, "0.05")
+    tunnel.ping(pings, "0.05")
     lab.run(["callgrind_control", "-i", "off", str(b.pid)], timeout=60)
     lab.run(["callgrind_control", "-d", str(b.pid)], timeout=60)
     dumps = _wait_dumps(out)

@@ -93,6 +93,17 @@ def ensure_valgrind() -> None:
          env=dict(os.environ, DEBIAN_FRONTEND="noninteractive"))
 
 
+def ensure_perf() -> None:
+    """perf, for stages.py (tracepoints only: no hardware counters needed)."""
+    if shutil.which("perf") and subprocess.run(["perf", "--version"], capture_output=True,
+                                               timeout=30).returncode == 0:
+        return
+    print("[bench] installing perf (linux-perf)", file=sys.stderr)
+    _run(["apt-get", "update"], 600)
+    _run(["apt-get", "install", "-y", "linux-perf"], 900,
+         env=dict(os.environ, DEBIAN_FRONTEND="noninteractive"))
+
+
 def versions(impls: list[str], bins: dict[str, str]) -> dict[str, str]:
     out = {"iperf3": _first_line(["iperf3", "--version"]),
            "wg": _first_line(["wg", "--version"])}
