@@ -105,6 +105,15 @@ impl PathProbe {
         self.responded = Some((index, now));
     }
 
+    /// Whether a packet of the session with our index `index` would end
+    /// a round trip ([`received`](Self::received)): the caller reads the
+    /// clock only then.
+    #[inline]
+    pub fn times_session(&self, index: u32) -> bool {
+        self.responded
+            .is_some_and(|(answered, _)| answered == index)
+    }
+
     /// A packet of the session with our index `index` decrypted: the
     /// first after our response for it ends that handshake's round trip.
     #[inline]
@@ -464,14 +473,18 @@ mod tests {
     fn a_handshake_we_answered_is_timed_to_the_first_packet_of_its_session() {
         let start = Instant::now();
         let mut probe = PathProbe::default();
+        assert!(!probe.times_session(7));
         probe.responded(7, start);
         // A packet of an older session (sent before our response came)
         // says nothing about this handshake.
+        assert!(!probe.times_session(6) && probe.times_session(7));
         probe.received(6, start + Duration::from_millis(1));
         assert_eq!(probe.rtt, None);
         probe.received(7, start + Duration::from_millis(4));
         assert_eq!(probe.rtt, Some(Duration::from_millis(4)));
-        // Only the first packet counts.
+        // Only the first packet counts (the caller no longer reads the
+        // clock for the session's packets).
+        assert!(!probe.times_session(7));
         probe.received(7, start + Duration::from_millis(9));
         assert_eq!(probe.rtt, Some(Duration::from_millis(4)));
     }

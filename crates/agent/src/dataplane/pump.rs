@@ -15,6 +15,7 @@ use super::paths::{self, via};
 use super::receive::Source;
 use super::{Batches, Engine, Io, RELAY_READS_PER_WAKE, TUN_READS_PER_WAKE, UDP_READS_PER_WAKE};
 use crate::batch::{TunWriteBatch, UdpSendBatch};
+use crate::driver;
 use crate::tunio::TunIo;
 use crate::udpio::Wire;
 use crate::wgsock::WgSocket;
@@ -33,7 +34,7 @@ impl Engine {
         wire: &Wire,
         batches: &mut Batches,
     ) -> std::io::Result<()> {
-        let now = Instant::now();
+        let now = driver::now();
         let Batches {
             tun_in, udp_out, ..
         } = batches;
@@ -85,9 +86,10 @@ impl Engine {
                 Some(paths::Via::Direct(endpoint)) => {
                     if datagram.first() == Some(&super::HANDSHAKE_INIT) {
                         // No session yet: boringtun started a handshake.
-                        // Timed like ours (its round trip), and relayed
-                        // should the endpoint not answer.
-                        peer.path.probed(datagram, now);
+                        // Timed like ours (its round trip, so from the
+                        // clock, not the loop's time), and relayed should
+                        // the endpoint not answer.
+                        peer.path.probed(datagram, Instant::now());
                     }
                     let len = datagram.len();
                     udp_out.commit(len, endpoint);
@@ -159,7 +161,7 @@ impl Engine {
                     break;
                 }
             }
-            let now = Instant::now();
+            let now = driver::now();
             for (from, datagram) in wire.datagrams() {
                 if tun_out.is_full() {
                     io.tun.send_batch(tun_out)?;
@@ -196,7 +198,7 @@ impl Engine {
         relay_in: &mut mpsc::Receiver<ztmesh_relay::Frame>,
         batches: &mut Batches,
     ) -> std::io::Result<()> {
-        let now = Instant::now();
+        let now = driver::now();
         let tun_out = &mut batches.tun_out;
         let mut next = Some(first);
         let mut taken = 0;

@@ -163,7 +163,9 @@ impl Engine {
         let result = tunn.decapsulate(source.ip(), datagram, dst);
         // A data packet that decrypted (a keepalive, the initiator's first
         // packet when it has nothing else to send, comes back as Done).
+        // Round trips are timed from the clock: `now` is the loop's time.
         if let Some(index) = data_index
+            && path.times_session(index)
             && matches!(
                 result,
                 TunnResult::WriteToTunnelV4(..)
@@ -171,7 +173,7 @@ impl Engine {
                     | TunnResult::Done
             )
         {
-            path.received(index, now);
+            path.received(index, Instant::now());
         }
         match result {
             TunnResult::WriteToNetwork(reply) if reply.first() == Some(&COOKIE_REPLY) => {
@@ -183,9 +185,9 @@ impl Engine {
                 // A handshake message that decrypted: the peer proved its key.
                 authenticated = true;
                 if is_response {
-                    path.answered(now);
+                    path.answered(Instant::now());
                 } else if let Some(index) = response_index(reply) {
-                    path.responded(index, now);
+                    path.responded(index, Instant::now());
                 }
                 self.paths.send(&io.udp, back, reply);
                 // Flush packets queued while the handshake was in progress.

@@ -159,6 +159,82 @@ fn a_new_period_counts_from_the_last_tick_and_a_shorter_one_cuts_the_wait() {
 }
 
 #[test]
+fn the_loops_time_is_the_reading_before_the_wait_until_the_clock_is_read_again() {
+    // Off a driver thread it is the clock.
+    let before = Instant::now();
+    let off = now();
+    assert!(before <= off && off <= Instant::now());
+
+    let period = Duration::from_millis(30);
+    let mut ticker = Ticker::new(period);
+    let mut seen = Vec::new();
+    block_on(
+        std::future::poll_fn(|cx| {
+            // At the start of a turn, and after looking for wake-ups (a
+            // wait that timed out makes that read the clock).
+            let start = now();
+            let clock = Instant::now();
+            if take_wakeups() {
+                while ticker.poll_tick(cx).is_ready() {}
+            }
+            seen.push((start, clock, now()));
+            if seen.len() == 3 {
+                Poll::Ready(())
+            } else {
+                Poll::Pending
+            }
+        }),
+        &[],
+    )
+    .unwrap();
+    // After each wait (a tick period, ended by its timeout) the turn
+    // starts with the reading taken before it, a period old; the timeout
+    // then has the clock read, and the loop's time is fresh again.
+    for &(start, clock, after) in &seen[1..] {
+        assert!(clock.duration_since(start) >= period, "{seen:?}");
+        assert!(after >= clock, "{seen:?}");
+    }
+    // Under a flood (no wait) the clock is read every few dozen turns,
+    // not on each.
+    let advanced = block_on(
+        async {
+            // One wait (ended at once by a wake-up): the loop's time is
+            // the reading before it.
+            let mut waited = false;
+            std::future::poll_fn(|cx| {
+                if std::mem::replace(&mut waited, true) {
+                    return Poll::Ready(());
+                }
+                cx.waker().wake_by_ref();
+                Poll::Pending
+            })
+            .await;
+            let first = now();
+            std::thread::sleep(Duration::from_millis(2));
+            let mut turns = 0;
+            while now() == first && turns < 10 * TURNS_PER_CLOCK_READ {
+                std::future::poll_fn(|_| {
+                    take_wakeups();
+                    Poll::Ready(())
+                })
+                .await;
+                turns += 1;
+            }
+            turns
+        },
+        &[],
+    )
+    .unwrap();
+    // The wake-up is told first (no clock), then the count runs.
+    assert!(
+        (TURNS_PER_CLOCK_READ..=TURNS_PER_CLOCK_READ + 1).contains(&advanced),
+        "{advanced} turns"
+    );
+    // Gone with the driver: the clock again.
+    assert!(CLOCK.with(Cell::get).is_none());
+}
+
+#[test]
 fn a_tick_comes_even_when_the_future_never_lets_the_driver_wait() {
     let period = Duration::from_millis(20);
     let mut ticker = Ticker::new(period);
