@@ -139,10 +139,12 @@ const TURNS_PER_CLOCK_READ: u32 = 64;
 /// dispatch of a lone packet.
 pub fn take_wakeups() -> bool {
     CURRENT.with(|current| {
-        current
-            .borrow()
-            .as_ref()
-            .is_none_or(|waker| waker.fired.swap(false, Ordering::AcqRel) || deadline_passed())
+        current.borrow().as_ref().is_none_or(|waker| {
+            // Both, always: the turn count must run while wakers keep
+            // firing (a relay flood), or the loop's time would stop.
+            let fired = waker.fired.swap(false, Ordering::AcqRel);
+            deadline_passed() || fired
+        })
     })
 }
 
