@@ -113,9 +113,8 @@ thread_local! {
     /// The loop's time ([`now`]): when this thread's driver last read the
     /// clock.
     static CLOCK: Cell<Option<Instant>> = const { Cell::new(None) };
-    /// The last wait ended at its timeout: the deadline may have come.
-    static TIMED_OUT: Cell<bool> = const { Cell::new(false) };
-    /// Turns since the clock was last read.
+    /// Turns since the clock was last read; a wait that ended at its
+    /// timeout (the deadline may have come) sets it to the limit.
     static TURNS: Cell<u32> = const { Cell::new(0) };
 }
 
@@ -151,12 +150,11 @@ pub fn take_wakeups() -> bool {
 /// Whether this thread's [`Ticker`] deadline has come (which clears it),
 /// when it is time to look ([`take_wakeups`]).
 fn deadline_passed() -> bool {
-    let look = TIMED_OUT.with(|timed_out| timed_out.replace(false))
-        || TURNS.with(|turns| {
-            let count = turns.get() + 1;
-            turns.set(count);
-            count >= TURNS_PER_CLOCK_READ
-        });
+    let look = TURNS.with(|turns| {
+        let count = turns.get().saturating_add(1);
+        turns.set(count);
+        count > TURNS_PER_CLOCK_READ
+    });
     if !look {
         return false;
     }
@@ -270,7 +268,6 @@ impl Current {
     fn set(waker: &Arc<ThreadWaker>, registry: mio::Registry, base: usize) -> Self {
         CURRENT.with(|current| *current.borrow_mut() = Some(Arc::clone(waker)));
         DEADLINE.with(|deadline| deadline.set(None));
-        TIMED_OUT.with(|timed_out| timed_out.set(false));
         TURNS.with(|turns| turns.set(0));
         watch::start(registry, base);
         Self
@@ -353,7 +350,7 @@ pub fn block_on<F: Future>(future: F, sources: &[Readable]) -> io::Result<F::Out
             Err(e) => return Err(e),
         }
         if events.is_empty() {
-            TIMED_OUT.with(|timed_out| timed_out.set(true));
+            TURNS.with(|turns| turns.set(TURNS_PER_CLOCK_READ));
         }
         // A deadline that came is found by the next take_wakeups.
         for event in &events {
