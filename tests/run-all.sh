@@ -117,6 +117,8 @@ step "cargo fmt" cargo fmt --all -- --check
 step "cargo clippy" cargo clippy --workspace --all-targets "${LOCKED[@]}" -- -D warnings
 step "postgresql" start_postgres
 step "cargo test" cargo test --workspace "${LOCKED[@]}"
+# The benchmark tools' trace analysis, on hand-made traces (no root, no perf).
+step "bench tool tests" python3 -m unittest discover -s deploy/bench -p 'test_*.py'
 # Figures, not pass/fail: revocation latency over 50 daemons (p50/p99).
 step "revocation benchmark" timeout -k 10 300 cargo run -q -p ztmesh-e2e "${LOCKED[@]}" --example revocation_latency 50 10
 # Daemon memory at start and per peer (200 peers here; 1000 by hand, about 2 minutes to enroll).

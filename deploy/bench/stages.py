@@ -15,8 +15,12 @@ From the trace, for the threads of the two tunnel processes:
   encryption; UDP receive -> TUN write is decryption, cryptokey routing
   and the filter);
 - the kernel time of each of those system calls that moved a packet;
-- how long a woken tunnel thread waited to run: on a CPU that was idle
-  (a halted virtual CPU must be woken first) and on one that was busy.
+- how long a woken tunnel thread waited to run, by where it ran: on a
+  CPU that was idle (a halted virtual CPU must be woken first) or busy;
+  the median and the mean (the mean is what a mean RTT pays);
+- how the scheduler ran each round trip (roundtrips.py): whether ping
+  was preempted before it slept, how many woken threads ran on an idle
+  CPU, and the stalls of the tunnel threads.
 A round trip passes each stage once on each side. Medians, with how
 often each was seen. Stdlib only.
 """
@@ -35,6 +39,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import pingtool  # noqa: E402
+import roundtrips  # noqa: E402
 import tools  # noqa: E402
 from netlab import BenchError, Netlab  # noqa: E402
 
@@ -51,6 +56,8 @@ FILTER = " || ".join(f"id == {n}" for n in sorted(SYSCALLS))
 # The stages reported, in the order a request and its reply pass them.
 STAGES = [("wait", "TUN read"), ("TUN read", "UDP send"), ("wait", "UDP recv"),
           ("UDP recv", "TUN write"), ("TUN write", "TUN read")]
+# The width of the report's row labels.
+LABEL = 44
 EVENT = re.compile(r"^\s*(.*?)\s+(\d+)\s+\[(\d+)\]\s+([\d.]+):\s+([\w:]+):\s+(.*)$")
 
 
@@ -111,7 +118,8 @@ def _measure(lab: Netlab, index: int, impl: str, bins: dict[str, str], pings: in
     if script.returncode != 0:
         raise BenchError(f"perf script failed: {script.stderr[-500:]}")
     lab.say(f"{impl}: {len(tids)} threads traced")
-    return _analyse(script.stdout.splitlines(), tids)
+    events = _events(script.stdout.splitlines())
+    return {**_analyse(events, tids), "trips": roundtrips.analyse(events, tids, set(SYSCALLS))}
 
 
 def _threads(pids) -> set[str]:
@@ -132,7 +140,19 @@ def _threads(pids) -> set[str]:
     return tids
 
 
-def _analyse(lines: list[str], tids: set[str]) -> dict:
+def _events(lines: list[str]) -> list[tuple[str, str, str, float, str, str]]:
+    """perf script's lines as (command, thread id, CPU, time in us, event,
+    the rest)."""
+    events = []
+    for line in lines:
+        m = EVENT.match(line)
+        if m:
+            comm, tid, cpu, stamp, event, rest = m.groups()
+            events.append((comm, tid, cpu, float(stamp) * 1e6, event, rest))
+    return events
+
+
+def _analyse(events: list[tuple[str, str, str, float, str, str]], tids: set[str]) -> dict:
     """Stage times (user, between system calls), system call times and
     wake-up delays of the traced threads, in microseconds."""
     user: dict[tuple[str, str], list[float]] = collections.defaultdict(list)
@@ -140,31 +160,21 @@ def _analyse(lines: list[str], tids: set[str]) -> dict:
     wake: dict[str, list[float]] = collections.defaultdict(list)
     entered: dict[str, tuple[str, float]] = {}
     returned: dict[str, tuple[str, float]] = {}
-    waking: dict[str, tuple[float, str]] = {}
-    idle_cpus: set[str] = set()
-    for line in lines:
-        m = EVENT.match(line)
-        if not m:
-            continue
-        _comm, tid, cpu, stamp, event, rest = m.groups()
-        t = float(stamp) * 1e6
+    waking: dict[str, float] = {}
+    for _comm, tid, _cpu, t, event, rest in events:
         if event == "sched:sched_switch":
             prev = re.search(r"prev_pid=(\d+)", rest)
             nxt = re.search(r"next_pid=(\d+)", rest)
-            if prev and nxt:
-                if nxt.group(1) == "0":
-                    idle_cpus.add(cpu)
-                else:
-                    idle_cpus.discard(cpu)
-                if nxt.group(1) in waking:
-                    at, kind = waking.pop(nxt.group(1))
-                    wake[kind].append(t - at)
+            if prev and nxt and nxt.group(1) in waking:
+                # Where the woken thread ran: a CPU that was idle (a
+                # halted virtual CPU had to be woken first) or busy.
+                at = waking.pop(nxt.group(1))
+                wake["idle CPU" if prev.group(1) == "0" else "busy CPU"].append(t - at)
             continue
         if event == "sched:sched_waking":
-            w = re.search(r"pid=(\d+) .*target_cpu=(\d+)", rest)
+            w = re.search(r" pid=(\d+)", rest)
             if w and w.group(1) in tids:
-                target = str(int(w.group(2))).zfill(len(cpu))
-                waking[w.group(1)] = (t, "idle CPU" if target in idle_cpus else "busy CPU")
+                waking[w.group(1)] = t
             continue
         if tid not in tids:
             continue
@@ -190,30 +200,34 @@ def _analyse(lines: list[str], tids: set[str]) -> dict:
     return {"user": user, "kernel": kernel, "wake": wake}
 
 
-def _cell(samples: list[float]) -> str:
+def _cell(samples: list[float], mean: bool = False) -> str:
     if not samples:
         return "-"
+    if mean:
+        return f"{statistics.median(samples):.1f}, {statistics.mean(samples):.0f} ({len(samples)})"
     return f"{statistics.median(samples):.1f} ({len(samples)})"
 
 
 def _report(results: dict[str, dict], pings: int) -> str:
     impls = list(results)
-    width = max(22, *(len(i) + 2 for i in impls))
-    head = f"{'':<34}" + "".join(f"{i:>{width}}" for i in impls)
+    width = max(24, *(len(i) + 2 for i in impls))
+    head = f"{'':<{LABEL}}" + "".join(f"{i:>{width}}" for i in impls)
     out = [f"Stages of the packet path, both tunnel processes, {pings} pings 0.1 s apart: "
            f"median in microseconds (times seen); a round trip passes each stage once on "
            f"each side", "", "user time between system calls", head]
     for a, b in STAGES:
-        out.append(f"  {a + ' -> ' + b:<32}" +
+        out.append(f"  {a + ' -> ' + b:<{LABEL - 2}}" +
                    "".join(f"{_cell(results[i]['user'].get((a, b), [])):>{width}}" for i in impls))
     out += ["", "kernel time of the system calls that moved a packet", head]
     for what in ("TUN read", "UDP send", "UDP recv", "TUN write"):
-        out.append(f"  {what:<32}" +
+        out.append(f"  {what:<{LABEL - 2}}" +
                    "".join(f"{_cell(results[i]['kernel'].get(what, [])):>{width}}" for i in impls))
-    out += ["", "a woken tunnel thread waited to run", head]
+    out += ["", "a woken tunnel thread waited to run: median, mean (times seen)", head]
     for kind in ("idle CPU", "busy CPU"):
-        out.append(f"  {'on an ' + kind if kind[0] == 'i' else 'on a ' + kind:<32}" +
-                   "".join(f"{_cell(results[i]['wake'].get(kind, [])):>{width}}" for i in impls))
+        out.append(f"  {'on an ' + kind if kind[0] == 'i' else 'on a ' + kind:<{LABEL - 2}}" +
+                   "".join(f"{_cell(results[i]['wake'].get(kind, []), mean=True):>{width}}"
+                           for i in impls))
+    out += roundtrips.report({i: results[i]["trips"] for i in impls}, LABEL, width)
     return "\n".join(out)
 
 
