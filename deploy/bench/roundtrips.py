@@ -32,17 +32,17 @@ import collections
 import re
 import statistics
 
+from perftrace import CALL, PID, WOKEN, Event
+
 # The pinging process's send and receive system calls (x86_64).
 SEND = {44, 46}
 RECV = {45, 47, 299}
 # User time between two packet system calls above this is a stall.
 STALL_US = 100.0
-PID = re.compile(r"(prev|next)_pid=(\d+)")
 STATE = re.compile(r"prev_state=(\S+)")
-CALL = re.compile(r"NR (\d+)(?: = (-?\d+))?")
 
 
-def analyse(events: list[tuple[str, str, str, float, str, str]], tids: set[str],
+def analyse(events: list[Event], tids: set[str],
             packet_calls: set[int]) -> dict:
     """events: (command, thread id, CPU, time in us, event, the rest), in
     time order; tids: the tunnel processes' threads; packet_calls: the
@@ -59,7 +59,7 @@ def analyse(events: list[tuple[str, str, str, float, str, str]], tids: set[str],
     last_exit: dict[str, float] = {}
     for comm, tid, _cpu, t, event, rest in events:
         if event == "sched:sched_waking":
-            woken = re.search(r" pid=(\d+)", rest)
+            woken = WOKEN.search(rest)
             if woken:
                 waking.add(woken.group(1))
             continue
@@ -103,7 +103,7 @@ def analyse(events: list[tuple[str, str, str, float, str, str]], tids: set[str],
     return {"rtts": rtts, "stalls": stalls}
 
 
-def _carriers(events: list[tuple[str, str, str, float, str, str]], tids: set[str]) -> set[str]:
+def _carriers(events: list[Event], tids: set[str]) -> set[str]:
     """The tunnel threads that carry the pings: the ones the pinging
     process wakes, and the tunnel threads those wake (the other side),
     each on at least a quarter of the round trips. The daemons' other
@@ -117,7 +117,7 @@ def _carriers(events: list[tuple[str, str, str, float, str, str]], tids: set[str
         woken: collections.Counter = collections.Counter()
         for comm, tid, _cpu, _t, event, rest in events:
             if event == "sched:sched_waking" and (comm == "ping" or tid in carriers):
-                m = re.search(r" pid=(\d+)", rest)
+                m = WOKEN.search(rest)
                 if m and m.group(1) in tids:
                     woken[m.group(1)] += 1
         found = carriers | {t for t, n in woken.items() if 4 * n >= sends}

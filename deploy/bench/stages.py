@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import collections
-import re
 import signal
 import statistics
 import subprocess
@@ -38,6 +37,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import perftrace  # noqa: E402
 import pingtool  # noqa: E402
 import roundtrips  # noqa: E402
 import tools  # noqa: E402
@@ -58,7 +58,6 @@ STAGES = [("wait", "TUN read"), ("TUN read", "UDP send"), ("wait", "UDP recv"),
           ("UDP recv", "TUN write"), ("TUN write", "TUN read")]
 # The width of the report's row labels.
 LABEL = 44
-EVENT = re.compile(r"^\s*(.*?)\s+(\d+)\s+\[(\d+)\]\s+([\d.]+):\s+([\w:]+):\s+(.*)$")
 
 
 def main() -> int:
@@ -118,7 +117,7 @@ def _measure(lab: Netlab, index: int, impl: str, bins: dict[str, str], pings: in
     if script.returncode != 0:
         raise BenchError(f"perf script failed: {script.stderr[-500:]}")
     lab.say(f"{impl}: {len(tids)} threads traced")
-    events = _events(script.stdout.splitlines())
+    events = perftrace.events(script.stdout.splitlines())
     return {**_analyse(events, tids), "trips": roundtrips.analyse(events, tids, set(SYSCALLS))}
 
 
@@ -140,19 +139,7 @@ def _threads(pids) -> set[str]:
     return tids
 
 
-def _events(lines: list[str]) -> list[tuple[str, str, str, float, str, str]]:
-    """perf script's lines as (command, thread id, CPU, time in us, event,
-    the rest)."""
-    events = []
-    for line in lines:
-        m = EVENT.match(line)
-        if m:
-            comm, tid, cpu, stamp, event, rest = m.groups()
-            events.append((comm, tid, cpu, float(stamp) * 1e6, event, rest))
-    return events
-
-
-def _analyse(events: list[tuple[str, str, str, float, str, str]], tids: set[str]) -> dict:
+def _analyse(events: list[perftrace.Event], tids: set[str]) -> dict:
     """Stage times (user, between system calls), system call times and
     wake-up delays of the traced threads, in microseconds."""
     user: dict[tuple[str, str], list[float]] = collections.defaultdict(list)
@@ -163,22 +150,21 @@ def _analyse(events: list[tuple[str, str, str, float, str, str]], tids: set[str]
     waking: dict[str, float] = {}
     for _comm, tid, _cpu, t, event, rest in events:
         if event == "sched:sched_switch":
-            prev = re.search(r"prev_pid=(\d+)", rest)
-            nxt = re.search(r"next_pid=(\d+)", rest)
-            if prev and nxt and nxt.group(1) in waking:
+            pids = dict(perftrace.PID.findall(rest))
+            if pids.get("next") in waking:
                 # Where the woken thread ran: a CPU that was idle (a
                 # halted virtual CPU had to be woken first) or busy.
-                at = waking.pop(nxt.group(1))
-                wake["idle CPU" if prev.group(1) == "0" else "busy CPU"].append(t - at)
+                at = waking.pop(pids["next"])
+                wake["idle CPU" if pids.get("prev") == "0" else "busy CPU"].append(t - at)
             continue
         if event == "sched:sched_waking":
-            w = re.search(r" pid=(\d+)", rest)
+            w = perftrace.WOKEN.search(rest)
             if w and w.group(1) in tids:
                 waking[w.group(1)] = t
             continue
         if tid not in tids:
             continue
-        call = re.match(r"NR (\d+)(?: = (-?\d+))?", rest)
+        call = perftrace.CALL.match(rest)
         if not call or int(call.group(1)) not in SYSCALLS:
             continue
         what = SYSCALLS[int(call.group(1))]

@@ -118,10 +118,9 @@ impl PathProbe {
     /// first after our response for it ends that handshake's round trip.
     #[inline]
     pub fn received(&mut self, index: u32, now: Instant) {
-        if let Some((answered, at)) = self.responded
-            && answered == index
+        if self.times_session(index)
+            && let Some((_, at)) = self.responded.take()
         {
-            self.responded = None;
             self.rtt = Some(now.saturating_duration_since(at));
         }
     }
