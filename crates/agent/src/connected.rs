@@ -56,6 +56,10 @@ pub struct ConnectedSockets {
     local: Option<SocketAddr>,
     links: Vec<Option<Link>>,
     by_remote: HashMap<SocketAddr, usize, RandomState>,
+    /// The endpoint last looked up, with its link: a reply goes where
+    /// the packet it answers came from, found without hashing. Forgotten
+    /// whenever a link closes.
+    last: Cell<Option<(SocketAddr, usize)>>,
     /// Links the driver reported readable and not yet read empty.
     ready: Vec<usize>,
     /// The list being read, kept for its memory.
@@ -96,7 +100,14 @@ impl ConnectedSockets {
     }
 
     fn link(&self, remote: SocketAddr) -> Option<&Link> {
-        let id = *self.by_remote.get(&remote)?;
+        let id = match self.last.get() {
+            Some((last, id)) if last == remote => id,
+            _ => {
+                let id = *self.by_remote.get(&remote)?;
+                self.last.set(Some((remote, id)));
+                id
+            }
+        };
         self.links.get(id)?.as_ref()
     }
 
@@ -116,6 +127,7 @@ impl ConnectedSockets {
     /// keeps the source address it got when it was made. The next
     /// authenticated packet from a peer makes its link anew.
     pub fn clear(&mut self) {
+        self.last.set(None);
         self.links.iter_mut().for_each(|slot| *slot = None);
         self.by_remote.clear();
         self.ready.clear();
@@ -173,6 +185,7 @@ impl ConnectedSockets {
     /// Keeps only the links whose endpoint `keep` still wants and on
     /// which no send failed.
     pub fn retain(&mut self, mut keep: impl FnMut(SocketAddr) -> bool) {
+        self.last.set(None);
         let links = &mut self.links;
         let failed = &mut self.failed;
         let now = Instant::now();
@@ -398,6 +411,13 @@ mod tests {
                 connected.connect(first, Instant::now());
                 assert!(connected.socket_for(first).is_none());
                 assert!(!connected.settled(first, Instant::now() + RETRY_AFTER));
+
+                // The link last looked up closes: a lookup no longer finds
+                // it (nor, the slot being free, whatever takes its id).
+                assert!(connected.socket_for(second).is_some());
+                connected.retain(|remote| remote != second);
+                assert!(connected.socket_for(second).is_none());
+                assert!(connected.is_empty());
 
                 // The machine's addresses changed: every link closes, and
                 // the next proven packet makes one anew at once.

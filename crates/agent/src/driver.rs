@@ -188,6 +188,19 @@ pub fn now() -> Instant {
     CLOCK.with(Cell::get).unwrap_or_else(Instant::now)
 }
 
+/// Whether a non-blocking call found nothing to read, or no room to
+/// write. Told from the OS error code: `io::Error::kind` maps every code
+/// through a table, which the read that ends each turn (and finds the
+/// device empty) would fetch on a cold wake-up. Errors made in the
+/// program (test devices) go by their kind.
+#[inline]
+pub fn would_block(e: &io::Error) -> bool {
+    match e.raw_os_error() {
+        Some(code) => code == libc::EAGAIN || code == libc::EWOULDBLOCK,
+        None => e.kind() == io::ErrorKind::WouldBlock,
+    }
+}
+
 /// The next [`take_wakeups`] says `true`: the future stopped before it
 /// had polled every waker-driven source.
 pub fn look_again() {

@@ -121,7 +121,7 @@ impl TunIo for KernelTun {
             ..
         } = batch;
         match self.device.recv_multiple(original, bufs, sizes, 0) {
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+            Err(e) if crate::driver::would_block(&e) => {
                 self.readable.clear();
                 batch.set_count(0);
                 Ok(false)

@@ -13,6 +13,7 @@ use quinn_udp::{RecvMeta, Transmit, UdpSocketState};
 
 use crate::batch::UdpSendBatch;
 use crate::connected::ConnectedSockets;
+use crate::driver::would_block;
 use crate::wgsock::WgSocket;
 
 /// Receive buffers per system call.
@@ -84,7 +85,7 @@ impl Wire {
                 self.received = n;
                 Ok(true)
             }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(false),
+            Err(e) if would_block(&e) => Ok(false),
             Err(e) => Err(e),
         }
     }
@@ -177,7 +178,7 @@ impl Wire {
                 None => udp.try_send_to(datagram, to),
             };
             if let Err(e) = &sent
-                && e.kind() != io::ErrorKind::WouldBlock
+                && !would_block(e)
                 && link.is_some()
             {
                 // The link's source address may be gone: the shared
@@ -186,7 +187,7 @@ impl Wire {
                 sent = udp.try_send_to(datagram, to);
             }
             match sent {
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return false,
+                Err(e) if would_block(&e) => return false,
                 Err(e) => tracing::debug!(to = %to, error = %e, "udp send failed"),
                 Ok(_) => {}
             }
@@ -231,7 +232,7 @@ impl Wire {
     fn transmit(&self, udp: &WgSocket, transmit: &Transmit<'_>) -> Sent {
         let e = match self.state.try_send(udp.socket().into(), transmit) {
             Ok(()) => return Sent::Done,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Sent::Full,
+            Err(e) if would_block(&e) => return Sent::Full,
             Err(e) => e,
         };
         let Some(size) = transmit.segment_size else {

@@ -81,7 +81,7 @@ impl WgSocket {
             return Err(io::ErrorKind::WouldBlock.into());
         }
         let result = read(&self.socket);
-        if matches!(&result, Err(e) if e.kind() == io::ErrorKind::WouldBlock) {
+        if matches!(&result, Err(e) if crate::driver::would_block(e)) {
             self.readable.clear();
         }
         result

@@ -45,5 +45,7 @@ pub use conntrack::FilterLimits;
 pub use counters::{Counters, DropReason};
 pub use filter::{Filter, Verdict};
 pub use flow_events::{FlowEvent, FlowVerdict};
-pub use packet::{PacketError, PacketInfo, destination_address, parse_packet, source_address};
+pub use packet::{
+    PacketError, PacketInfo, destination_address, parse_packet, routing_destination, source_address,
+};
 pub use rule::{Action, FilterConfig, FilterRule, PortRange, Protocol};

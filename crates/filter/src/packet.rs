@@ -251,6 +251,19 @@ pub fn destination_address(packet: &[u8]) -> Option<IpAddr> {
     parse_ip_header(packet).ok().map(|h| h.dst)
 }
 
+/// Where a packet is going, read from its IP header without checking the
+/// rest of it: enough to pick the peer whose tunnel it would take, for a
+/// packet that the outbound filter then parses in full (and drops, counted
+/// as malformed, when it is). Half the work of [`destination_address`] on
+/// the path every packet read from the TUN takes.
+pub fn routing_destination(packet: &[u8]) -> Option<IpAddr> {
+    match packet.first()? >> 4 {
+        4 => array_at::<4>(packet, 16).map(|dst| IpAddr::V4(Ipv4Addr::from(dst))),
+        6 => array_at::<16>(packet, 24).map(|dst| IpAddr::V6(Ipv6Addr::from(dst))),
+        _ => None,
+    }
+}
+
 /// How strictly the IP length field is checked.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Framing {

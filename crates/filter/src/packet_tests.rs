@@ -305,3 +305,28 @@ fn malformed_headers_are_reported() {
         Err(PacketError::TransportTooShort { need: 24, .. })
     ));
 }
+
+#[test]
+fn routing_reads_the_destination_of_any_header_long_enough() {
+    for (packet, dst) in [
+        (PacketBuilder::udp(V4_A, 1, V4_B, 2).build(), V4_B),
+        (PacketBuilder::tcp(V6_A, 1, V6_B, 2).build(), V6_B),
+        (PacketBuilder::echo_request(V4_B, V4_A, 7).build(), V4_A),
+    ] {
+        assert_eq!(routing_destination(&packet), Some(dst));
+        assert_eq!(routing_destination(&packet), destination_address(&packet));
+        // Cut inside the destination: no route.
+        let end = if dst.is_ipv4() { 20 } else { 40 };
+        assert_eq!(routing_destination(&packet[..end - 1]), None);
+        assert_eq!(routing_destination(&packet[..end]), Some(dst));
+    }
+    // A header the filter rejects still names its destination; the
+    // filter, which runs next, drops it as malformed.
+    let mut packet = PacketBuilder::udp(V4_A, 1, V4_B, 2).build();
+    packet[2..4].copy_from_slice(&100u16.to_be_bytes());
+    assert!(parse_packet(&packet).is_err());
+    assert_eq!(routing_destination(&packet), Some(V4_B));
+    packet[0] = 0x55;
+    assert_eq!(routing_destination(&packet), None);
+    assert_eq!(routing_destination(&[]), None);
+}

@@ -68,7 +68,9 @@ impl Engine {
     /// Route by allowed IPs, outbound filter, encrypt into the send batch.
     fn on_tun(&mut self, packet: &[u8], now: Instant, udp_out: &mut UdpSendBatch) {
         // The kernel's own IPv6 chatter and traffic to non-peers ends here.
-        let Some(dst) = ztmesh_filter::destination_address(packet) else {
+        // The filter checks the whole header next; routing needs only the
+        // destination.
+        let Some(dst) = ztmesh_filter::routing_destination(packet) else {
             return;
         };
         let Some(id) = self.peers.route(dst) else {
