@@ -127,14 +127,19 @@ impl Wire {
         })
     }
 
-    /// Whether the last read found one plain datagram (no GRO
-    /// super-datagram, no second message).
-    pub fn lone(&self) -> bool {
-        self.received == 1
-            && self
-                .meta
-                .first()
-                .is_some_and(|meta| meta.stride == 0 || meta.stride >= meta.len)
+    /// The datagram of the last read, with its sender, when the read
+    /// found one plain datagram (no GRO super-datagram, no second
+    /// message): a wake-up for a ping or a request handles it without
+    /// the splitting in [`datagrams`](Self::datagrams).
+    pub fn lone(&self) -> Option<(SocketAddr, &[u8])> {
+        if self.received != 1 {
+            return None;
+        }
+        let (meta, buf) = (self.meta.first()?, self.bufs.first()?);
+        if meta.stride != 0 && meta.stride < meta.len {
+            return None;
+        }
+        Some((meta.addr, buf.get(..meta.len)?))
     }
 
     /// The datagrams of the last read, each with its sender, split at the

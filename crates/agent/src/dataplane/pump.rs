@@ -119,7 +119,10 @@ impl Engine {
         batches: &mut Batches,
     ) -> std::io::Result<bool> {
         let tun_out = &mut batches.tun_out;
-        let mut wrote = self.on_socket_ready(io, wire, &io.udp, Source::Direct, tun_out)?;
+        // Most often only a connected socket fired: the shared one is
+        // skipped without a look.
+        let mut wrote = io.udp.may_read()
+            && self.on_socket_ready(io, wire, &io.udp, Source::Direct, tun_out)?;
         if self.connected.poll_ready() {
             let ready = self.connected.take_ready();
             let mut read = Ok(());
@@ -164,11 +167,19 @@ impl Engine {
                 }
             }
             let now = driver::now();
-            for (from, datagram) in wire.datagrams() {
+            let lone = wire.lone();
+            if let Some((from, datagram)) = lone {
                 if tun_out.is_full() {
                     io.tun.send_batch(tun_out)?;
                 }
                 self.on_packet(io, source(from), datagram, now, tun_out);
+            } else {
+                for (from, datagram) in wire.datagrams() {
+                    if tun_out.is_full() {
+                        io.tun.send_batch(tun_out)?;
+                    }
+                    self.on_packet(io, source(from), datagram, now, tun_out);
+                }
             }
             // Deliver before the next read: a read finds up to eight GRO
             // super-datagrams, enough to coalesce, and a lone packet (a
@@ -182,7 +193,7 @@ impl Engine {
             // A lone datagram (a ping, a request) is answered before the
             // read that would most likely find nothing: the socket stays
             // marked readable, and the next turn reads it.
-            if read == 0 && wire.lone() {
+            if read == 0 && lone.is_some() {
                 break;
             }
         }
