@@ -17,10 +17,11 @@
 //! wake this thread through an eventfd (mio's `Waker`), and the runtime's
 //! handle is entered so that spawned tasks and the rare wait for send
 //! room register with the runtime as before. The data plane's own timer
-//! ([`Ticker`]) is the epoll wait's timeout: a tick wakes this thread
-//! alone, where a runtime timer would wake the runtime's thread first and
-//! that one would wake this one (three context switches a tick; an idle
-//! laptop ticks once a second, four times while a handshake waits).
+//! ([`Ticker`]) is a timerfd in the same epoll set ([`timer`]): a tick
+//! wakes this thread alone, where a runtime timer would wake the
+//! runtime's thread first and that one would wake this one (three
+//! context switches a tick; an idle laptop ticks once a second, four
+//! times while a handshake waits).
 
 use std::cell::{Cell, RefCell};
 use std::future::Future;
@@ -35,11 +36,15 @@ use std::time::{Duration, Instant};
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Token};
 
+mod timer;
 mod watch;
+use timer::DeadlineTimer;
 pub use watch::{Watch, take_ready, watch};
 
 /// The token of the waker; the sources take 0, 1, ...
 const WAKE: Token = Token(usize::MAX);
+/// The token of the deadline's timer.
+const TIMER: Token = Token(usize::MAX - 1);
 
 /// Whether a descriptor may have something to read: set by the driver
 /// when epoll reports it (edge-triggered), cleared by the read that finds
@@ -113,8 +118,8 @@ thread_local! {
     /// The loop's time ([`now`]): when this thread's driver last read the
     /// clock.
     static CLOCK: Cell<Option<Instant>> = const { Cell::new(None) };
-    /// Turns since the clock was last read; a wait that ended at its
-    /// timeout (the deadline may have come) sets it to the limit.
+    /// Turns since the clock was last read; a wait that the deadline's
+    /// timer ended (the deadline may have come) sets it to the limit.
     static TURNS: Cell<u32> = const { Cell::new(0) };
 }
 
@@ -129,8 +134,8 @@ const TURNS_PER_CLOCK_READ: u32 = 64;
 /// them it calls [`look_again`]. Always `true` off a driver thread.
 ///
 /// A [`Ticker`] deadline that has come counts as a waker that fired. It
-/// is looked for when the driver's wait ended at its timeout (the
-/// deadline), and every [`TURNS_PER_CLOCK_READ`] turns: under a flood the
+/// is looked for when the driver's wait was ended by the deadline's
+/// timer, and every [`TURNS_PER_CLOCK_READ`] turns: under a flood the
 /// future may find a socket ready on every turn and never let the driver
 /// wait, and the tick must still come. Not on every turn: a clock read
 /// is the first touch of the vDSO's code and data pages after a wait,
@@ -179,8 +184,8 @@ fn read_clock() -> Instant {
 /// The loop's time, for what the packet path does with seconds: the
 /// filter's idle timeouts, how fresh a direct path is, when a failed
 /// connected socket may be tried again. It is the driver's last clock
-/// reading: taken before every wait, whose timeout is the [`Ticker`]'s
-/// deadline (so it is never older than one tick period plus the turn),
+/// reading: taken before every wait, which the [`Ticker`]'s deadline ends
+/// (so it is never older than one tick period plus the turn),
 /// and every [`TURNS_PER_CLOCK_READ`] turns when there is no wait. Off a
 /// driver thread, the clock. What needs the exact time (a handshake's
 /// round trip) reads the clock itself.
@@ -212,7 +217,8 @@ pub fn look_again() {
 }
 
 /// A periodic timer kept by the driver: while it waits, its next
-/// deadline bounds the driver's epoll wait, and reaching it counts as a
+/// deadline is set on the driver's timer descriptor, which ends the
+/// driver's epoll wait, and reaching it counts as a
 /// waker that fired ([`take_wakeups`]). The first tick is at once; ticks
 /// missed while the thread was busy are not made up, the next one comes
 /// a period after the late one. Off a driver thread nothing would wake
@@ -329,6 +335,7 @@ pub fn block_on<F: Future>(future: F, sources: &[Readable]) -> io::Result<F::Out
         // The first turn polls every source, registering its waker.
         fired: AtomicBool::new(true),
     });
+    let mut timer = DeadlineTimer::new(poll.registry(), TIMER)?;
     let _current = Current::set(&waker, poll.registry().try_clone()?, sources.len());
     let task_waker = Waker::from(Arc::clone(&waker));
     let mut cx = Context::from_waker(&task_waker);
@@ -341,22 +348,29 @@ pub fn block_on<F: Future>(future: F, sources: &[Readable]) -> io::Result<F::Out
         if let Poll::Ready(output) = future.as_mut().poll(&mut cx) {
             return Ok(output);
         }
-        // mio rounds the timeout up to whole milliseconds: a wait never
-        // ends before the deadline. A deadline that has come is told to
-        // the future as a fired waker and forgotten: the future may be
-        // waiting on something else (room to send), and a deadline left
-        // in the past would make every later wait return at once. The
-        // clock is read here, after the turn's packets have gone, and the
-        // next turn works with this reading ([`now`]).
+        // The deadline is the timer's, set when it changes; the wait has
+        // no timeout. A deadline that has come is told to the future as a
+        // fired waker and forgotten (the future may be waiting on
+        // something else, room to send, and a deadline left in the past
+        // would make every later wait return at once), and the wait only
+        // looks. The clock is read here, after the turn's packets have
+        // gone, and the next turn works with this reading ([`now`]).
         let now = read_clock();
-        let timeout = DEADLINE.with(|deadline| {
-            let left = deadline.get()?.saturating_duration_since(now);
-            if left.is_zero() {
+        let due = DEADLINE.with(|deadline| {
+            let due = deadline.get();
+            if due.is_some_and(|due| due <= now) {
                 deadline.set(None);
                 waker.fired.store(true, Ordering::Release);
             }
-            Some(left)
+            due
         });
+        let timeout = match due {
+            Some(due) if due <= now => Some(Duration::ZERO),
+            _ => {
+                timer.set(due, now)?;
+                None
+            }
+        };
         match poll.poll(&mut events, timeout) {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
@@ -369,6 +383,10 @@ pub fn block_on<F: Future>(future: F, sources: &[Readable]) -> io::Result<F::Out
         for event in &events {
             match sources.get(event.token().0) {
                 Some(source) => source.flag.set(),
+                None if event.token() == TIMER => {
+                    timer.fired();
+                    TURNS.with(|turns| turns.set(TURNS_PER_CLOCK_READ));
+                }
                 None if event.token() != WAKE => watch::fired(event.token().0),
                 None => {}
             }
