@@ -356,16 +356,13 @@ pub fn block_on<F: Future>(future: F, sources: &[Readable]) -> io::Result<F::Out
         // looks. The clock is read here, after the turn's packets have
         // gone, and the next turn works with this reading ([`now`]).
         let now = read_clock();
-        let due = DEADLINE.with(|deadline| {
-            let due = deadline.get();
-            if due.is_some_and(|due| due <= now) {
-                deadline.set(None);
-                waker.fired.store(true, Ordering::Release);
-            }
-            due
-        });
+        let due = DEADLINE.with(Cell::get);
         let timeout = match due {
-            Some(due) if due <= now => Some(Duration::ZERO),
+            Some(due) if due <= now => {
+                DEADLINE.with(|deadline| deadline.set(None));
+                waker.fired.store(true, Ordering::Release);
+                Some(Duration::ZERO)
+            }
             _ => {
                 timer.set(due, now)?;
                 None
@@ -375,9 +372,6 @@ pub fn block_on<F: Future>(future: F, sources: &[Readable]) -> io::Result<F::Out
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) => return Err(e),
-        }
-        if events.is_empty() {
-            TURNS.with(|turns| turns.set(TURNS_PER_CLOCK_READ));
         }
         // A deadline that came is found by the next take_wakeups.
         for event in &events {

@@ -167,18 +167,14 @@ impl Engine {
                 }
             }
             let now = driver::now();
+            // A lone datagram skips the iterator that splits GRO
+            // super-datagrams.
             let lone = wire.lone();
             if let Some((from, datagram)) = lone {
-                if tun_out.is_full() {
-                    io.tun.send_batch(tun_out)?;
-                }
-                self.on_packet(io, source(from), datagram, now, tun_out);
+                self.receive(io, source(from), datagram, now, tun_out)?;
             } else {
                 for (from, datagram) in wire.datagrams() {
-                    if tun_out.is_full() {
-                        io.tun.send_batch(tun_out)?;
-                    }
-                    self.on_packet(io, source(from), datagram, now, tun_out);
+                    self.receive(io, source(from), datagram, now, tun_out)?;
                 }
             }
             // Deliver before the next read: a read finds up to eight GRO
@@ -200,6 +196,23 @@ impl Engine {
         Ok(wrote)
     }
 
+    /// One datagram through the receive path into the TUN batch, which
+    /// is written first if it is full.
+    fn receive<T: TunIo>(
+        &mut self,
+        io: &Io<T>,
+        source: Source,
+        datagram: &[u8],
+        now: Instant,
+        tun_out: &mut TunWriteBatch,
+    ) -> std::io::Result<()> {
+        if tun_out.is_full() {
+            io.tun.send_batch(tun_out)?;
+        }
+        self.on_packet(io, source, datagram, now, tun_out);
+        Ok(())
+    }
+
     /// Packets from the relay: the one that woke us and what else waits
     /// (a few dozen at most), through the same receive path as UDP. Out
     /// of line: the loop's direct packet path stays compact.
@@ -216,10 +229,7 @@ impl Engine {
         let mut next = Some(first);
         let mut taken = 0;
         while let Some(frame) = next.take() {
-            if tun_out.is_full() {
-                io.tun.send_batch(tun_out)?;
-            }
-            self.on_packet(io, Source::Relay(frame.key), &frame.payload, now, tun_out);
+            self.receive(io, Source::Relay(frame.key), &frame.payload, now, tun_out)?;
             taken += 1;
             if taken < RELAY_READS_PER_WAKE {
                 next = relay_in.try_recv().ok();
