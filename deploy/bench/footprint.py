@@ -14,15 +14,24 @@ callgrind with instrumentation off; after warm-up pings, it is switched
 on for N pings from namespace A and off again. Printed, for the thread
 that carries the packets: instructions per round trip, and the distinct
 64-byte lines of code it executed on (nearly) every round trip (in at
-least 95 % of them), the code a cold round trip must fetch; then the
-functions holding most of those lines. Stdlib only.
+least 95 % of them), the code a cold round trip must fetch, and the 4
+KiB pages those lines are on (each a TLB entry, and a page walk when
+cold); then the functions holding most of those lines.
+
+For ztmesh it also says how many symbols of the release build's code
+layout (crates/cli/hot-path.order, see build.rs there) this binary has,
+and `--write-order FILE` writes a new list: the functions run on at
+least 30 % of the round trips, smallest first, as the linker names
+them. Stdlib only.
 """
 
 from __future__ import annotations
 
 import argparse
+import bisect
 import collections
 import re
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -34,6 +43,10 @@ from netlab import BenchError, Netlab  # noqa: E402
 
 IMPLS = ["ztmesh", "boringtun-t1", "boringtun", "gotatun"]
 LINE = 64
+PAGE = 4096
+ORDER = pingtool.REPO / "crates" / "cli" / "hot-path.order"
+# A function run on this share of the round trips goes in the layout.
+ORDER_SHARE = 0.3
 
 
 def main() -> int:
@@ -45,7 +58,12 @@ def main() -> int:
     ap.add_argument("--top", type=int, default=15, help="functions listed per tunnel (default 15)")
     ap.add_argument("--keep-logs", action="store_true",
                     help="keep each run's temp dir (logs, callgrind dumps)")
+    ap.add_argument("--write-order", metavar="FILE", default="",
+                    help=f"write ztmesh's hot functions, for the linker, to FILE "
+                         f"(the build reads {ORDER.relative_to(pingtool.REPO)})")
     args = ap.parse_args()
+    if args.write_order and "ztmesh" not in args.only.split(","):
+        ap.error("--write-order needs ztmesh in --only")
     prepared = pingtool.prepare(ap, args, IMPLS, "footprint", tools.ensure_valgrind)
     if isinstance(prepared, int):
         return prepared
@@ -63,6 +81,14 @@ def main() -> int:
         finally:
             lab.close(keep_tmp=args.keep_logs)
     print(_report(results, args.pings, args.top))
+    for r in results:
+        if r["impl"] == "ztmesh":
+            symbols = _symbols(bins["ztmesh"])
+            print("\n" + _layout_check(symbols))
+            if args.write_order:
+                hot = _hot_functions(r, symbols, ORDER_SHARE)
+                Path(args.write_order).write_text(_order_text(hot))
+                print(f"wrote {len(hot)} functions to {args.write_order}")
     return 0
 
 
@@ -171,7 +197,7 @@ def _report(results: list[dict], pings: int, top: int) -> str:
     out = [f"Code per ping round trip on the answering side (namespace B), data-carrying thread; "
            f"'lines': distinct {LINE}-byte lines of code run on at least 95 % of the round trips "
            f"counted", ""]
-    out.append(f"{'impl':<14}{'rtts':>6}{'instr/rtt':>11}{'lines':>8}{'KiB':>7}")
+    out.append(f"{'impl':<14}{'rtts':>6}{'instr/rtt':>11}{'lines':>8}{'KiB':>7}{'pages':>7}")
     summaries = []
     for r in results:
         floor = int(r["rtts"] * 0.95)
@@ -181,13 +207,73 @@ def _report(results: list[dict], pings: int, top: int) -> str:
         for a in hot:
             by_fn[_short(r["fn_of"][a])].add(a // LINE)
         summaries.append((r["impl"], by_fn))
+        pages = {a // PAGE for a in hot}
         out.append(f"{r['impl']:<14}{r['rtts']:>6}{r['total'] / r['rtts']:>11,.0f}"
-                   f"{len(lines):>8}{len(lines) * LINE / 1024:>7.1f}")
+                   f"{len(lines):>8}{len(lines) * LINE / 1024:>7.1f}{len(pages):>7}")
     for impl, by_fn in summaries:
         out += ["", f"{impl}: functions by lines of code run per round trip"]
         for fn, lines in sorted(by_fn.items(), key=lambda kv: -len(kv[1]))[:top]:
             out.append(f"  {len(lines):>5}  {fn}")
     return "\n".join(out)
+
+
+# A symbol of the binary: address, size, name as the linker knows it.
+Symbol = tuple[int, int, str]
+
+
+def _symbols(binary: str) -> list[Symbol]:
+    """The binary's code symbols, by address (from `nm`)."""
+    out = subprocess.run(["nm", "-n", "-S", "--defined-only", binary], capture_output=True,
+                         text=True, check=True).stdout
+    return _parse_nm(out)
+
+
+def _parse_nm(out: str) -> list[Symbol]:
+    syms = []
+    for line in out.splitlines():
+        p = line.split()
+        if len(p) == 4 and p[2] in "tTwW":
+            syms.append((int(p[0], 16), int(p[1], 16), p[3]))
+    return sorted(syms)
+
+
+def _hot_functions(r: dict, symbols: list[Symbol], share: float) -> list[Symbol]:
+    """The functions of the binary holding code run on at least `share`
+    of the round trips. callgrind names code by its address in the file,
+    as the object file has it, as nm does."""
+    floor = r["rtts"] * share
+    starts = [s[0] for s in symbols]
+    found: dict[str, Symbol] = {}
+    for a, c in r["counts"].items():
+        i = bisect.bisect_right(starts, a) - 1
+        if c >= floor and i >= 0 and a < symbols[i][0] + max(symbols[i][1], 1):
+            found[symbols[i][2]] = symbols[i]
+    return sorted(found.values(), key=lambda s: (s[1], s[2]))
+
+
+def _order_text(hot: list[Symbol]) -> str:
+    """The linker's symbol ordering file: small functions first, so that
+    they share pages, then the large ones."""
+    head = ["# The packet path's functions, laid out together in release builds",
+            "# (crates/cli/build.rs). Written by deploy/bench/footprint.sh",
+            f"# --write-order: functions run on at least {ORDER_SHARE:.0%} of the ping "
+            "round trips counted, smallest first."]
+    return "\n".join(head + [s[2] for s in hot]) + "\n"
+
+
+def _layout_check(symbols: list[Symbol]) -> str:
+    """How much of the committed layout this binary can still use."""
+    if not ORDER.is_file():
+        return f"code layout: no {ORDER}"
+    wanted = [l.strip() for l in ORDER.read_text().splitlines()
+              if l.strip() and not l.startswith("#")]
+    have = {s[2] for s in symbols}
+    found = sum(1 for w in wanted if w in have)
+    note = "" if found == len(wanted) else (
+        "; the others were renamed (by a change to their crate, a dependency update or "
+        "another compiler): write a new list with --write-order")
+    return (f"code layout: {found} of the {len(wanted)} functions in "
+            f"{ORDER.relative_to(pingtool.REPO)} are in this binary{note}")
 
 
 def _short(fn: str) -> str:
