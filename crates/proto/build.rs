@@ -5,7 +5,9 @@
 use prost::Message;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../proto");
+    // Read when the script runs, not baked in when it is compiled: the
+    // compiled script is shared by checkouts that share a target directory.
+    let root = std::path::PathBuf::from(std::env::var("CARGO_MANIFEST_DIR")?).join("../../proto");
     let files = ["ztmesh/v1/control.proto", "ztmesh/v1/admin.proto"];
     for file in &files {
         println!("cargo:rerun-if-changed={}", root.join(file).display());
