@@ -239,14 +239,14 @@ def _parse_nm(out: str) -> list[Symbol]:
 
 def _hot_functions(r: dict, symbols: list[Symbol], share: float) -> list[Symbol]:
     """The functions of the binary holding code run on at least `share`
-    of the round trips. callgrind names code by its address in the file,
-    as the object file has it, as nm does."""
+    of the round trips. callgrind gives code addresses as the object file
+    has them, as nm does."""
     floor = r["rtts"] * share
     starts = [s[0] for s in symbols]
     found: dict[str, Symbol] = {}
-    for a, c in r["counts"].items():
+    for a in (a for a, c in r["counts"].items() if c >= floor):
         i = bisect.bisect_right(starts, a) - 1
-        if c >= floor and i >= 0 and a < symbols[i][0] + max(symbols[i][1], 1):
+        if i >= 0 and a < symbols[i][0] + max(symbols[i][1], 1):
             found[symbols[i][2]] = symbols[i]
     return sorted(found.values(), key=lambda s: (s[1], s[2]))
 
@@ -265,8 +265,8 @@ def _layout_check(symbols: list[Symbol]) -> str:
     """How much of the committed layout this binary can still use."""
     if not ORDER.is_file():
         return f"code layout: no {ORDER}"
-    wanted = [l.strip() for l in ORDER.read_text().splitlines()
-              if l.strip() and not l.startswith("#")]
+    lines = (line.strip() for line in ORDER.read_text().splitlines())
+    wanted = [line for line in lines if line and not line.startswith("#")]
     have = {s[2] for s in symbols}
     found = sum(1 for w in wanted if w in have)
     note = "" if found == len(wanted) else (
