@@ -218,8 +218,8 @@ pub async fn run<T: TunIo>(
                 // (and a reply generated there) before our own sends.
                 // What it wrote to the device may have been answered at
                 // once (an echo, an ACK): that goes out in this turn.
-                let wrote = udp && engine.on_udp_ready(&io, &mut wire, &mut batches)?;
-                if tun || wrote {
+                let answered = udp && engine.on_udp_ready(&io, &mut wire, &mut batches)?;
+                if tun || answered {
                     engine.on_tun_ready(&io, &wire, &mut batches)?;
                 }
                 // The one wait of the packet path: a full socket buffer

@@ -42,9 +42,9 @@ pub trait TunIo: Send + Sync + 'static {
         None
     }
 
-    /// Packets were just written: the kernel may already have answered
-    /// (an echo reply, a TCP ACK), so the next turn reads without waiting
-    /// for epoll to say so.
+    /// Packets the local stack may answer at once were just written
+    /// (an echo request, a TCP segment): the answer may already be there,
+    /// so the next read goes ahead without waiting for epoll to say so.
     fn wrote(&self) {}
 
     /// The interface's name, when it is a kernel interface (its addresses

@@ -111,7 +111,8 @@ impl Engine {
     /// Reads what waits on the WireGuard socket and on the connected
     /// sockets that fired (a few `recvmmsg` calls each at most), decrypts
     /// and filters it into the TUN batch, and writes that batch; `true`
-    /// when it wrote to the device. Only a dead TUN device is an error.
+    /// when what it wrote may have been answered at once (the device is
+    /// then read in this turn). Only a dead TUN device is an error.
     pub(super) fn on_udp_ready<T: TunIo>(
         &mut self,
         io: &Io<T>,
@@ -121,7 +122,7 @@ impl Engine {
         let tun_out = &mut batches.tun_out;
         // Most often only a connected socket fired: the shared one is
         // skipped without a look.
-        let mut wrote = io.udp.may_read()
+        let mut answered = io.udp.may_read()
             && self.on_socket_ready(io, wire, &io.udp, Source::Direct, tun_out)?;
         if self.connected.poll_ready() {
             let ready = self.connected.take_ready();
@@ -131,7 +132,7 @@ impl Engine {
                     continue;
                 };
                 match self.on_socket_ready(io, wire, &socket, Source::Connected, tun_out) {
-                    Ok(more) => wrote |= more,
+                    Ok(more) => answered |= more,
                     Err(e) => read = Err(e),
                 }
                 // Not read empty: its share of the turn ran out.
@@ -142,11 +143,12 @@ impl Engine {
             self.connected.done_reading(ready);
             read?;
         }
-        Ok(wrote)
+        Ok(answered)
     }
 
     /// Reads one socket (a few `recvmmsg` calls at most) into the TUN
-    /// batch and writes that batch; `true` when it wrote to the device.
+    /// batch and writes that batch; `true` when what it wrote may have
+    /// been answered at once ([`TunWriteBatch::take_answered`]).
     fn on_socket_ready<T: TunIo>(
         &mut self,
         io: &Io<T>,
@@ -155,7 +157,7 @@ impl Engine {
         source: fn(SocketAddr) -> Source,
         tun_out: &mut TunWriteBatch,
     ) -> std::io::Result<bool> {
-        let mut wrote = false;
+        let mut answered = false;
         for read in 0..UDP_READS_PER_WAKE {
             match wire.try_recv(udp, read == 0) {
                 Ok(true) => {}
@@ -183,8 +185,10 @@ impl Engine {
             // nothing more.
             if !tun_out.is_empty() {
                 io.tun.send_batch(tun_out)?;
+            }
+            if tun_out.take_answered() {
                 io.tun.wrote();
-                wrote = true;
+                answered = true;
             }
             // A lone datagram (a ping, a request) is answered before the
             // read that would most likely find nothing: the socket stays
@@ -193,7 +197,7 @@ impl Engine {
                 break;
             }
         }
-        Ok(wrote)
+        Ok(answered)
     }
 
     /// One datagram through the receive path into the TUN batch, which
@@ -237,6 +241,8 @@ impl Engine {
         }
         if !tun_out.is_empty() {
             io.tun.send_batch(tun_out)?;
+        }
+        if tun_out.take_answered() {
             io.tun.wrote();
         }
         Ok(())
