@@ -15,6 +15,12 @@ From the trace, for the threads of the two tunnel processes:
   encryption; UDP receive -> TUN write is decryption, cryptokey routing
   and the filter);
 - the kernel time of each of those system calls that moved a packet;
+- the tail of a turn: from the end of the turn's last call that sent a
+  packet on (UDP send, TUN write) until the thread went to sleep, when
+  nothing preempted it: the reads that find nothing and the wait's own
+  entry. On one CPU the thread the packet woke runs only after it. By
+  the last send: a turn that ends with a TUN write is, in these pings,
+  side A's delivering the reply to ping;
 - how long a woken tunnel thread waited to run, by where it ran: on a
   CPU that was idle (a halted virtual CPU must be woken first) or busy;
   the median and the mean (the mean is what a mean RTT pays);
@@ -29,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import re
 import signal
 import statistics
 import subprocess
@@ -56,6 +63,10 @@ FILTER = " || ".join(f"id == {n}" for n in sorted(SYSCALLS))
 # The stages reported, in the order a request and its reply pass them.
 STAGES = [("wait", "TUN read"), ("TUN read", "UDP send"), ("wait", "UDP recv"),
           ("UDP recv", "TUN write"), ("TUN write", "TUN read")]
+# The calls that send a packet on, ending a turn's work when last.
+SENDS = {"UDP send", "TUN write"}
+# sched_switch's state of the thread it switches out.
+PREV_STATE = re.compile(r"prev_state=(\S+)")
 # The width of the report's row labels.
 LABEL = 44
 
@@ -145,12 +156,22 @@ def _analyse(events: list[perftrace.Event], tids: set[str]) -> dict:
     user: dict[tuple[str, str], list[float]] = collections.defaultdict(list)
     kernel: dict[str, list[float]] = collections.defaultdict(list)
     wake: dict[str, list[float]] = collections.defaultdict(list)
+    tails: dict[str, list[float]] = collections.defaultdict(list)
     entered: dict[str, tuple[str, float]] = {}
     returned: dict[str, tuple[str, float]] = {}
     waking: dict[str, float] = {}
+    # Each thread's last call that sent a packet on, and when it returned.
+    sent: dict[str, tuple[str, float]] = {}
     for _comm, tid, _cpu, t, event, rest in events:
         if event == "sched:sched_switch":
             pids = dict(perftrace.PID.findall(rest))
+            prev = pids.get("prev", "")
+            if prev in sent:
+                # Asleep: the turn's tail; preempted: others' time is in it.
+                what, since = sent.pop(prev)
+                state = PREV_STATE.search(rest)
+                if state and state.group(1).startswith(("S", "D")):
+                    tails[what].append(t - since)
             if pids.get("next") in waking:
                 # Where the woken thread ran: a CPU that was idle (a
                 # halted virtual CPU had to be woken first) or busy.
@@ -179,11 +200,15 @@ def _analyse(events: list[perftrace.Event], tids: set[str]) -> dict:
             if ret > 0:
                 # A call that moved a packet (or a wait that found one).
                 returned[tid] = (what, t)
+                if what in SENDS:
+                    sent[tid] = (what, t)
+                elif what != "wait":
+                    sent.pop(tid, None)
                 if began and began[0] == what and what != "wait":
                     kernel[what].append(t - began[1])
             else:
                 returned.pop(tid, None)
-    return {"user": user, "kernel": kernel, "wake": wake}
+    return {"user": user, "kernel": kernel, "wake": wake, "tail": tails}
 
 
 def _cell(samples: list[float], mean: bool = False) -> str:
@@ -208,6 +233,10 @@ def _report(results: dict[str, dict], pings: int) -> str:
     for what in ("TUN read", "UDP send", "UDP recv", "TUN write"):
         out.append(f"  {what:<{LABEL - 2}}" +
                    "".join(f"{_cell(results[i]['kernel'].get(what, [])):>{width}}" for i in impls))
+    out += ["", "a turn's tail: its last packet sent on -> asleep, not preempted", head]
+    for what in ("UDP send", "TUN write"):
+        out.append(f"  {'after a ' + what:<{LABEL - 2}}" +
+                   "".join(f"{_cell(results[i]['tail'].get(what, [])):>{width}}" for i in impls))
     out += ["", "a woken tunnel thread waited to run: median, mean (times seen)", head]
     for kind in ("idle CPU", "busy CPU"):
         out.append(f"  {'on an ' + kind if kind[0] == 'i' else 'on a ' + kind:<{LABEL - 2}}" +
