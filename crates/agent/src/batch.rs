@@ -159,7 +159,8 @@ impl TunWriteBatch {
     pub fn commit(&mut self, len: usize) {
         if let Some(buf) = self.bufs.get_mut(self.count) {
             buf.truncate(HEADROOM + len);
-            self.answered |= answered_at_once(buf.get(HEADROOM..).unwrap_or_default());
+            self.answered |=
+                ztmesh_filter::answered_at_once(buf.get(HEADROOM..).unwrap_or_default());
             self.count += 1;
         }
     }
@@ -183,37 +184,6 @@ impl TunWriteBatch {
     /// Forgets the waiting packets (after they were written).
     pub fn clear(&mut self) {
         self.count = 0;
-    }
-}
-
-/// Whether the local stack may answer `packet` before the write that
-/// delivers it returns: an ICMP echo request (the echo reply), a TCP
-/// segment (a SYN-ACK, an ACK), or anything not known otherwise. UDP and
-/// other ICMP messages are answered, if at all, by a program that runs
-/// later, and a read right after their write only finds the device empty
-/// (a system call in the way of the next packet). An answer that comes
-/// anyway is not lost: epoll reports it.
-fn answered_at_once(packet: &[u8]) -> bool {
-    const ICMP: u8 = 1;
-    const UDP: u8 = 17;
-    const ICMPV6: u8 = 58;
-    const ECHO_REQUEST: u8 = 8;
-    const ECHO_REQUEST_V6: u8 = 128;
-    let Some(&first) = packet.first() else {
-        return false;
-    };
-    match first >> 4 {
-        4 => match packet.get(9) {
-            Some(&UDP) => false,
-            Some(&ICMP) => packet.get(usize::from(first & 0x0f) * 4) == Some(&ECHO_REQUEST),
-            _ => true,
-        },
-        6 => match packet.get(6) {
-            Some(&UDP) => false,
-            Some(&ICMPV6) => packet.get(40) == Some(&ECHO_REQUEST_V6),
-            _ => true,
-        },
-        _ => true,
     }
 }
 
@@ -471,42 +441,6 @@ mod tests {
         p[9] = proto;
         p[20] = first;
         p
-    }
-
-    /// An IPv6 packet with next header `next` whose transport header
-    /// starts with `first`.
-    fn v6(next: u8, first: u8) -> Vec<u8> {
-        let mut p = vec![0u8; 48];
-        p[0] = 0x60;
-        p[6] = next;
-        p[40] = first;
-        p
-    }
-
-    #[test]
-    fn only_packets_the_stack_answers_at_once_ask_for_a_read_after_the_write() {
-        assert!(answered_at_once(&v4(1, 8)), "echo request");
-        assert!(!answered_at_once(&v4(1, 0)), "echo reply");
-        assert!(!answered_at_once(&v4(1, 3)), "destination unreachable");
-        assert!(answered_at_once(&v4(6, 0)), "TCP");
-        assert!(!answered_at_once(&v4(17, 0)), "UDP");
-        assert!(answered_at_once(&v4(47, 0)), "GRE: not known otherwise");
-        assert!(answered_at_once(&v6(58, 128)), "ICMPv6 echo request");
-        assert!(!answered_at_once(&v6(58, 129)), "ICMPv6 echo reply");
-        assert!(answered_at_once(&v6(6, 0)), "TCP over IPv6");
-        assert!(!answered_at_once(&v6(17, 0)), "UDP over IPv6");
-        assert!(answered_at_once(&v6(0, 0)), "an extension header first");
-        // Options: the ICMP header is after them.
-        let mut with_options = vec![0u8; 32];
-        with_options[0] = 0x46;
-        with_options[9] = 1;
-        with_options[24] = 8;
-        assert!(answered_at_once(&with_options));
-        assert!(!answered_at_once(&[]));
-        assert!(
-            answered_at_once(&[0x45, 0, 0]),
-            "cut short: not known otherwise"
-        );
     }
 
     #[test]

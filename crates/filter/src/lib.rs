@@ -46,6 +46,7 @@ pub use counters::{Counters, DropReason};
 pub use filter::{Filter, Verdict};
 pub use flow_events::{FlowEvent, FlowVerdict};
 pub use packet::{
-    PacketError, PacketInfo, destination_address, parse_packet, routing_destination, source_address,
+    PacketError, PacketInfo, answered_at_once, destination_address, parse_packet,
+    routing_destination, source_address,
 };
 pub use rule::{Action, FilterConfig, FilterRule, PortRange, Protocol};

@@ -264,6 +264,33 @@ pub fn routing_destination(packet: &[u8]) -> Option<IpAddr> {
     }
 }
 
+/// Whether the local stack may answer `packet`, delivered to it, before
+/// the write that delivers it returns: an ICMP echo request (the echo
+/// reply), a TCP segment (a SYN-ACK, an ACK), or anything not known
+/// otherwise. UDP and other ICMP messages are answered, if at all, by a
+/// program that runs later. Read from the headers without checking them,
+/// like [`routing_destination`].
+pub fn answered_at_once(packet: &[u8]) -> bool {
+    let Some(&first) = packet.first() else {
+        return false;
+    };
+    match first >> 4 {
+        4 => match packet.get(9) {
+            Some(&PROTO_UDP) => false,
+            Some(&PROTO_ICMPV4) => {
+                packet.get(usize::from(first & 0x0f) * 4) == Some(&ICMPV4_ECHO_REQUEST)
+            }
+            _ => true,
+        },
+        6 => match packet.get(6) {
+            Some(&PROTO_UDP) => false,
+            Some(&PROTO_ICMPV6) => packet.get(40) == Some(&ICMPV6_ECHO_REQUEST),
+            _ => true,
+        },
+        _ => true,
+    }
+}
+
 /// How strictly the IP length field is checked.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Framing {

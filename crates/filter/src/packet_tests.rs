@@ -330,3 +330,54 @@ fn routing_reads_the_destination_of_any_header_long_enough() {
     assert_eq!(routing_destination(&packet), None);
     assert_eq!(routing_destination(&[]), None);
 }
+
+/// An IPv4 packet of `proto` whose transport header starts with `first`.
+fn bare_v4(proto: u8, first: u8) -> Vec<u8> {
+    let mut p = vec![0u8; 28];
+    p[0] = 0x45;
+    p[9] = proto;
+    p[20] = first;
+    p
+}
+
+/// An IPv6 packet with next header `next` whose transport header
+/// starts with `first`.
+fn bare_v6(next: u8, first: u8) -> Vec<u8> {
+    let mut p = vec![0u8; 48];
+    p[0] = 0x60;
+    p[6] = next;
+    p[40] = first;
+    p
+}
+
+#[test]
+fn only_packets_the_stack_answers_at_once_ask_for_a_read_after_the_write() {
+    assert!(answered_at_once(&bare_v4(1, 8)), "echo request");
+    assert!(!answered_at_once(&bare_v4(1, 0)), "echo reply");
+    assert!(!answered_at_once(&bare_v4(1, 3)), "destination unreachable");
+    assert!(answered_at_once(&bare_v4(6, 0)), "TCP");
+    assert!(!answered_at_once(&bare_v4(17, 0)), "UDP");
+    assert!(
+        answered_at_once(&bare_v4(47, 0)),
+        "GRE: not known otherwise"
+    );
+    assert!(answered_at_once(&bare_v6(58, 128)), "ICMPv6 echo request");
+    assert!(!answered_at_once(&bare_v6(58, 129)), "ICMPv6 echo reply");
+    assert!(answered_at_once(&bare_v6(6, 0)), "TCP over IPv6");
+    assert!(!answered_at_once(&bare_v6(17, 0)), "UDP over IPv6");
+    assert!(
+        answered_at_once(&bare_v6(0, 0)),
+        "an extension header first"
+    );
+    // Options: the ICMP header is after them.
+    let mut with_options = vec![0u8; 32];
+    with_options[0] = 0x46;
+    with_options[9] = 1;
+    with_options[24] = 8;
+    assert!(answered_at_once(&with_options));
+    assert!(!answered_at_once(&[]));
+    assert!(
+        answered_at_once(&[0x45, 0, 0]),
+        "cut short: not known otherwise"
+    );
+}
