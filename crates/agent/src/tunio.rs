@@ -94,6 +94,7 @@ impl TunIo for KernelTun {
         Some(Readable {
             fd: self.device.as_raw_fd(),
             flag: self.readable.clone(),
+            written_locally: true,
         })
     }
 

@@ -55,6 +55,7 @@ impl WgSocket {
         Readable {
             fd: self.socket.as_raw_fd(),
             flag: self.readable.clone(),
+            written_locally: false,
         }
     }
 

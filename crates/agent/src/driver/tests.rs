@@ -16,6 +16,7 @@ fn a_datagram_sets_the_flag_and_wakes_the_future() {
     let source = Readable {
         fd: rx.as_raw_fd(),
         flag: flag.clone(),
+        written_locally: false,
     };
     let sender = std::thread::spawn(move || {
         std::thread::sleep(Duration::from_millis(50));
@@ -321,6 +322,7 @@ fn wakeups_are_told_once_and_looking_again_repeats_them() {
     let source = Readable {
         fd: rx.as_raw_fd(),
         flag: flag.clone(),
+        written_locally: false,
     };
     let mut seen = Vec::new();
     let mut buf = [0u8; 16];
@@ -431,4 +433,42 @@ fn a_socket_watched_while_the_driver_runs_is_told_once_per_edge_until_dropped() 
     )
     .unwrap();
     assert!(!flag.is_set(), "the dropped watch set nothing");
+}
+
+#[test]
+fn only_a_wake_up_by_a_locally_written_descriptor_yields_first() {
+    let local = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let remote = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let tx = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let sources = [
+        Readable {
+            fd: local.as_raw_fd(),
+            flag: ReadyFlag::new(),
+            written_locally: true,
+        },
+        Readable {
+            fd: remote.as_raw_fd(),
+            flag: ReadyFlag::new(),
+            written_locally: false,
+        },
+    ];
+    let mut poll = mio::Poll::new().unwrap();
+    for (i, source) in sources.iter().enumerate() {
+        poll.registry()
+            .register(&mut SourceFd(&source.fd), Token(i), Interest::READABLE)
+            .unwrap();
+    }
+    let mut events = Events::with_capacity(4);
+    let mut wait_for = |to: &UdpSocket| {
+        tx.send_to(b"x", to.local_addr().unwrap()).unwrap();
+        poll.poll(&mut events, Some(Duration::from_secs(5)))
+            .unwrap();
+        assert!(!events.is_empty(), "the datagram raised an edge");
+        yield_to_writer(&sources, &events)
+    };
+    assert!(
+        !wait_for(&remote),
+        "a datagram from the network does not yield"
+    );
+    assert!(wait_for(&local), "a packet from a local program yields");
 }
