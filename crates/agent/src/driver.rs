@@ -112,10 +112,10 @@ pub struct Readable {
 /// peer's tunnel while the sender is still runnable on this CPU, and the
 /// kernel puts the peer's thread on the other, idle, CPU, which a virtual
 /// machine wakes tens of microseconds later. Yielding first lets the
-/// sender finish and sleep, and the round trip stays on one CPU more
-/// often: 2 to 7 % lower mean ping here, measured in alternating batches
-/// (deploy/bench/README.md). A thread with nothing to yield to returns at
-/// once; one system call.
+/// sender finish and sleep before the packet goes on. Measured: 2 to 7 %
+/// lower mean ping here, in alternating batches (deploy/bench/README.md,
+/// which also says what the trace did not confirm). A thread with
+/// nothing to yield to returns at once; one system call.
 fn yield_to_writer(sources: &[Readable], events: &Events) -> bool {
     events.iter().any(|event| {
         sources
