@@ -331,50 +331,37 @@ fn routing_reads_the_destination_of_any_header_long_enough() {
     assert_eq!(routing_destination(&[]), None);
 }
 
-/// An IPv4 packet of `proto` whose transport header starts with `first`.
-fn bare_v4(proto: u8, first: u8) -> Vec<u8> {
-    let mut p = vec![0u8; 28];
-    p[0] = 0x45;
-    p[9] = proto;
-    p[20] = first;
-    p
-}
-
-/// An IPv6 packet with next header `next` whose transport header
-/// starts with `first`.
-fn bare_v6(next: u8, first: u8) -> Vec<u8> {
-    let mut p = vec![0u8; 48];
-    p[0] = 0x60;
-    p[6] = next;
-    p[40] = first;
-    p
-}
-
 #[test]
 fn only_packets_the_stack_answers_at_once_ask_for_a_read_after_the_write() {
-    assert!(answered_at_once(&bare_v4(1, 8)), "echo request");
-    assert!(!answered_at_once(&bare_v4(1, 0)), "echo reply");
-    assert!(!answered_at_once(&bare_v4(1, 3)), "destination unreachable");
-    assert!(answered_at_once(&bare_v4(6, 0)), "TCP");
-    assert!(!answered_at_once(&bare_v4(17, 0)), "UDP");
+    let answered = |b: PacketBuilder| answered_at_once(&b.build());
+    for (src, dst) in [(V4_A, V4_B), (V6_A, V6_B)] {
+        assert!(
+            answered(PacketBuilder::echo_request(src, dst, 1)),
+            "echo request"
+        );
+        assert!(
+            !answered(PacketBuilder::echo_reply(src, dst, 1)),
+            "echo reply"
+        );
+        assert!(answered(PacketBuilder::tcp(src, 1, dst, 2)), "TCP");
+        assert!(!answered(PacketBuilder::udp(src, 1, dst, 2)), "UDP");
+    }
     assert!(
-        answered_at_once(&bare_v4(47, 0)),
+        !answered(PacketBuilder::icmp(V4_A, V4_B, 3, 1)),
+        "destination unreachable"
+    );
+    assert!(
+        answered(PacketBuilder::raw(V4_A, V4_B, 47, &[0; 4])),
         "GRE: not known otherwise"
     );
-    assert!(answered_at_once(&bare_v6(58, 128)), "ICMPv6 echo request");
-    assert!(!answered_at_once(&bare_v6(58, 129)), "ICMPv6 echo reply");
-    assert!(answered_at_once(&bare_v6(6, 0)), "TCP over IPv6");
-    assert!(!answered_at_once(&bare_v6(17, 0)), "UDP over IPv6");
     assert!(
-        answered_at_once(&bare_v6(0, 0)),
+        answered(PacketBuilder::udp(V6_A, 1, V6_B, 2).ipv6_extension(0, &[0; 8])),
         "an extension header first"
     );
-    // Options: the ICMP header is after them.
-    let mut with_options = vec![0u8; 32];
-    with_options[0] = 0x46;
-    with_options[9] = 1;
-    with_options[24] = 8;
-    assert!(answered_at_once(&with_options));
+    assert!(
+        answered(PacketBuilder::echo_request(V4_A, V4_B, 1).ipv4_options(&[1; 4])),
+        "options: the ICMP header is after them"
+    );
     assert!(!answered_at_once(&[]));
     assert!(
         answered_at_once(&[0x45, 0, 0]),
