@@ -99,23 +99,14 @@ pub struct Readable {
     /// read then reports the error).
     pub flag: ReadyFlag,
     /// A program on this machine writes to it (the TUN device): when it
-    /// ends a wait, the thread yields once before the turn
-    /// ([`yield_to_writer`]).
+    /// ends a wait, the thread yields once before the turn's first send
+    /// ([`yield_before_send`]).
     pub written_locally: bool,
 }
 
-/// Whether a wait that slept and was ended by `events` should yield its
-/// CPU once before the turn: one of them is a descriptor that a local
-/// program writes to. Waking this thread as it sends may preempt that
-/// program inside its system call (the scheduler runs a thread that slept
-/// long before the one that woke it); the packet then goes on to the
-/// peer's tunnel while the sender is still runnable on this CPU, and the
-/// kernel puts the peer's thread on the other, idle, CPU, which a virtual
-/// machine wakes tens of microseconds later. Yielding first lets the
-/// sender finish and sleep before the packet goes on. Measured: 2 to 7 %
-/// lower mean ping here, in alternating batches (deploy/bench/README.md,
-/// which also says what the trace did not confirm). A thread with
-/// nothing to yield to returns at once; one system call.
+/// Whether the turn that `events` begin should yield its CPU once before
+/// it sends ([`yield_before_send`]): one of them is a descriptor that a
+/// local program writes to.
 fn yield_to_writer(sources: &[Readable], events: &Events) -> bool {
     events.iter().any(|event| {
         sources
@@ -145,6 +136,35 @@ thread_local! {
     /// Turns since the clock was last read; a wait that the deadline's
     /// timer ended (the deadline may have come) sets it to the limit.
     static TURNS: Cell<u32> = const { Cell::new(0) };
+    /// This turn began with a wake-up by a local writer and has not
+    /// yielded yet ([`yield_before_send`]).
+    static YIELD_OWED: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Yields this thread's CPU once (`sched_yield`) if the wait that began
+/// the turn was ended by a descriptor that a program on this machine
+/// writes to ([`Readable::written_locally`], the TUN device), and the
+/// turn has not yielded yet; `true` when it did. Called just before the
+/// turn sends a lone packet on to a peer.
+///
+/// Why: the wake-up often preempts the sending program inside its system
+/// call. If the packet then goes on while that program is still runnable
+/// on this CPU, the kernel puts the thread that receives it (the peer's
+/// tunnel, when both ends share a machine, or any local reader) on the
+/// other, idle CPU, which a virtual machine wakes tens of microseconds
+/// later. Yielding lets the sender finish and sleep first. Not at the
+/// wake-up itself: there this thread's scheduling group has just been
+/// picked over the sender's, a yield moves only the thread within its
+/// own group, and the sender ran in 25 of 87 such round trips; after the
+/// turn's read and encryption it ran in 70 of 78 (scheduler traces in
+/// deploy/bench/README.md, with the ping times). A thread with nothing
+/// to yield to returns at once: one system call.
+pub fn yield_before_send() -> bool {
+    let owed = YIELD_OWED.with(|owed| owed.replace(false));
+    if owed {
+        std::thread::yield_now();
+    }
+    owed
 }
 
 /// Turns with no wait after which [`take_wakeups`] reads the clock for
@@ -312,6 +332,7 @@ impl Current {
         CURRENT.with(|current| *current.borrow_mut() = Some(Arc::clone(waker)));
         DEADLINE.with(|deadline| deadline.set(None));
         TURNS.with(|turns| turns.set(0));
+        YIELD_OWED.with(|owed| owed.set(false));
         watch::start(registry, base);
         Self
     }
@@ -397,9 +418,8 @@ pub fn block_on<F: Future>(future: F, sources: &[Readable]) -> io::Result<F::Out
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) => return Err(e),
         }
-        if timeout.is_none() && yield_to_writer(sources, &events) {
-            std::thread::yield_now();
-        }
+        let owed = timeout.is_none() && yield_to_writer(sources, &events);
+        YIELD_OWED.with(|yield_owed| yield_owed.set(owed));
         // A deadline that came is found by the next take_wakeups.
         for event in &events {
             match sources.get(event.token().0) {

@@ -53,12 +53,16 @@ impl Engine {
                 tun_in.advance();
             }
             // A lone packet that woke us (a ping, a request) leaves before
-            // the read that finds nothing more; a flood still leaves in GSO
-            // batches of the reads after it.
-            if (read == 0 && tun_in.count == 1)
-                && !wire.try_flush(&io.udp, &self.connected, udp_out)
-            {
-                return Ok(());
+            // the read that finds nothing more, after letting its sender
+            // sleep (driver::yield_before_send); a flood still leaves in
+            // GSO batches of the reads after it.
+            if read == 0 && tun_in.count == 1 {
+                if udp_out.lone().is_some() {
+                    driver::yield_before_send();
+                }
+                if !wire.try_flush(&io.udp, &self.connected, udp_out) {
+                    return Ok(());
+                }
             }
         }
         wire.try_flush(&io.udp, &self.connected, udp_out);

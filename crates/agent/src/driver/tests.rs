@@ -436,39 +436,81 @@ fn a_socket_watched_while_the_driver_runs_is_told_once_per_edge_until_dropped() 
 }
 
 #[test]
-fn only_a_wake_up_by_a_locally_written_descriptor_yields_first() {
+fn only_a_turn_woken_by_a_locally_written_descriptor_yields_before_it_sends() {
     let local = UdpSocket::bind("127.0.0.1:0").unwrap();
     let remote = UdpSocket::bind("127.0.0.1:0").unwrap();
-    let tx = UdpSocket::bind("127.0.0.1:0").unwrap();
+    for socket in [&local, &remote] {
+        socket.set_nonblocking(true).unwrap();
+    }
+    let local_flag = ReadyFlag::new();
+    let remote_flag = ReadyFlag::new();
     let sources = [
         Readable {
             fd: local.as_raw_fd(),
-            flag: ReadyFlag::new(),
+            flag: local_flag.clone(),
             written_locally: true,
         },
         Readable {
             fd: remote.as_raw_fd(),
-            flag: ReadyFlag::new(),
+            flag: remote_flag.clone(),
             written_locally: false,
         },
     ];
-    let mut poll = mio::Poll::new().unwrap();
-    for (i, source) in sources.iter().enumerate() {
-        poll.registry()
-            .register(&mut SourceFd(&source.fd), Token(i), Interest::READABLE)
-            .unwrap();
-    }
-    let mut events = Events::with_capacity(4);
-    let mut wait_for = |to: &UdpSocket| {
-        tx.send_to(b"x", to.local_addr().unwrap()).unwrap();
-        poll.poll(&mut events, Some(Duration::from_secs(5)))
-            .unwrap();
-        assert!(!events.is_empty(), "the datagram raised an edge");
-        yield_to_writer(&sources, &events)
+    // The sender waits for the future to ask for each datagram, so that
+    // every one of them ends a wait of its own.
+    let (ask, asked) = std::sync::mpsc::channel::<std::net::SocketAddr>();
+    let sender = std::thread::spawn(move || {
+        let tx = UdpSocket::bind("127.0.0.1:0").unwrap();
+        for to in asked {
+            std::thread::sleep(Duration::from_millis(20));
+            tx.send_to(b"x", to).unwrap();
+        }
+    });
+    let order = [remote.local_addr().unwrap(), local.local_addr().unwrap()];
+    let mut next = 0;
+    // (socket read, whether the turn yielded, whether it would again)
+    let mut seen: Vec<(&str, bool, bool)> = Vec::new();
+    let drain = |socket: &UdpSocket, flag: &ReadyFlag| {
+        let mut read = false;
+        let mut buf = [0u8; 8];
+        while flag.is_set() {
+            match socket.recv(&mut buf) {
+                Ok(_) => read = true,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => flag.clear(),
+                Err(e) => panic!("{e}"),
+            }
+        }
+        read
     };
-    assert!(
-        !wait_for(&remote),
-        "a datagram from the network does not yield"
+    block_on(
+        std::future::poll_fn(|_| {
+            let from_remote = drain(&remote, &remote_flag);
+            let from_local = drain(&local, &local_flag);
+            if from_remote || from_local {
+                let name = if from_local { "local" } else { "remote" };
+                seen.push((name, yield_before_send(), yield_before_send()));
+            } else if next == 0 {
+                // The first turn, before any wait: nothing is owed.
+                assert!(!yield_before_send(), "no wait has ended yet");
+            }
+            if seen.len() == order.len() {
+                return Poll::Ready(());
+            }
+            if next == seen.len() {
+                ask.send(order[next]).unwrap();
+                next += 1;
+            }
+            Poll::Pending
+        }),
+        &sources,
+    )
+    .unwrap();
+    drop(ask);
+    sender.join().unwrap();
+    assert_eq!(
+        seen,
+        [("remote", false, false), ("local", true, false)],
+        "a turn that a datagram from the network began does not yield; \
+         one that a local program's packet began yields once"
     );
-    assert!(wait_for(&local), "a packet from a local program yields");
 }
