@@ -17,8 +17,11 @@ From the same `perf record` as the stage times (scheduler tracepoints
 and the packet path's system calls on all CPUs), for every round trip of
 the pinging process (its send to its receive that returned the reply):
 its time, whether ping was preempted (switched out runnable) before it
-slept, and how many of the round trip's woken threads ran on a CPU that
-had been idle. Also the stalls of the tunnel threads: user time between
+slept, and how many of the round trip's woken tunnel threads ran on a CPU
+that had been idle. Ping's own wake-up by the reply is counted apart:
+ping times a reply by the kernel's receive stamp (SO_TIMESTAMP; `-U`
+would time it in user space), so where ping itself runs is not in the
+RTT it prints, though it is in this trace's time. Also the stalls of the tunnel threads: user time between
 two packet system calls of more than 100 us with no switch in between
 (no system call, no scheduling: the virtual CPU itself did not run).
 Tracing adds a few microseconds to every system call and switch, so the
@@ -53,9 +56,11 @@ def analyse(events: list[Event], tids: set[str],
     stalls: list[float] = []
     waking: set[str] = set()
     # The round trip under way: its start, the pinging thread, whether
-    # that thread was preempted (None until it first left the CPU), and
-    # the idle-CPU wake-ups so far.
+    # that thread was preempted (None until it first left the CPU), the
+    # tunnel threads' idle-CPU wake-ups so far and whether ping's own
+    # wake-up ran on an idle CPU.
     trip: dict | None = None
+    ping_idle = 0
     last_exit: dict[str, float] = {}
     for comm, tid, _cpu, t, event, rest in events:
         if event == "sched:sched_waking":
@@ -71,8 +76,10 @@ def analyse(events: list[Event], tids: set[str],
                 if prev == trip["tid"] and trip["preempted"] is None:
                     state = STATE.search(rest)
                     trip["preempted"] = bool(state and state.group(1).startswith("R"))
-                if prev == "0" and nxt in waking and (nxt in carriers or nxt == trip["tid"]):
+                if prev == "0" and nxt in waking and nxt in carriers:
                     trip["idle"] += 1
+                elif prev == "0" and nxt in waking and nxt == trip["tid"]:
+                    trip["ping_idle"] = True
             waking.discard(nxt or "")
             continue
         call = CALL.match(rest)
@@ -95,12 +102,13 @@ def analyse(events: list[Event], tids: set[str],
         if comm != "ping":
             continue
         if event == "raw_syscalls:sys_enter" and nr in SEND:
-            trip = {"start": t, "tid": tid, "preempted": None, "idle": 0}
+            trip = {"start": t, "tid": tid, "preempted": None, "idle": 0, "ping_idle": False}
         elif (event == "raw_syscalls:sys_exit" and nr in RECV and trip is not None
               and tid == trip["tid"] and call.group(2) is not None and int(call.group(2)) > 0):
             rtts[(bool(trip["preempted"]), min(trip["idle"], 2))].append(t - trip["start"])
+            ping_idle += trip["ping_idle"]
             trip = None
-    return {"rtts": rtts, "stalls": stalls}
+    return {"rtts": rtts, "stalls": stalls, "ping_idle": ping_idle}
 
 
 def _carriers(events: list[Event], tids: set[str]) -> set[str]:
@@ -142,7 +150,8 @@ def report(results: dict[str, dict], label: int, width: int) -> list[str]:
     for preempted in (False, True):
         for idle in (0, 1, 2):
             text = (f"  ping {'preempted' if preempted else 'slept first'}, "
-                     f"{idle}{'+' if idle == 2 else ''} idle-CPU wake-up{'' if idle == 1 else 's'}")
+                     f"{idle}{'+' if idle == 2 else ''} tunnel idle-CPU wake-up"
+                     f"{'' if idle == 1 else 's'}")
             out.append(f"{text:<{label}}" + "".join(
                 f"{cell(results[i]['rtts'].get((preempted, idle), [])):>{width}}" for i in impls))
     out.append(f"{'  all':<{label}}" + "".join(
@@ -155,8 +164,15 @@ def report(results: dict[str, dict], label: int, width: int) -> list[str]:
         idle = sum(min(k[1], 2) * len(v) for k, v in results[i]["rtts"].items())
         return f"{idle / trips:.2f}"
 
-    out.append(f"{'  idle-CPU wake-ups per round trip (2+ as 2)':<{label}}" +
+    out.append(f"{'  tunnel idle-CPU wake-ups per round trip (2+ as 2)':<{label}}" +
                "".join(f"{per_trip(i):>{width}}" for i in impls))
+
+    def ping_idle(i: str) -> str:
+        trips = sum(len(v) for v in results[i]["rtts"].values())
+        return f"{results[i].get('ping_idle', 0)} of {trips}" if trips else "-"
+
+    out.append(f"{'  ping woken on an idle CPU (not in its RTT)':<{label}}" +
+               "".join(f"{ping_idle(i):>{width}}" for i in impls))
 
     def stalls(i: str) -> str:
         trips = sum(len(v) for v in results[i]["rtts"].values())

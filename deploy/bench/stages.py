@@ -68,7 +68,7 @@ SENDS = {"UDP send", "TUN write"}
 # sched_switch's state of the thread it switches out.
 PREV_STATE = re.compile(r"prev_state=(\S+)")
 # The width of the report's row labels.
-LABEL = 44
+LABEL = 56
 
 
 def main() -> int:

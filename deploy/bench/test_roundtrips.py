@@ -37,9 +37,11 @@ def switch(t: float, prev: str, state: str, nxt: str, cpu: str = "000") -> tuple
             f"next_comm={COMM[nxt]} next_pid={nxt} next_prio=120")
 
 
-def trip(t: float, preempted: bool, idle_b: bool, stall: bool) -> list[tuple]:
-    """ping -> A -> B -> A -> ping, all on CPU 0 unless B runs on the idle
-    CPU 1; with a 150 us stall in B's user time when asked."""
+def trip(t: float, preempted: bool, idle_b: bool, stall: bool,
+         idle_ping: bool = False) -> list[tuple]:
+    """ping -> A -> B -> A -> ping, all on CPU 0 unless B (or, at the end,
+    ping) runs on the idle CPU 1; with a 150 us stall in B's user time
+    when asked."""
     ev = [enter(t, PING, 44), wake(t + 5, PING, A), leave(t + 6, PING, 44, 64)]
     if preempted:
         ev += [switch(t + 7, PING, "R+", A)]
@@ -60,7 +62,11 @@ def trip(t: float, preempted: bool, idle_b: bool, stall: bool) -> list[tuple]:
            leave(t + 120 + gap, A, 232, 1), enter(t + 121 + gap, A, 47),
            leave(t + 122 + gap, A, 47, 116), enter(t + 125 + gap, A, 1),
            wake(t + 130 + gap, A, PING), leave(t + 131 + gap, A, 1, 84),
-           enter(t + 132 + gap, A, 232), switch(t + 133 + gap, A, "S", PING)]
+           enter(t + 132 + gap, A, 232)]
+    if idle_ping:
+        ev += [switch(t + 133 + gap, "0", "R", PING, cpu="001")]
+    else:
+        ev += [switch(t + 133 + gap, A, "S", PING)]
     if preempted:
         # ping went back to its receive call only after A was done.
         ev += [enter(t + 134 + gap, PING, 47)]
@@ -79,6 +85,17 @@ class RoundTrips(unittest.TestCase):
         self.assertEqual(dict(found["rtts"]), {(False, 0): [145.0], (True, 1): [290.0]})
         self.assertEqual(found["stalls"], [150.0])
 
+    def test_ping_woken_on_an_idle_cpu_is_counted_apart(self):
+        events = trip(0, preempted=False, idle_b=False, stall=False, idle_ping=True)
+        events += trip(100_000, preempted=False, idle_b=True, stall=False)
+        found = self.analyse(events)
+        # Ping's own wake-up is not a tunnel's: both round trips are in
+        # the class of their tunnel wake-ups only.
+        self.assertEqual(dict(found["rtts"]), {(False, 0): [145.0], (False, 1): [145.0]})
+        self.assertEqual(found["ping_idle"], 1)
+        lines = roundtrips.report({"ztmesh": found}, 44, 24)
+        self.assertIn("1 of 2", next(line for line in lines if "ping woken on an idle" in line))
+
     def test_threads_the_data_plane_wakes_now_and_then_do_not_count(self):
         events = []
         for i in range(8):
@@ -94,7 +111,7 @@ class RoundTrips(unittest.TestCase):
         found = self.analyse(trip(0, preempted=True, idle_b=True, stall=False))
         lines = roundtrips.report({"ztmesh": found, "boringtun-t1": found}, 44, 24)
         self.assertTrue(any("ztmesh" in line and "boringtun-t1" in line for line in lines))
-        self.assertIn("1: 145/145", next(line for line in lines if "preempted, 1 idle" in line))
+        self.assertIn("1: 145/145", next(line for line in lines if "preempted, 1 tunnel idle" in line))
 
 
 if __name__ == "__main__":
