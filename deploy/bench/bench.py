@@ -16,13 +16,13 @@ import datetime as dt
 import json
 import os
 import platform
-import re
 import signal
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import pings  # noqa: E402
 import report  # noqa: E402
 import tools  # noqa: E402
 import tunnels  # noqa: E402
@@ -95,7 +95,8 @@ def main() -> int:
             "rounds": args.rounds, "seconds": args.seconds, "impls": impls, "tests": tests,
             "kernel": platform.release(), "cpus": os.cpu_count(), "cpu_model": _cpu_model(),
             "versions": tools.versions(impls, bins), "udp_len": UDP_LEN,
-            "overlay_mtu": tunnels.OVERLAY_MTU, "loadavg_start": _loadavg()}
+            "overlay_mtu": tunnels.OVERLAY_MTU, "loadavg_start": _loadavg(),
+            "ping": {"batches": pings.BATCHES, "per_batch": pings.PER_BATCH, "interval_s": 0.1}}
 
     def on_term(signum, frame):
         raise KeyboardInterrupt(f"signal {signum}")
@@ -127,17 +128,24 @@ def main() -> int:
                  "iperf3 server")
         _hold(lab, up)
         for rnd in range(1, args.rounds + 1):
+            if "ping" in tests:
+                live = [n for n in impls if n in up]
+                lab.say(f"round {rnd}/{args.rounds}: ping, {pings.BATCHES} batches "
+                        f"of {pings.PER_BATCH} taking turns: {', '.join(live)}")
+                for name, r in _ping_round(lab, up, live).items():
+                    if r.get("error"):
+                        print(f"[bench] {name} ping: {r['error']}", file=sys.stderr)
+                    results.append({**r, "round": rnd, "impl": name, "test": "ping"})
             for name in impls:
                 if name not in up:
                     continue
-                for test in tests:
+                for test in (t for t in tests if t != "ping"):
                     lab.say(f"round {rnd}/{args.rounds}: {name} {test}")
                     r = _measure(lab, up[name], test, args.seconds)
                     r.update(round=rnd, impl=name, test=test)
                     if r.get("error"):
                         print(f"[bench] {name} {test}: {r['error']}", file=sys.stderr)
-                        if test != "ping":  # a failed client can leave the server stuck
-                            iperf = _restart_iperf(lab, iperf)
+                        iperf = _restart_iperf(lab, iperf)  # a failed client can leave it stuck
                     results.append(r)
         zt_t = up.get("ztmesh")
         if zt_t is not None:
@@ -224,9 +232,7 @@ def _measure(lab: Netlab, t: tunnels.Tunnel, test: str, seconds: int) -> dict:
     """One measurement, with the tunnel's CPU seconds and the host's busy CPU seconds."""
     time.sleep(0.5)  # let the previous test's queues drain
     cpu0, host0, w0 = _cpu(t), _host_busy(), time.monotonic()
-    if test == "ping":
-        r = _ping(lab, t.dst_ip)
-    elif test == "idle":
+    if test == "idle":
         r = _idle(t)
     else:
         r = _iperf(lab, t.dst_ip, TESTS[test], seconds)
@@ -260,20 +266,38 @@ def _iperf(lab: Netlab, dst: str, extra: list[str], seconds: int) -> dict:
     return r
 
 
-# Echo requests per ping measurement, 0.1 s apart. One mean of 20 varied by
-# 10-15 % between rounds on an idle machine, more than the gaps it measured.
-PINGS = 50
+def _ping_round(lab: Netlab, up: dict[str, tunnels.Tunnel], names: list[str]) -> dict:
+    """Every tunnel's pings for one round, in batches that take turns (see
+    pings.py); the tunnel's CPU, host CPU and wall time summed over its batches."""
+    batches: dict[str, list[dict]] = {n: [] for n in names}
+    spent = {n: {"wall_s": 0.0, "tunnel_cpu_s": 0.0, "host_cpu_s": 0.0} for n in names}
+    errors: dict[str, str] = {}
+    time.sleep(0.5)  # let the previous test's queues drain
+    for b in range(pings.BATCHES):
+        for name in pings.turns(names, b):
+            t = up[name]
+            cpu0, host0, w0 = _cpu(t), _host_busy(), time.monotonic()
+            try:
+                batches[name].append(_ping(lab, t.dst_ip, pings.PER_BATCH))
+            except (BenchError, ValueError) as e:
+                errors.setdefault(name, str(e))
+            spent[name]["wall_s"] += time.monotonic() - w0
+            spent[name]["tunnel_cpu_s"] += _cpu(t) - cpu0
+            spent[name]["host_cpu_s"] += _host_busy() - host0
+    out = {}
+    for name in names:
+        r = {"error": errors[name]} if name in errors else pings.pool(batches[name])
+        r.update({k: round(v, 3) for k, v in spent[name].items()})
+        if not up[name].procs:
+            r["tunnel_cpu_s"] = None
+        out[name] = r
+    return out
 
 
-def _ping(lab: Netlab, dst: str) -> dict:
-    p = lab.run(["ip", "netns", "exec", lab.ns_a, "ping", "-q", "-c", str(PINGS), "-i", "0.1",
-                 "-W", "2", dst], timeout=PINGS * 0.1 + 20, check=False)
-    m = re.search(r"= ([\d.]+)/([\d.]+)/([\d.]+)/([\d.]+) ms", p.stdout)
-    lost = re.search(r"([\d.]+)% packet loss", p.stdout)
-    if not m:
-        return {"error": f"ping: no rtt line (exit {p.returncode}): {p.stdout[-300:]}"}
-    return {"rtt_ms": float(m.group(2)), "rtt_min_ms": float(m.group(1)),
-            "rtt_max_ms": float(m.group(3)), "ping_loss_pct": float(lost.group(1)) if lost else None}
+def _ping(lab: Netlab, dst: str, count: int) -> dict:
+    p = lab.run(["ip", "netns", "exec", lab.ns_a, "ping", "-q", "-c", str(count), "-i", "0.1",
+                 "-W", "2", dst], timeout=count * 0.1 + 20, check=False)
+    return pings.parse(p.stdout)
 
 
 # Seconds of no traffic per idle measurement.

@@ -7,11 +7,14 @@ from __future__ import annotations
 
 import statistics
 
+import pings
+
 # (metric key in a result, label, unit, better)
 METRICS = [("mbps", "goodput", "Mbit/s", "higher"),
            ("loss_pct", "loss at the receiver", "%", "lower"),
            ("tunnel_cpu_s", "tunnel processes' CPU", "s", "lower"),
-           ("rtt_ms", "ping RTT (mean of 50)", "ms", "lower"),
+           ("rtt_ms", f"ping RTT (mean of {pings.BATCHES * pings.PER_BATCH}, batches in turns)", "ms",
+            "lower"),
            ("idle_cpu_ms_per_min", "CPU with no traffic", "ms per minute", "lower"),
            ("idle_wakeups_per_s", "wake-ups with no traffic", "per second", "lower")]
 
