@@ -251,3 +251,56 @@ fn fragment_tracking_is_bounded() {
     assert_eq!(filter.inbound(&first(3), later_now), Verdict::Accept);
     assert_eq!(filter.inbound(&later(3), later_now), Verdict::Accept);
 }
+
+/// The key read from a packet's header bytes (the filter's path) is the
+/// key built from its parsed addresses (the path for the packet quoted in
+/// an ICMP error), for both families, options and extension headers, both
+/// directions; and the family keeps an IPv4 flow apart from IPv6 packets
+/// whose addresses are the same 128-bit numbers.
+#[test]
+fn flow_keys_from_header_bytes_match_keys_from_parsed_addresses() {
+    use crate::conntrack::{Direction, FlowLookup};
+    use crate::packet::{Datagram, parse_datagram};
+    use std::net::{IpAddr, Ipv6Addr};
+
+    let lookup = |packet: &[u8], direction| {
+        let Ok(Datagram::Whole { info, .. }) = parse_datagram(packet) else {
+            panic!("test packet does not parse as a whole datagram");
+        };
+        let from_bytes = FlowLookup::of_packet(packet, &info, direction);
+        let from_info = FlowLookup::of(&info, direction);
+        assert_eq!(
+            from_bytes.as_ref().map(|f| (f.key, f.opens)),
+            from_info.as_ref().map(|f| (f.key, f.opens)),
+            "{direction:?} {info:?}"
+        );
+        from_bytes.map(|f| f.key)
+    };
+    let packets = [
+        PacketBuilder::tcp(V4_A, 40000, V4_B, 443)
+            .flags(TCP_SYN)
+            .ipv4_options(&[1, 1, 1, 0])
+            .build(),
+        PacketBuilder::udp(V6_A, 5000, V6_B, 53)
+            .ipv6_extension(0, &[0; 8])
+            .build(),
+        PacketBuilder::echo_request(V4_B, V4_C, 7).build(),
+        PacketBuilder::echo_reply(V6_B, V6_A, 7).build(),
+    ];
+    for packet in &packets {
+        for direction in [Direction::Inbound, Direction::Outbound] {
+            assert!(lookup(packet, direction).is_some());
+        }
+    }
+
+    let v4 = PacketBuilder::udp(V4_A, 5000, V4_B, 53).build();
+    let compatible = |ip: IpAddr| match ip {
+        IpAddr::V4(a) => IpAddr::V6(Ipv6Addr::from(u128::from(u32::from(a)))),
+        IpAddr::V6(a) => IpAddr::V6(a),
+    };
+    let v6 = PacketBuilder::udp(compatible(V4_A), 5000, compatible(V4_B), 53).build();
+    assert_ne!(
+        lookup(&v4, Direction::Inbound),
+        lookup(&v6, Direction::Inbound)
+    );
+}

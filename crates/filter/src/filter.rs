@@ -140,7 +140,7 @@ impl Filter {
             Ok(Datagram::LaterFragment { .. }) => None,
         };
         if let Some(info) = info
-            && let Some(flow) = FlowLookup::of(&info, Direction::Outbound)
+            && let Some(flow) = FlowLookup::of_packet(packet, &info, Direction::Outbound)
         {
             let tracked = self
                 .conntrack
@@ -197,7 +197,7 @@ impl Filter {
 
     /// [`Filter::inbound`] for a whole packet or first fragment.
     fn judge_inbound(&mut self, packet: &[u8], info: PacketInfo, now: Instant) -> Verdict {
-        let flow = FlowLookup::of(&info, Direction::Inbound);
+        let flow = FlowLookup::of_packet(packet, &info, Direction::Inbound);
         if let Some(flow) = &flow
             && self
                 .conntrack
