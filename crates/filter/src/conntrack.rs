@@ -18,7 +18,7 @@ use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
 use crate::packet::{
-    PROTO_TCP, PROTO_UDP, PacketInfo, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN, array_at,
+    PROTO_TCP, PROTO_UDP, PacketInfo, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN, address_bits_of_header,
 };
 
 /// Size and idle-timeout limits of the connection tracking table.
@@ -124,25 +124,6 @@ fn address_bits(ip: IpAddr) -> (u128, u8) {
     }
 }
 
-/// Source and destination of an IP header as `FlowKey` holds them (the
-/// same numbers [`address_bits`] gives), and the family; `None` when
-/// `packet` is too short or not IPv4 or IPv6.
-fn header_addresses(packet: &[u8]) -> Option<(u128, u128, u8)> {
-    match packet.first()? >> 4 {
-        4 => Some((
-            u128::from(u32::from_be_bytes(array_at::<4>(packet, 12)?)),
-            u128::from(u32::from_be_bytes(array_at::<4>(packet, 16)?)),
-            4,
-        )),
-        6 => Some((
-            u128::from_be_bytes(array_at::<16>(packet, 8)?),
-            u128::from_be_bytes(array_at::<16>(packet, 24)?),
-            6,
-        )),
-        _ => None,
-    }
-}
-
 /// How a packet relates to conntrack.
 pub(crate) struct FlowLookup {
     /// Key of the flow the packet belongs to.
@@ -169,7 +150,7 @@ impl FlowLookup {
         info: &PacketInfo,
         direction: Direction,
     ) -> Option<FlowLookup> {
-        match header_addresses(packet) {
+        match address_bits_of_header(packet) {
             Some((src, dst, family)) => Self::with_addresses(info, direction, src, dst, family),
             None => Self::of(info, direction),
         }

@@ -264,6 +264,28 @@ pub fn routing_destination(packet: &[u8]) -> Option<IpAddr> {
     }
 }
 
+/// Source and destination of an IP header as 128-bit numbers (IPv4 in the
+/// low 32 bits, as `u32::from(Ipv4Addr)` gives them), and the family (4 or
+/// 6), read from the header bytes in one load each, as
+/// [`routing_destination`] reads the destination; `None` when `packet` is
+/// too short or neither IPv4 nor IPv6. The conntrack key of a packet
+/// already parsed, without copying its `IpAddr`s.
+pub(crate) fn address_bits_of_header(packet: &[u8]) -> Option<(u128, u128, u8)> {
+    match packet.first()? >> 4 {
+        4 => Some((
+            u128::from(u32::from_be_bytes(array_at::<4>(packet, 12)?)),
+            u128::from(u32::from_be_bytes(array_at::<4>(packet, 16)?)),
+            4,
+        )),
+        6 => Some((
+            u128::from_be_bytes(array_at::<16>(packet, 8)?),
+            u128::from_be_bytes(array_at::<16>(packet, 24)?),
+            6,
+        )),
+        _ => None,
+    }
+}
+
 /// Whether the local stack may answer `packet`, delivered to it, before
 /// the write that delivers it returns: an ICMP echo request (the echo
 /// reply), a TCP segment (a SYN-ACK, an ACK), or anything not known
