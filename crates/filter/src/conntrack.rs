@@ -14,12 +14,9 @@ use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
 
 use foldhash::fast::RandomState;
-use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
-use crate::packet::{
-    PROTO_TCP, PROTO_UDP, PacketInfo, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN, address_bits_of_header,
-};
+use crate::packet::{PROTO_TCP, PROTO_UDP, PacketInfo, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN, Tuple};
 
 /// Size and idle-timeout limits of the connection tracking table.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -83,13 +80,8 @@ enum EchoRole {
 }
 
 /// Fixed-size conntrack key, from this device's point of view. The
-/// addresses are 128-bit numbers (IPv4 in the low 32 bits) beside their
-/// family, not `IpAddr`s: on the packet path they are read from the header
-/// bytes in one load each ([`FlowLookup::of_packet`]). Built from the
-/// parsed `IpAddr`s, the compiler copied each address with loads wider
-/// than the tag byte and the four bytes just stored for it, which the CPU
-/// cannot forward from those stores: a stall on every packet of an
-/// established flow (perf annotate of the criterion benchmark).
+/// addresses are 128-bit numbers beside their family, as [`Tuple`] holds
+/// them (see there why not `IpAddr`s).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct FlowKey {
     local: u128,
@@ -116,14 +108,6 @@ impl Hash for FlowKey {
     }
 }
 
-/// An address as the number `FlowKey` holds, and its family.
-fn address_bits(ip: IpAddr) -> (u128, u8) {
-    match ip {
-        IpAddr::V4(a) => (u128::from(u32::from(a)), 4),
-        IpAddr::V6(a) => (u128::from(a), 6),
-    }
-}
-
 /// How a packet relates to conntrack.
 pub(crate) struct FlowLookup {
     /// Key of the flow the packet belongs to.
@@ -133,50 +117,23 @@ pub(crate) struct FlowLookup {
 }
 
 impl FlowLookup {
-    /// The flow `info` travelling in `direction` belongs to, or `None` for
+    /// The flow `tuple` travelling in `direction` belongs to, or `None` for
     /// packets that are never tracked (ICMP other than echo).
-    pub(crate) fn of(info: &PacketInfo, direction: Direction) -> Option<FlowLookup> {
-        let (src, family) = address_bits(info.src);
-        let (dst, _) = address_bits(info.dst);
-        Self::with_addresses(info, direction, src, dst, family)
-    }
-
-    /// [`FlowLookup::of`] for `info` parsed from `packet` itself: the
-    /// addresses are read from the packet's header bytes, which the parser
-    /// has checked are there, instead of from `info`'s `IpAddr`s (see
-    /// [`FlowKey`]); the key is the same.
-    pub(crate) fn of_packet(
-        packet: &[u8],
-        info: &PacketInfo,
-        direction: Direction,
-    ) -> Option<FlowLookup> {
-        match address_bits_of_header(packet) {
-            Some((src, dst, family)) => Self::with_addresses(info, direction, src, dst, family),
-            None => Self::of(info, direction),
-        }
-    }
-
     #[inline(always)]
-    fn with_addresses(
-        info: &PacketInfo,
-        direction: Direction,
-        src: u128,
-        dst: u128,
-        family: u8,
-    ) -> Option<FlowLookup> {
+    pub(crate) fn of(tuple: &Tuple, direction: Direction) -> Option<FlowLookup> {
         let (local, local_port, remote, remote_port) = match direction {
-            Direction::Outbound => (src, info.src_port, dst, info.dst_port),
-            Direction::Inbound => (dst, info.dst_port, src, info.src_port),
+            Direction::Outbound => (tuple.src, tuple.src_port, tuple.dst, tuple.dst_port),
+            Direction::Inbound => (tuple.dst, tuple.dst_port, tuple.src, tuple.src_port),
         };
-        let (echo, opens) = if !info.is_icmp() {
+        let (echo, opens) = if !tuple.is_icmp() {
             (EchoRole::None, true)
-        } else if info.is_echo_request() {
+        } else if tuple.is_echo_request() {
             let role = match direction {
                 Direction::Outbound => EchoRole::LocalRequests,
                 Direction::Inbound => EchoRole::RemoteRequests,
             };
             (role, true)
-        } else if info.is_echo_reply() {
+        } else if tuple.is_echo_reply() {
             let role = match direction {
                 Direction::Outbound => EchoRole::RemoteRequests,
                 Direction::Inbound => EchoRole::LocalRequests,
@@ -190,11 +147,28 @@ impl FlowLookup {
             remote,
             local_port,
             remote_port,
-            proto: info.proto,
-            family,
+            proto: tuple.proto,
+            family: if tuple.is_v6 { 6 } else { 4 },
             echo,
         };
         Some(FlowLookup { key, opens })
+    }
+}
+
+/// What recording a packet on its flow reads of it: the protocol and the
+/// TCP flags, small enough to pass in registers.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Seen {
+    pub(crate) proto: u8,
+    pub(crate) tcp_flags: u8,
+}
+
+impl Seen {
+    pub(crate) fn of(tuple: &Tuple) -> Seen {
+        Seen {
+            proto: tuple.proto,
+            tcp_flags: tuple.tcp_flags,
+        }
     }
 }
 
@@ -272,7 +246,7 @@ impl Conntrack {
     pub(crate) fn refresh(
         &mut self,
         key: &FlowKey,
-        info: &PacketInfo,
+        seen: Seen,
         direction: Direction,
         now: Instant,
     ) -> bool {
@@ -286,7 +260,7 @@ impl Conntrack {
         if entry.revoked && direction == Direction::Inbound {
             return false;
         }
-        entry.record(info, direction);
+        entry.record(seen, direction);
         entry.expires_at = now + entry.idle_timeout(&self.limits);
         let expires_at = entry.expires_at;
         self.note_expiry(expires_at);
@@ -326,7 +300,13 @@ impl Conntrack {
             revoked: false,
             expires_at: now,
         };
-        entry.record(info, origin);
+        entry.record(
+            Seen {
+                proto: info.proto,
+                tcp_flags: info.tcp_flags,
+            },
+            origin,
+        );
         entry.expires_at = now + entry.idle_timeout(&self.limits);
         self.note_expiry(entry.expires_at);
         self.flows.insert(key, entry);
@@ -370,15 +350,15 @@ impl Conntrack {
 }
 
 impl FlowEntry {
-    fn record(&mut self, info: &PacketInfo, direction: Direction) {
+    fn record(&mut self, seen: Seen, direction: Direction) {
         match direction {
             Direction::Outbound => self.seen_outbound = true,
             Direction::Inbound => self.seen_inbound = true,
         }
-        if info.proto == PROTO_TCP {
-            if info.tcp_flags & (TCP_FIN | TCP_RST) != 0 {
+        if seen.proto == PROTO_TCP {
+            if seen.tcp_flags & (TCP_FIN | TCP_RST) != 0 {
                 self.closing = true;
-            } else if info.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN {
+            } else if seen.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN {
                 // A fresh SYN reuses the 4-tuple for a new connection.
                 self.closing = false;
             }

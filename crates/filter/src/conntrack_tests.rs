@@ -252,45 +252,64 @@ fn fragment_tracking_is_bounded() {
     assert_eq!(filter.inbound(&later(3), later_now), Verdict::Accept);
 }
 
-/// The key read from a packet's header bytes (the filter's path) is the
-/// key built from its parsed addresses (the path for the packet quoted in
-/// an ICMP error), for both families, options and extension headers, both
-/// directions; and the family keeps an IPv4 flow apart from IPv6 packets
-/// whose addresses are the same 128-bit numbers.
+/// Keys built from the parser's address numbers: for both families, with
+/// IPv4 options and IPv6 extension headers, the numbers are the packet's
+/// addresses, and a packet and its reply (the same tuple with the ends
+/// swapped, travelling the other way) share a key; the family keeps an
+/// IPv4 flow apart from IPv6 packets whose addresses are the same numbers.
 #[test]
-fn flow_keys_from_header_bytes_match_keys_from_parsed_addresses() {
+fn flow_keys_from_address_numbers() {
     use crate::conntrack::{Direction, FlowLookup};
-    use crate::packet::{Datagram, parse_datagram};
+    use crate::packet::{Tuple, parse_tuple};
     use std::net::{IpAddr, Ipv6Addr};
 
-    let lookup = |packet: &[u8], direction| {
-        let Ok(Datagram::Whole { info, .. }) = parse_datagram(packet) else {
+    let tuple_of = |packet: &[u8]| -> Tuple {
+        let Ok(tuple) = parse_tuple(packet) else {
             panic!("test packet does not parse as a whole datagram");
         };
-        let from_bytes = FlowLookup::of_packet(packet, &info, direction);
-        let from_info = FlowLookup::of(&info, direction);
-        assert_eq!(
-            from_bytes.as_ref().map(|f| (f.key, f.opens)),
-            from_info.as_ref().map(|f| (f.key, f.opens)),
-            "{direction:?} {info:?}"
-        );
-        from_bytes.map(|f| f.key)
+        tuple
     };
+    let lookup = |tuple: &Tuple, direction| FlowLookup::of(tuple, direction).map(|f| f.key);
     let packets = [
-        PacketBuilder::tcp(V4_A, 40000, V4_B, 443)
-            .flags(TCP_SYN)
-            .ipv4_options(&[1, 1, 1, 0])
-            .build(),
-        PacketBuilder::udp(V6_A, 5000, V6_B, 53)
-            .ipv6_extension(0, &[0; 8])
-            .build(),
-        PacketBuilder::echo_request(V4_B, V4_C, 7).build(),
-        PacketBuilder::echo_reply(V6_B, V6_A, 7).build(),
+        (
+            PacketBuilder::tcp(V4_A, 40000, V4_B, 443)
+                .flags(TCP_SYN)
+                .ipv4_options(&[1, 1, 1, 0])
+                .build(),
+            V4_A,
+            V4_B,
+        ),
+        (
+            PacketBuilder::udp(V6_A, 5000, V6_B, 53)
+                .ipv6_extension(0, &[0; 8])
+                .build(),
+            V6_A,
+            V6_B,
+        ),
+        (PacketBuilder::udp(V4_B, 7, V4_C, 9).build(), V4_B, V4_C),
+        (PacketBuilder::tcp(V6_B, 7, V6_A, 22).build(), V6_B, V6_A),
     ];
-    for packet in &packets {
-        for direction in [Direction::Inbound, Direction::Outbound] {
-            assert!(lookup(packet, direction).is_some());
-        }
+    for (packet, src, dst) in &packets {
+        let tuple = tuple_of(packet);
+        assert_eq!((tuple.info().src, tuple.info().dst), (*src, *dst));
+        let reply = Tuple {
+            src: tuple.dst,
+            dst: tuple.src,
+            src_port: tuple.dst_port,
+            dst_port: tuple.src_port,
+            ..tuple
+        };
+        assert!(lookup(&tuple, Direction::Inbound).is_some());
+        assert_eq!(
+            lookup(&tuple, Direction::Inbound),
+            lookup(&reply, Direction::Outbound),
+            "{tuple:?}"
+        );
+        assert_eq!(
+            lookup(&tuple, Direction::Outbound),
+            lookup(&reply, Direction::Inbound),
+            "{tuple:?}"
+        );
     }
 
     let v4 = PacketBuilder::udp(V4_A, 5000, V4_B, 53).build();
@@ -300,7 +319,7 @@ fn flow_keys_from_header_bytes_match_keys_from_parsed_addresses() {
     };
     let v6 = PacketBuilder::udp(compatible(V4_A), 5000, compatible(V4_B), 53).build();
     assert_ne!(
-        lookup(&v4, Direction::Inbound),
-        lookup(&v6, Direction::Inbound)
+        lookup(&tuple_of(&v4), Direction::Inbound),
+        lookup(&tuple_of(&v6), Direction::Inbound)
     );
 }

@@ -2,13 +2,13 @@
 
 use std::time::Instant;
 
-use crate::conntrack::{Conntrack, Direction, FilterLimits, FlowLookup};
+use crate::conntrack::{Conntrack, Direction, FilterLimits, FlowLookup, Seen};
 use crate::counters::{Counters, DropReason};
 use crate::flow_events::{FlowEvent, FlowEvents, FlowVerdict};
 use crate::fragments::FragmentTracker;
 use crate::icmp_error::quoted_packet;
 use crate::index::RuleIndex;
-use crate::packet::{Datagram, PacketInfo, parse_datagram};
+use crate::packet::{Datagram, PacketInfo, Tuple, parse_datagram};
 use crate::rule::{Action, FilterConfig, FilterRule};
 
 /// What to do with a packet.
@@ -134,22 +134,22 @@ impl Filter {
     }
 
     fn judge_outbound(&mut self, packet: &[u8], now: Instant) -> Verdict {
-        let info = match parse_datagram(packet) {
+        let tuple = match parse_datagram(packet) {
             Err(_) => return self.drop(DropReason::Malformed),
-            Ok(Datagram::Whole { info, .. }) => Some(info),
+            Ok(Datagram::Whole { tuple, .. }) => Some(tuple),
             Ok(Datagram::LaterFragment { .. }) => None,
         };
-        if let Some(info) = info
-            && let Some(flow) = FlowLookup::of_packet(packet, &info, Direction::Outbound)
+        if let Some(tuple) = tuple
+            && let Some(flow) = FlowLookup::of(&tuple, Direction::Outbound)
         {
-            let tracked = self
-                .conntrack
-                .refresh(&flow.key, &info, Direction::Outbound, now);
+            let tracked =
+                self.conntrack
+                    .refresh(&flow.key, Seen::of(&tuple), Direction::Outbound, now);
             if !tracked
                 && flow.opens
                 && self
                     .conntrack
-                    .insert(flow.key, &info, Direction::Outbound, now)
+                    .insert(flow.key, &tuple.info(), Direction::Outbound, now)
                     .is_err()
             {
                 self.counters.count_untracked_outbound();
@@ -174,12 +174,12 @@ impl Filter {
     }
 
     fn judge_datagram_inbound(&mut self, packet: &[u8], now: Instant) -> Verdict {
-        let (info, first_fragment) = match parse_datagram(packet) {
+        let (tuple, first_fragment) = match parse_datagram(packet) {
             Err(_) => return self.drop(DropReason::Malformed),
             Ok(Datagram::Whole {
-                info,
+                tuple,
                 first_fragment,
-            }) => (info, first_fragment),
+            }) => (tuple, first_fragment),
             Ok(Datagram::LaterFragment { fragment, .. }) => {
                 return if self.fragments.passes(&fragment, now) {
                     self.accept_inbound()
@@ -188,7 +188,7 @@ impl Filter {
                 };
             }
         };
-        let verdict = self.judge_inbound(packet, info, now);
+        let verdict = self.judge_inbound(packet, tuple, now);
         if let (Verdict::Accept, Some(fragment)) = (verdict, first_fragment) {
             self.fragments.first_fragment_passed(fragment, now);
         }
@@ -196,18 +196,19 @@ impl Filter {
     }
 
     /// [`Filter::inbound`] for a whole packet or first fragment.
-    fn judge_inbound(&mut self, packet: &[u8], info: PacketInfo, now: Instant) -> Verdict {
-        let flow = FlowLookup::of_packet(packet, &info, Direction::Inbound);
+    fn judge_inbound(&mut self, packet: &[u8], tuple: Tuple, now: Instant) -> Verdict {
+        let flow = FlowLookup::of(&tuple, Direction::Inbound);
         if let Some(flow) = &flow
             && self
                 .conntrack
-                .refresh(&flow.key, &info, Direction::Inbound, now)
+                .refresh(&flow.key, Seen::of(&tuple), Direction::Inbound, now)
         {
             return self.accept_inbound();
         }
-        if info.is_icmp() && self.is_error_about_tracked_flow(packet, &info, now) {
+        if tuple.is_icmp() && self.is_error_about_tracked_flow(packet, &tuple, now) {
             return self.accept_inbound();
         }
+        let info = tuple.info();
         if !self.has_policy() {
             return self.drop_new(None, DropReason::NoPolicy, &info, packet.len());
         }
@@ -285,8 +286,8 @@ impl Filter {
 
     /// Whether `packet` is an ICMP error about a packet this device sent on
     /// a live flow (checked without refreshing the flow).
-    fn is_error_about_tracked_flow(&self, packet: &[u8], info: &PacketInfo, now: Instant) -> bool {
-        quoted_packet(packet, info)
+    fn is_error_about_tracked_flow(&self, packet: &[u8], tuple: &Tuple, now: Instant) -> bool {
+        quoted_packet(packet, tuple)
             .and_then(|quoted| FlowLookup::of(&quoted, Direction::Outbound))
             .is_some_and(|flow| self.conntrack.is_live(&flow.key, now))
     }

@@ -7,8 +7,7 @@
 //! failure work; any other ICMP error is judged by the rules like a new flow.
 
 use crate::packet::{
-    Framing, PROTO_ICMPV4, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP, PacketInfo, be16,
-    parse_ip_header_framed,
+    Framing, PROTO_ICMPV4, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP, Tuple, be16, parse_ip_header_framed,
 };
 
 /// Bytes of the ICMP header before the quoted packet.
@@ -18,7 +17,7 @@ const ICMP_ERROR_HEADER: usize = 8;
 /// if `outer` is an ICMP error whose quote is a packet that the error's
 /// destination sent. Only the fields the quote is guaranteed to carry (the
 /// IP header and 8 transport bytes) are read; `tcp_flags` is always 0.
-pub(crate) fn quoted_packet(packet: &[u8], outer: &PacketInfo) -> Option<PacketInfo> {
+pub(crate) fn quoted_packet(packet: &[u8], outer: &Tuple) -> Option<Tuple> {
     let is_error = matches!(
         (outer.proto, outer.icmp_type),
         (PROTO_ICMPV4, Some(3 | 11 | 12)) | (PROTO_ICMPV6, Some(1..=4))
@@ -35,9 +34,10 @@ pub(crate) fn quoted_packet(packet: &[u8], outer: &PacketInfo) -> Option<PacketI
     {
         return None;
     }
-    let mut info = PacketInfo {
+    let mut info = Tuple {
         src: inner.src,
         dst: inner.dst,
+        is_v6: inner.is_v6,
         proto: inner.proto,
         src_port: 0,
         dst_port: 0,
@@ -65,11 +65,11 @@ pub(crate) fn quoted_packet(packet: &[u8], outer: &PacketInfo) -> Option<PacketI
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::packet::parse_packet;
+    use crate::packet::{PacketInfo, parse_tuple};
     use crate::test_packets::{PacketBuilder, V4_A, V4_B, V4_C, V6_A, V6_B};
 
     fn quote_of(error: &[u8]) -> Option<PacketInfo> {
-        quoted_packet(error, &parse_packet(error).unwrap())
+        quoted_packet(error, &parse_tuple(error).unwrap()).map(|quoted| quoted.info())
     }
 
     #[test]
