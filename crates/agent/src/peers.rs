@@ -160,10 +160,18 @@ pub struct Route {
 impl Peer {
     /// The tunnel to encrypt with: the current one once it has a session,
     /// the retiring one while the new handshake is still in flight.
+    ///
+    /// Asks the tunnels only when there is a retiring one (a key change in
+    /// flight): boringtun tells whether a tunnel has a session only with
+    /// the time since its handshake, a clock read, and the first clock
+    /// read after a wait touches the vDSO's cold pages (2.8 µs measured),
+    /// on every packet sent.
     pub fn sending_tunn(&mut self) -> &mut Tunn {
-        let current_ready = self.tunn.time_since_last_handshake().is_some();
         match &mut self.retiring {
-            Some(old) if !current_ready && old.tunn.time_since_last_handshake().is_some() => {
+            Some(old)
+                if self.tunn.time_since_last_handshake().is_none()
+                    && old.tunn.time_since_last_handshake().is_some() =>
+            {
                 &mut old.tunn
             }
             _ => &mut self.tunn,
