@@ -34,7 +34,7 @@ pub(crate) fn quoted_packet(packet: &[u8], outer: &Tuple) -> Option<Tuple> {
     {
         return None;
     }
-    let mut info = Tuple {
+    let mut quoted = Tuple {
         src: inner.src,
         dst: inner.dst,
         is_v6: inner.is_v6,
@@ -46,20 +46,20 @@ pub(crate) fn quoted_packet(packet: &[u8], outer: &Tuple) -> Option<Tuple> {
     };
     match (inner.proto, inner.is_v6) {
         (PROTO_TCP | PROTO_UDP, _) => {
-            info.src_port = be16(inner.payload, 0)?;
-            info.dst_port = be16(inner.payload, 2)?;
+            quoted.src_port = be16(inner.payload, 0)?;
+            quoted.dst_port = be16(inner.payload, 2)?;
         }
         (PROTO_ICMPV4, false) | (PROTO_ICMPV6, true) => {
-            info.icmp_type = Some(*inner.payload.first()?);
-            if info.is_echo_request() || info.is_echo_reply() {
+            quoted.icmp_type = Some(*inner.payload.first()?);
+            if quoted.is_echo_request() || quoted.is_echo_reply() {
                 let identifier = be16(inner.payload, 4)?;
-                info.src_port = identifier;
-                info.dst_port = identifier;
+                quoted.src_port = identifier;
+                quoted.dst_port = identifier;
             }
         }
         _ => {}
     }
-    Some(info)
+    Some(quoted)
 }
 
 #[cfg(test)]
