@@ -471,6 +471,7 @@ fn admit(filter: &mut Filter, source_allowed: bool, packet: &[u8], now: Instant)
         return false;
     }
     if !source_allowed {
+        std::hint::cold_path();
         filter.record_drop(DropReason::CryptokeyRouting, packet.len());
         return false;
     }

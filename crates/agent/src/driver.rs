@@ -404,6 +404,7 @@ pub fn block_on<F: Future>(future: F, sources: &[Readable]) -> io::Result<F::Out
         let due = DEADLINE.with(Cell::get);
         let timeout = match due {
             Some(due) if due <= now => {
+                std::hint::cold_path();
                 DEADLINE.with(|deadline| deadline.set(None));
                 waker.fired.store(true, Ordering::Release);
                 Some(Duration::ZERO)
@@ -415,8 +416,13 @@ pub fn block_on<F: Future>(future: F, sources: &[Readable]) -> io::Result<F::Out
         };
         match poll.poll(&mut events, timeout) {
             Ok(()) => {}
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(e),
+            Err(e) => {
+                std::hint::cold_path();
+                if e.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return Err(e);
+            }
         }
         let owed = timeout.is_none() && yield_to_writer(sources, &events);
         YIELD_OWED.with(|yield_owed| yield_owed.set(owed));
@@ -425,6 +431,7 @@ pub fn block_on<F: Future>(future: F, sources: &[Readable]) -> io::Result<F::Out
             match sources.get(event.token().0) {
                 Some(source) => source.flag.set(),
                 None if event.token() == TIMER => {
+                    std::hint::cold_path();
                     timer.fired();
                     TURNS.with(|turns| turns.set(TURNS_PER_CLOCK_READ));
                 }

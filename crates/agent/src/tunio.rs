@@ -147,8 +147,11 @@ impl TunIo for KernelTun {
         };
         match written {
             Ok(()) => Ok(()),
-            Err(e) if e.raw_os_error() == Some(libc::EBADFD) => Err(e),
             Err(e) => {
+                std::hint::cold_path();
+                if e.raw_os_error() == Some(libc::EBADFD) {
+                    return Err(e);
+                }
                 tracing::debug!(error = %e, "tun write failed");
                 Ok(())
             }

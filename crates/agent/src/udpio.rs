@@ -65,20 +65,7 @@ impl Wire {
         let read = if first {
             self.recv_one(udp)
         } else {
-            let Self {
-                state, bufs, meta, ..
-            } = self;
-            let mut it = bufs.iter_mut();
-            let mut slices: [IoSliceMut<'_>; RECV_BUFFERS] = std::array::from_fn(|_| {
-                IoSliceMut::new(it.next().map_or(&mut [][..], Vec::as_mut_slice))
-            });
-            udp.try_read(|socket| state.recv(socket.into(), &mut slices, meta))
-                .inspect(|&n| {
-                    if n < RECV_BUFFERS {
-                        // recvmmsg stopped at the empty queue.
-                        udp.drained();
-                    }
-                })
+            self.recv_many(udp)
         };
         match read {
             Ok(n) => {
@@ -86,8 +73,35 @@ impl Wire {
                 Ok(true)
             }
             Err(e) if would_block(&e) => Ok(false),
-            Err(e) => Err(e),
+            Err(e) => {
+                std::hint::cold_path();
+                Err(e)
+            }
         }
+    }
+
+    /// One `recvmmsg` into all the buffers (through quinn-udp). Out of
+    /// line: inlined, quinn-udp's message headers made the frame of the
+    /// data plane's socket reader 8,240 bytes (568 without), and that
+    /// frame sits above the whole receive path (decryption, the filter)
+    /// on every wake-up for one datagram too, which then ran on two more
+    /// pages of stack, each a TLB miss when the caches are cold.
+    #[inline(never)]
+    fn recv_many(&mut self, udp: &WgSocket) -> io::Result<usize> {
+        let Self {
+            state, bufs, meta, ..
+        } = self;
+        let mut it = bufs.iter_mut();
+        let mut slices: [IoSliceMut<'_>; RECV_BUFFERS] = std::array::from_fn(|_| {
+            IoSliceMut::new(it.next().map_or(&mut [][..], Vec::as_mut_slice))
+        });
+        udp.try_read(|socket| state.recv(socket.into(), &mut slices, meta))
+            .inspect(|&n| {
+                if n < RECV_BUFFERS {
+                    // recvmmsg stopped at the empty queue.
+                    udp.drained();
+                }
+            })
     }
 
     /// One `recvmsg` into the first buffer, asking only for the GRO
@@ -186,6 +200,7 @@ impl Wire {
                 && !would_block(e)
                 && link.is_some()
             {
+                std::hint::cold_path();
                 // The link's source address may be gone: the shared
                 // socket picks one afresh.
                 connected.send_failed(to, e);
@@ -193,7 +208,10 @@ impl Wire {
             }
             match sent {
                 Err(e) if would_block(&e) => return false,
-                Err(e) => tracing::debug!(to = %to, error = %e, "udp send failed"),
+                Err(e) => {
+                    std::hint::cold_path();
+                    tracing::debug!(to = %to, error = %e, "udp send failed");
+                }
                 Ok(_) => {}
             }
         } else {

@@ -91,6 +91,7 @@ impl Engine {
             TunnResult::WriteToNetwork(datagram) => match way {
                 Some(paths::Via::Direct(endpoint)) => {
                     if datagram.first() == Some(&super::HANDSHAKE_INIT) {
+                        std::hint::cold_path();
                         // No session yet: boringtun started a handshake.
                         // Timed like ours (its round trip, so from the
                         // clock, not the loop's time), and relayed should
@@ -100,15 +101,19 @@ impl Engine {
                     let len = datagram.len();
                     udp_out.commit(len, endpoint);
                 }
-                Some(paths::Via::Relay(key)) if self.paths.relay(key, datagram) => {
-                    peer.route.relay_data += 1;
+                Some(paths::Via::Relay(key)) => {
+                    std::hint::cold_path();
+                    if self.paths.relay(key, datagram) {
+                        peer.route.relay_data += 1;
+                    }
                 }
-                _ => {}
+                None => std::hint::cold_path(),
             },
             TunnResult::Err(e) => {
+                std::hint::cold_path();
                 tracing::debug!(peer = %peer.info.name, error = ?e, "encapsulate failed")
             }
-            _ => {}
+            _ => std::hint::cold_path(),
         }
     }
 
@@ -167,6 +172,7 @@ impl Engine {
                 Ok(true) => {}
                 Ok(false) => break,
                 Err(e) => {
+                    std::hint::cold_path();
                     // ICMP port unreachable from a peer surfaces here on Linux; not fatal.
                     tracing::debug!(error = %e, "udp receive error");
                     break;

@@ -58,6 +58,7 @@ impl Engine {
         if let Some(from) = source.direct()
             && ztmesh_stun::is_stun(datagram)
         {
+            std::hint::cold_path();
             if let Some(public) = self.discovery.on_datagram(from, datagram, Instant::now()) {
                 self.public_endpoint
                     .send_if_modified(|known| known.replace(public) != Some(public));
@@ -73,6 +74,7 @@ impl Engine {
         if matches!(packet, Err(TunnResult::Err(_)))
             && let Some(old) = &self.old_keys
         {
+            std::hint::cold_path();
             // Sent to our previous public key by a peer that has not heard
             // of the rotation yet.
             packet = old
@@ -82,12 +84,14 @@ impl Engine {
         let packet = match packet {
             Ok(packet) => packet,
             Err(TunnResult::WriteToNetwork(cookie)) => {
+                std::hint::cold_path();
                 if let Some(from) = source.direct() {
                     super::send(&io.udp, cookie, from);
                 }
                 return;
             }
             Err(_) => {
+                std::hint::cold_path();
                 self.filter
                     .record_drop(DropReason::UnknownPeer, datagram.len());
                 return;
@@ -102,6 +106,7 @@ impl Engine {
         let is_response = matches!(packet, Packet::HandshakeResponse(_));
         let target = match packet {
             Packet::HandshakeInit(p) => {
+                std::hint::cold_path();
                 match parse_handshake_anon(&self.private, &self.public, &p) {
                     Ok(h) => self
                         .peers
@@ -119,6 +124,7 @@ impl Engine {
         };
         let Some((peer, slot)) = target.and_then(|(id, slot)| Some((self.peers.at_mut(id)?, slot)))
         else {
+            std::hint::cold_path();
             self.filter
                 .record_drop(DropReason::UnknownPeer, datagram.len());
             return;
@@ -128,6 +134,7 @@ impl Engine {
         if let Source::Relay(sender) = source
             && peer.info.public_key != sender
         {
+            std::hint::cold_path();
             self.filter
                 .record_drop(DropReason::UnknownPeer, datagram.len());
             return;
@@ -141,8 +148,12 @@ impl Engine {
         let tunn = match slot {
             Slot::Current => &mut peer.tunn,
             Slot::Retiring => match &mut peer.retiring {
-                Some(old) => &mut old.tunn,
+                Some(old) => {
+                    std::hint::cold_path();
+                    &mut old.tunn
+                }
                 None => {
+                    std::hint::cold_path();
                     self.filter
                         .record_drop(DropReason::UnknownPeer, datagram.len());
                     return;
@@ -177,11 +188,13 @@ impl Engine {
         }
         match result {
             TunnResult::WriteToNetwork(reply) if reply.first() == Some(&COOKIE_REPLY) => {
+                std::hint::cold_path();
                 // An unauthenticated answer: send it, but do not let it move
                 // the peer's endpoint.
                 self.paths.send(&io.udp, back, reply);
             }
             TunnResult::WriteToNetwork(reply) => {
+                std::hint::cold_path();
                 // A handshake message that decrypted: the peer proved its key.
                 authenticated = true;
                 if is_response {
@@ -212,9 +225,10 @@ impl Engine {
                 }
             }
             TunnResult::Err(e) => {
+                std::hint::cold_path();
                 tracing::debug!(peer = %name, error = ?e, "decapsulate failed")
             }
-            TunnResult::Done => {}
+            TunnResult::Done => std::hint::cold_path(),
         }
         if authenticated {
             match source {
@@ -225,6 +239,7 @@ impl Engine {
                     if is_data || is_response {
                         route.direct_at = Some(now);
                         if route.via_relay {
+                            std::hint::cold_path();
                             tracing::info!(peer = %name, endpoint = %from, "direct path found; leaving the relay");
                             route.via_relay = false;
                         }
@@ -235,6 +250,7 @@ impl Engine {
                     }
                 }
                 Source::Relay(_) => {
+                    std::hint::cold_path();
                     if is_data {
                         route.relay_data += 1;
                     }
@@ -250,6 +266,7 @@ impl Engine {
         }
         if let Some(len) = delivered {
             if !into_slot {
+                std::hint::cold_path();
                 // Not decrypted into the slot (never expected): copy it there.
                 if let (Some(slot), Some(packet)) = (tun_out.slot(len), self.out.get(..len)) {
                     slot.copy_from_slice(packet);
