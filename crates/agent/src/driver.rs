@@ -228,11 +228,14 @@ fn read_clock() -> Instant {
 /// The loop's time, for what the packet path does with seconds: the
 /// filter's idle timeouts, how fresh a direct path is, when a failed
 /// connected socket may be tried again. It is the driver's last clock
-/// reading: taken before every wait, which the [`Ticker`]'s deadline ends
-/// (so it is never older than one tick period plus the turn),
-/// and every [`TURNS_PER_CLOCK_READ`] turns when there is no wait. Off a
-/// driver thread, the clock. What needs the exact time (a handshake's
-/// round trip) reads the clock itself.
+/// reading: taken when the driver starts, when the [`Ticker`]'s deadline
+/// has ended a wait, when a new deadline is set (after each tick), and
+/// every [`TURNS_PER_CLOCK_READ`] turns when there is no wait; so it is
+/// never older than one tick period plus the turn. Not before every
+/// wait: the turns that move packets in between, each a wake-up with
+/// cold caches, would pay for it (the first clock read after a wait
+/// touches the vDSO's pages). Off a driver thread, the clock. What needs
+/// the exact time (a handshake's round trip) reads the clock itself.
 pub fn now() -> Instant {
     CLOCK.with(Cell::get).unwrap_or_else(Instant::now)
 }
@@ -331,8 +334,8 @@ impl Current {
     fn set(waker: &Arc<ThreadWaker>, registry: mio::Registry, base: usize) -> Self {
         CURRENT.with(|current| *current.borrow_mut() = Some(Arc::clone(waker)));
         DEADLINE.with(|deadline| deadline.set(None));
-        TURNS.with(|turns| turns.set(0));
         YIELD_OWED.with(|owed| owed.set(false));
+        read_clock();
         watch::start(registry, base);
         Self
     }
@@ -394,24 +397,32 @@ pub fn block_on<F: Future>(future: F, sources: &[Readable]) -> io::Result<F::Out
             return Ok(output);
         }
         // The deadline is the timer's, set when it changes; the wait has
-        // no timeout. A deadline that has come is told to the future as a
-        // fired waker and forgotten (the future may be waiting on
-        // something else, room to send, and a deadline left in the past
-        // would make every later wait return at once), and the wait only
-        // looks. The clock is read here, after the turn's packets have
-        // gone, and the next turn works with this reading ([`now`]).
-        let now = read_clock();
+        // no timeout. A turn that moved packets leaves the deadline as it
+        // was, and the timer holds it already: no clock read (a deadline
+        // that came meanwhile makes the timer's descriptor readable, and
+        // the wait returns at once). A new deadline (a tick came, the
+        // period changed) is set from a clock reading, which becomes the
+        // loop's time ([`now`]); one that has come already is told to
+        // the future as a fired waker and forgotten (the future may be
+        // waiting on something else, room to send, and a deadline left in
+        // the past would make every later wait return at once), and the
+        // wait only looks.
         let due = DEADLINE.with(Cell::get);
-        let timeout = match due {
-            Some(due) if due <= now => {
-                std::hint::cold_path();
-                DEADLINE.with(|deadline| deadline.set(None));
-                waker.fired.store(true, Ordering::Release);
-                Some(Duration::ZERO)
-            }
-            _ => {
-                timer.set(due, now)?;
-                None
+        let timeout = if due == timer.armed() {
+            None
+        } else {
+            let now = read_clock();
+            match due {
+                Some(due) if due <= now => {
+                    std::hint::cold_path();
+                    DEADLINE.with(|deadline| deadline.set(None));
+                    waker.fired.store(true, Ordering::Release);
+                    Some(Duration::ZERO)
+                }
+                _ => {
+                    timer.set(due, now)?;
+                    None
+                }
             }
         };
         match poll.poll(&mut events, timeout) {

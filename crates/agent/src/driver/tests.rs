@@ -200,8 +200,9 @@ fn the_loops_time_is_the_reading_before_the_wait_until_the_clock_is_read_again()
     // packets).
     let advanced = block_on(
         async {
-            // One wait (ended at once by a wake-up): the loop's time is
-            // the reading before it.
+            // One wait (ended at once by a wake-up). There is no
+            // deadline here, so no wait reads the clock: the loop's time
+            // is the reading taken when the driver started.
             let mut waited = false;
             std::future::poll_fn(|cx| {
                 if std::mem::replace(&mut waited, true) {
@@ -234,6 +235,74 @@ fn the_loops_time_is_the_reading_before_the_wait_until_the_clock_is_read_again()
     );
     // Gone with the driver: the clock again.
     assert!(CLOCK.with(Cell::get).is_none());
+}
+
+#[test]
+fn turns_woken_by_packets_keep_the_loops_time_until_the_next_tick() {
+    let rx = UdpSocket::bind("127.0.0.1:0").unwrap();
+    rx.set_nonblocking(true).unwrap();
+    let tx = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let to = rx.local_addr().unwrap();
+    let flag = ReadyFlag::new();
+    let source = Readable {
+        fd: rx.as_raw_fd(),
+        flag: flag.clone(),
+        written_locally: false,
+    };
+    let sender = std::thread::spawn(move || {
+        for _ in 0..3 {
+            std::thread::sleep(Duration::from_millis(20));
+            tx.send_to(b"ping", to).unwrap();
+        }
+    });
+    let period = Duration::from_millis(200);
+    let mut ticker = Ticker::new(period);
+    let mut ticks = 0;
+    // (loop's time, clock) at each datagram, and at the first tick after
+    // them.
+    let mut at_datagrams = Vec::new();
+    let mut at_tick = None;
+    block_on(
+        std::future::poll_fn(|cx| {
+            if take_wakeups() {
+                while ticker.poll_tick(cx).is_ready() {
+                    ticks += 1;
+                    if at_datagrams.len() == 3 {
+                        at_tick = Some((now(), Instant::now()));
+                        return Poll::Ready(());
+                    }
+                }
+            }
+            let mut buf = [0u8; 16];
+            while flag.is_set() {
+                match rx.recv(&mut buf) {
+                    Ok(_) => at_datagrams.push((now(), Instant::now())),
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => flag.clear(),
+                    Err(e) => panic!("{e}"),
+                }
+            }
+            Poll::Pending
+        }),
+        &[source],
+    )
+    .unwrap();
+    sender.join().unwrap();
+    assert_eq!(at_datagrams.len(), 3, "{at_datagrams:?}");
+    // The datagrams came 20, 40 and 60 ms after the first tick, whose
+    // deadline was set from one clock reading: every turn they woke
+    // worked with that reading, none read the clock again.
+    let (first, _) = at_datagrams[0];
+    for &(loop_time, clock) in &at_datagrams {
+        assert_eq!(loop_time, first, "{at_datagrams:?}");
+        assert!(clock.duration_since(loop_time) < period, "{at_datagrams:?}");
+    }
+    let (_, last_clock) = at_datagrams[2];
+    assert!(last_clock.duration_since(first) >= Duration::from_millis(35));
+    // The tick after them brought a fresh reading.
+    let (tick_time, tick_clock) = at_tick.unwrap();
+    assert_eq!(ticks, 2);
+    assert!(tick_time > first && tick_time <= tick_clock);
+    assert!(tick_time.duration_since(first) >= period - Duration::from_millis(1));
 }
 
 #[test]

@@ -57,6 +57,12 @@ impl DeadlineTimer {
         Ok(())
     }
 
+    /// The deadline the timer is set to; `None` when it is off (or has
+    /// fired).
+    pub(super) fn armed(&self) -> Option<Instant> {
+        self.set_to
+    }
+
     /// The timer fired: it is off until set again.
     pub(super) fn fired(&mut self) {
         // Clears the descriptor's readiness; nothing to read (a race with
