@@ -6,8 +6,16 @@ use std::time::{Duration, Instant};
 
 use super::*;
 
-#[test]
-fn a_datagram_sets_the_flag_and_wakes_the_future() {
+/// A non-blocking socket to receive on (its flag set, as a new
+/// registration's is), one to send to it from, its address, its flag,
+/// and the driver's source for it.
+fn datagram_source() -> (
+    UdpSocket,
+    UdpSocket,
+    std::net::SocketAddr,
+    ReadyFlag,
+    Readable,
+) {
     let rx = UdpSocket::bind("127.0.0.1:0").unwrap();
     rx.set_nonblocking(true).unwrap();
     let tx = UdpSocket::bind("127.0.0.1:0").unwrap();
@@ -18,6 +26,12 @@ fn a_datagram_sets_the_flag_and_wakes_the_future() {
         flag: flag.clone(),
         written_locally: false,
     };
+    (rx, tx, to, flag, source)
+}
+
+#[test]
+fn a_datagram_sets_the_flag_and_wakes_the_future() {
+    let (rx, tx, to, flag, source) = datagram_source();
     let sender = std::thread::spawn(move || {
         std::thread::sleep(Duration::from_millis(50));
         tx.send_to(b"hello", to).unwrap();
@@ -239,16 +253,7 @@ fn the_loops_time_is_the_reading_before_the_wait_until_the_clock_is_read_again()
 
 #[test]
 fn turns_woken_by_packets_keep_the_loops_time_until_the_next_tick() {
-    let rx = UdpSocket::bind("127.0.0.1:0").unwrap();
-    rx.set_nonblocking(true).unwrap();
-    let tx = UdpSocket::bind("127.0.0.1:0").unwrap();
-    let to = rx.local_addr().unwrap();
-    let flag = ReadyFlag::new();
-    let source = Readable {
-        fd: rx.as_raw_fd(),
-        flag: flag.clone(),
-        written_locally: false,
-    };
+    let (rx, tx, to, flag, source) = datagram_source();
     let sender = std::thread::spawn(move || {
         for _ in 0..3 {
             std::thread::sleep(Duration::from_millis(20));
