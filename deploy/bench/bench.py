@@ -295,7 +295,7 @@ def _ping_round(lab: Netlab, up: dict[str, tunnels.Tunnel], names: list[str]) ->
 
 
 def _ping(lab: Netlab, dst: str, count: int) -> dict:
-    p = lab.run(["ip", "netns", "exec", lab.ns_a, "ping", "-q", "-c", str(count), "-i", "0.1",
+    p = lab.run(["ip", "netns", "exec", lab.ns_a, "ping", "-c", str(count), "-i", "0.1",
                  "-W", "2", dst], timeout=count * 0.1 + 20, check=False)
     return pings.parse(p.stdout)
 

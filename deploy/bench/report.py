@@ -15,13 +15,16 @@ METRICS = [("mbps", "goodput", "Mbit/s", "higher"),
            ("tunnel_cpu_s", "tunnel processes' CPU", "s", "lower"),
            ("rtt_ms", f"ping RTT (mean of {pings.BATCHES * pings.PER_BATCH}, batches in turns)", "ms",
             "lower"),
+           ("rtt_median_ms", "ping RTT, median reply", "ms", "lower"),
+           ("ping_slow", f"ping replies over {pings.SLOW_MS:g} ms", "count", "lower"),
            ("idle_cpu_ms_per_min", "CPU with no traffic", "ms per minute", "lower"),
            ("idle_wakeups_per_s", "wake-ups with no traffic", "per second", "lower")]
 
 # The metric a test's column of the summary shows, and the test each
 # metric belongs to (None: any iperf3 test).
 SUMMARY = {"ping": "rtt_ms", "idle": "idle_cpu_ms_per_min"}
-OWNER = {"rtt_ms": "ping", "idle_cpu_ms_per_min": "idle", "idle_wakeups_per_s": "idle"}
+OWNER = {"rtt_ms": "ping", "rtt_median_ms": "ping", "ping_slow": "ping",
+         "idle_cpu_ms_per_min": "idle", "idle_wakeups_per_s": "idle"}
 
 
 def render(meta: dict, results: list[dict]) -> str:
@@ -108,7 +111,7 @@ def _median(results: list[dict], impl: str, test: str, key: str) -> float | None
 
 
 def _fmt(x: float) -> str:
-    if abs(x) >= 100:
+    if isinstance(x, int) or abs(x) >= 100:
         return f"{x:.0f}"
     if abs(x) >= 1:
         return f"{x:.2f}"
