@@ -5,7 +5,7 @@
 //! before its lines can be fetched. As compiled, the functions a round
 //! trip runs are spread over 46 pages of the binary; laid out together
 //! (`hot-path.order`, a list of their symbols for the linker) they span
-//! 29 (see deploy/bench/README.md, "Code layout").
+//! 29 (see deploy/bench/LATENCY.md, "Code layout").
 //!
 //! Only for release builds linked by LLD, the linker of the Rust
 //! toolchain on x86_64 Linux since 1.90: LLD's `--symbol-ordering-file`.

@@ -157,7 +157,7 @@ thread_local! {
 /// picked over the sender's, a yield moves only the thread within its
 /// own group, and the sender ran in 25 of 87 such round trips; after the
 /// turn's read and encryption it ran in 70 of 78 (scheduler traces in
-/// deploy/bench/README.md, with the ping times). A thread with nothing
+/// deploy/bench/LATENCY.md, with the ping times). A thread with nothing
 /// to yield to returns at once: one system call.
 pub fn yield_before_send() -> bool {
     let owed = YIELD_OWED.with(|owed| owed.replace(false));
