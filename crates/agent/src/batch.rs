@@ -30,6 +30,10 @@ pub const MAX_GSO_BYTES: usize = 65_535 - 40 - 8;
 pub struct TunReadBatch {
     /// The raw read: virtio-net header and the unsplit packet.
     pub(crate) original: Vec<u8>,
+    /// The read's one packet was left in `original`, after the header:
+    /// its length. A lone packet (a ping, a request, a datagram) needs
+    /// no split, so it is neither copied nor another buffer touched.
+    in_place: Option<usize>,
     /// One packet each; the first is large enough for any unsplit packet.
     pub(crate) bufs: Vec<Vec<u8>>,
     /// Length of the packet in each buffer.
@@ -49,6 +53,7 @@ impl Default for TunReadBatch {
         }
         Self {
             original: vec![0; HEADROOM + MAX_PACKET],
+            in_place: None,
             bufs,
             sizes: vec![0; BATCH],
             count: 0,
@@ -60,11 +65,7 @@ impl Default for TunReadBatch {
 impl TunReadBatch {
     /// The packets read, in order.
     pub fn packets(&self) -> impl Iterator<Item = &[u8]> {
-        self.bufs
-            .iter()
-            .zip(&self.sizes)
-            .take(self.count)
-            .filter_map(|(buf, &len)| buf.get(..len))
+        (0..self.count).filter_map(|i| self.packet(i))
     }
 
     /// The next packet not yet handled ([`advance`](Self::advance)).
@@ -72,8 +73,15 @@ impl TunReadBatch {
         if self.taken >= self.count {
             return None;
         }
-        let len = *self.sizes.get(self.taken)?;
-        self.bufs.get(self.taken)?.get(..len)
+        self.packet(self.taken)
+    }
+
+    /// The read's packet `i`, where it lies.
+    fn packet(&self, i: usize) -> Option<&[u8]> {
+        match self.in_place {
+            Some(len) if i == 0 => self.original.get(HEADROOM..HEADROOM.checked_add(len)?),
+            _ => self.bufs.get(i)?.get(..*self.sizes.get(i)?),
+        }
     }
 
     /// The pending packet was handled.
@@ -86,10 +94,19 @@ impl TunReadBatch {
         self.taken < self.count
     }
 
-    /// A new read's packets, none handled yet.
+    /// A new read's packets, none handled yet, in the split buffers.
     pub(crate) fn set_count(&mut self, count: usize) {
         self.count = count;
         self.taken = 0;
+        self.in_place = None;
+    }
+
+    /// A new read's one packet, `len` bytes left in `original` after the
+    /// virtio-net header.
+    pub(crate) fn set_in_place(&mut self, len: usize) {
+        self.count = 1;
+        self.taken = 0;
+        self.in_place = Some(len);
     }
 
     /// The buffer a device without offloads reads its one packet into.
@@ -463,5 +480,23 @@ mod tests {
         batch.clear();
         assert!(batch.take_answered(), "kept across the write");
         assert!(!batch.take_answered(), "taken");
+    }
+
+    #[test]
+    fn a_read_left_in_place_is_one_packet_until_the_next_read() {
+        let mut batch = TunReadBatch::default();
+        batch.original[HEADROOM..HEADROOM + 3].copy_from_slice(&[4, 5, 6]);
+        batch.bufs[0][..2].copy_from_slice(&[1, 2]);
+        batch.set_in_place(3);
+        assert_eq!(batch.packets().collect::<Vec<_>>(), vec![&[4u8, 5, 6][..]]);
+        assert_eq!(batch.pending(), Some(&[4u8, 5, 6][..]));
+        batch.advance();
+        assert!(!batch.has_pending());
+        // A read that was split is read from the buffers again.
+        batch.sizes[0] = 2;
+        batch.set_count(1);
+        assert_eq!(batch.pending(), Some(&[1u8, 2][..]));
+        batch.set_in_place(HEADROOM + MAX_PACKET);
+        assert_eq!(batch.pending(), None, "longer than the buffer: nothing");
     }
 }

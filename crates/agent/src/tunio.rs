@@ -15,6 +15,8 @@ use tokio::sync::mpsc::error::TryRecvError;
 use crate::batch::{HEADROOM, TunReadBatch, TunWriteBatch};
 use crate::driver::{Readable, ReadyFlag};
 
+mod vnet;
+
 /// A device that carries whole IP packets.
 ///
 /// The data plane waits with [`poll_readable`](Self::poll_readable) and
@@ -115,20 +117,24 @@ impl TunIo for KernelTun {
             batch.set_count(0);
             return Ok(false);
         }
-        let TunReadBatch {
-            original,
-            bufs,
-            sizes,
-            ..
-        } = batch;
-        match self.device.recv_multiple(original, bufs, sizes, 0) {
+        let offload = self.device.tcp_gso();
+        let read = if offload {
+            self.device.recv(&mut batch.original)
+        } else {
+            // One packet, no header: straight into the first buffer.
+            self.device.recv(batch.single_buffer())
+        };
+        match read {
+            Ok(len) if offload => unpack_read(batch, len),
+            Ok(len) => batch.set_single(len),
             Err(e) if crate::driver::would_block(&e) => {
                 self.readable.clear();
                 batch.set_count(0);
-                Ok(false)
+                return Ok(false);
             }
-            read => settle(batch, read).map(|()| true),
+            Err(e) => return Err(e),
         }
+        Ok(true)
     }
 
     fn send_batch(&self, batch: &mut TunWriteBatch) -> io::Result<()> {
@@ -179,17 +185,29 @@ impl KernelTun {
     }
 }
 
-/// Records how many packets a read left in `batch`. A read the offload
-/// code could not split (no OS error behind it) loses that one packet and
-/// the device goes on; an OS error is the device's.
-fn settle(batch: &mut TunReadBatch, read: io::Result<usize>) -> io::Result<()> {
+/// Takes apart an offload device's read of `len` bytes in `batch`
+/// ([`vnet::unpack`]). A read that cannot be taken apart loses that one
+/// packet (the batch is left empty) and the device goes on.
+fn unpack_read(batch: &mut TunReadBatch, len: usize) {
     batch.set_count(0);
-    match read {
-        Ok(n) => batch.set_count(n),
-        Err(e) if e.raw_os_error().is_none() => tracing::debug!(error = %e, "tun read dropped"),
-        Err(e) => return Err(e),
+    let TunReadBatch {
+        original,
+        bufs,
+        sizes,
+        ..
+    } = &mut *batch;
+    let unpacked = match original.get_mut(..len) {
+        Some(raw) => vnet::unpack(raw, bufs, sizes),
+        None => Err(io::Error::other("TUN read longer than its buffer")),
+    };
+    match unpacked {
+        Ok(vnet::Unpacked::InPlace(len)) => batch.set_in_place(len),
+        Ok(vnet::Unpacked::Split(count)) => batch.set_count(count),
+        Err(e) => {
+            std::hint::cold_path();
+            tracing::debug!(error = %e, "tun read dropped");
+        }
     }
-    Ok(())
 }
 
 /// MTU of the overlay interface: 1500 minus WireGuard and outer UDP/IPv4 overhead, with room for IPv6 outer headers.
