@@ -57,6 +57,26 @@ fn partial(mut packet: Vec<u8>, proto: u8, field: usize) -> Vec<u8> {
     packet
 }
 
+/// A header that leaves the transport checksum to the reader: the sum
+/// from `csum_start` goes in the field at `csum_start + csum_offset`.
+/// `gso_type` 0 is a lone packet.
+fn partial_hdr(
+    gso_type: u8,
+    hdr_len: u16,
+    gso_size: u16,
+    csum_start: u16,
+    csum_offset: u16,
+) -> VirtioNetHdr {
+    VirtioNetHdr {
+        flags: NEEDS_CSUM,
+        gso_type,
+        hdr_len,
+        gso_size,
+        csum_start,
+        csum_offset,
+    }
+}
+
 /// The virtio-net header and the packet, as one read.
 fn read(hdr: VirtioNetHdr, packet: &[u8]) -> Vec<u8> {
     let mut raw = vec![0; HEADROOM];
@@ -99,12 +119,7 @@ fn a_lone_packet_with_its_checksum_done_stays_where_it_was_read_unchanged() {
 #[test]
 fn a_lone_datagram_gets_the_checksum_the_kernel_left_to_the_device() {
     let datagram = ipv4(17, &udp(b"odd length payload!"));
-    let hdr = VirtioNetHdr {
-        flags: NEEDS_CSUM,
-        csum_start: 20,
-        csum_offset: 6,
-        ..VirtioNetHdr::default()
-    };
+    let hdr = partial_hdr(0, 0, 0, 20, 6);
     let mut raw = read(hdr, &partial(datagram.clone(), 17, 6));
     let (mut bufs, mut sizes) = buffers();
     let unpacked = unpack(&mut raw, &mut bufs, &mut sizes).expect("a lone datagram");
@@ -119,15 +134,14 @@ fn a_lone_datagram_gets_the_checksum_the_kernel_left_to_the_device() {
 fn a_tcp_super_packet_is_split_into_segments_with_their_own_headers_and_checksums() {
     let payload: Vec<u8> = (0..2500u32).map(|i| i as u8).collect();
     let packet = partial(ipv4(6, &tcp(1000, &payload)), 6, 16);
-    let hdr = VirtioNetHdr {
-        flags: NEEDS_CSUM,
-        gso_type: tun_rs::VIRTIO_NET_HDR_GSO_TCPV4,
-        // Not trusted: the TCP header's own length is used.
-        hdr_len: packet.len() as u16,
-        gso_size: 1000,
-        csum_start: 20,
-        csum_offset: 16,
-    };
+    // The header length is not trusted: the TCP header's own is used.
+    let hdr = partial_hdr(
+        tun_rs::VIRTIO_NET_HDR_GSO_TCPV4,
+        packet.len() as u16,
+        1000,
+        20,
+        16,
+    );
     let mut raw = read(hdr, &packet);
     let (mut bufs, mut sizes) = buffers();
     let unpacked = unpack(&mut raw, &mut bufs, &mut sizes).expect("a super-packet");
@@ -152,14 +166,7 @@ fn a_tcp_super_packet_is_split_into_segments_with_their_own_headers_and_checksum
 fn a_udp_super_packet_is_split_at_its_segment_size() {
     let payload = vec![7u8; 3000];
     let packet = partial(ipv4(17, &udp(&payload)), 17, 6);
-    let hdr = VirtioNetHdr {
-        flags: NEEDS_CSUM,
-        gso_type: tun_rs::VIRTIO_NET_HDR_GSO_UDP_L4,
-        hdr_len: 28,
-        gso_size: 1400,
-        csum_start: 20,
-        csum_offset: 6,
-    };
+    let hdr = partial_hdr(tun_rs::VIRTIO_NET_HDR_GSO_UDP_L4, 28, 1400, 20, 6);
     let mut raw = read(hdr, &packet);
     let (mut bufs, mut sizes) = buffers();
     let unpacked = unpack(&mut raw, &mut bufs, &mut sizes).expect("a UDP super-packet");
@@ -174,26 +181,16 @@ fn a_udp_super_packet_is_split_at_its_segment_size() {
 fn reads_the_kernel_could_not_have_made_are_errors_not_panics() {
     let (mut bufs, mut sizes) = buffers();
     let datagram = ipv4(17, &udp(b"x"));
-    let lone_csum = |csum_start, csum_offset| VirtioNetHdr {
-        flags: NEEDS_CSUM,
-        csum_start,
-        csum_offset,
-        ..VirtioNetHdr::default()
-    };
+    let lone_csum = |csum_start, csum_offset| partial_hdr(0, 0, 0, csum_start, csum_offset);
     let tso = |packet: &[u8], tcp_offset: u8| {
         let mut packet = packet.to_vec();
         if let Some(offset) = packet.get_mut(32) {
             *offset = tcp_offset;
         }
-        let hdr = VirtioNetHdr {
-            flags: NEEDS_CSUM,
-            gso_type: tun_rs::VIRTIO_NET_HDR_GSO_TCPV4,
-            hdr_len: 40,
-            gso_size: 100,
-            csum_start: 20,
-            csum_offset: 16,
-        };
-        read(hdr, &packet)
+        read(
+            partial_hdr(tun_rs::VIRTIO_NET_HDR_GSO_TCPV4, 40, 100, 20, 16),
+            &packet,
+        )
     };
     let segment = ipv4(6, &tcp(1, &[0; 300]));
     let mut not_ip = tso(&segment, 0x50);
