@@ -146,9 +146,9 @@ pub async fn run(
     }
 }
 
-type Stream = tokio_rustls::client::TlsStream<TcpStream>;
+pub(crate) type Stream = tokio_rustls::client::TlsStream<TcpStream>;
 
-async fn connect(
+pub(crate) async fn connect(
     target: &Target,
     credentials: &Credentials,
 ) -> Result<(Stream, Session, SocketAddr)> {

@@ -7,8 +7,11 @@
 
 pub mod client;
 pub mod frame;
+#[cfg(test)]
+mod lab;
 mod pem;
 pub mod server;
+pub mod shared_port;
 pub mod udp;
 
 pub use frame::Frame;

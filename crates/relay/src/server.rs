@@ -21,7 +21,7 @@ use tokio::sync::{mpsc, watch};
 use tokio_rustls::TlsAcceptor;
 
 use crate::frame::{self, Frame, HEADER};
-use crate::udp;
+use crate::{shared_port, udp};
 
 /// How often a connected device is checked again.
 pub const RECHECK: Duration = Duration::from_secs(2);
@@ -36,6 +36,10 @@ const UDP_FRESH: Duration = Duration::from_secs(30);
 /// How far behind the newest counter a datagram may be and still be
 /// forwarded (reordering); older ones are dropped.
 const UDP_WINDOW: u64 = 4_096;
+/// A device's own socket on the relay's port (see `shared_port.rs`) is
+/// opened again for a new address at most this often: a device hopping
+/// ports is served from the shared socket in between.
+const REOPEN: Duration = Duration::from_secs(1);
 
 /// A future the authority returns.
 pub type Check = Pin<Box<dyn Future<Output = Option<[u8; 32]>> + Send>>;
@@ -78,15 +82,50 @@ struct UdpState {
     key: [u8; 32],
     session: udp::Session,
     newest: AtomicU64,
-    addr: Mutex<Option<(SocketAddr, Instant)>>,
+    path: Mutex<UdpPath>,
+}
+
+#[derive(Default)]
+struct UdpPath {
+    /// The device's address and when it was last moved or confirmed.
+    addr: Option<(SocketAddr, Instant)>,
+    /// Its own socket, connected to `addr` (or to an older address).
+    own: Option<OwnSocket>,
+    /// When an own socket was last opened or tried.
+    opened: Option<Instant>,
+}
+
+/// A socket on the relay's port that receives one device's datagrams,
+/// and the task reading it (stopped when the device's state goes).
+struct OwnSocket {
+    peer: SocketAddr,
+    socket: Arc<UdpSocket>,
+    _reader: AbortOnDrop,
 }
 
 impl UdpState {
-    fn fresh_addr(&self, now: Instant) -> Option<SocketAddr> {
-        let addr = *self.addr.lock().unwrap_or_else(PoisonError::into_inner);
-        addr.filter(|(_, at)| now.saturating_duration_since(*at) < UDP_FRESH)
-            .map(|(a, _)| a)
+    fn path(&self) -> std::sync::MutexGuard<'_, UdpPath> {
+        self.path.lock().unwrap_or_else(PoisonError::into_inner)
     }
+
+    /// Where to send to the device now: its fresh address, with its own
+    /// socket when that is connected there.
+    fn route(&self, now: Instant) -> Option<(SocketAddr, Option<Arc<UdpSocket>>)> {
+        let path = self.path();
+        let (addr, at) = path.addr?;
+        if now.saturating_duration_since(at) >= UDP_FRESH {
+            return None;
+        }
+        let own = path.own.as_ref().filter(|o| o.peer == addr);
+        Some((addr, own.map(|o| Arc::clone(&o.socket))))
+    }
+}
+
+/// The relay's shared UDP socket, and what its devices' own sockets need.
+struct SharedUdp {
+    socket: Arc<UdpSocket>,
+    local: Option<SocketAddr>,
+    closing: watch::Receiver<bool>,
 }
 
 /// The relay: the connected devices and the counters.
@@ -95,7 +134,7 @@ pub struct Relay {
     clients: Arc<Mutex<Clients>>,
     stats: Arc<Stats>,
     authority: Arc<dyn Authority>,
-    udp: Arc<OnceLock<Arc<UdpSocket>>>,
+    udp: Arc<OnceLock<SharedUdp>>,
 }
 
 impl Relay {
@@ -134,7 +173,11 @@ impl Relay {
     ) {
         if let Some(socket) = udp {
             let socket = Arc::new(socket);
-            let _ = self.udp.set(Arc::clone(&socket));
+            let _ = self.udp.set(SharedUdp {
+                socket: Arc::clone(&socket),
+                local: socket.local_addr().ok(),
+                closing: closing.clone(),
+            });
             tokio::spawn(self.clone().serve_udp(socket, closing.clone()));
         }
         let acceptor = TlsAcceptor::from(tls);
@@ -196,7 +239,7 @@ impl Relay {
             key,
             session: udp::Session::new(session_id, &secret),
             newest: AtomicU64::new(0),
-            addr: Mutex::new(None),
+            path: Mutex::default(),
         });
         let id = {
             let mut clients = self.lock();
@@ -231,8 +274,9 @@ impl Relay {
         result
     }
 
-    /// The UDP side: authentic datagrams from devices are forwarded (or,
-    /// without a key, answered as registrations).
+    /// The UDP side, on the shared socket or a device's own: authentic
+    /// datagrams from devices are forwarded (or, without a key, answered
+    /// as registrations).
     async fn serve_udp(self, socket: Arc<UdpSocket>, mut closing: watch::Receiver<bool>) {
         let mut buf = vec![0u8; udp::UP_HEADER + frame::MAX_PAYLOAD + 1];
         let mut out = Vec::with_capacity(udp::DOWN_HEADER);
@@ -247,31 +291,72 @@ impl Relay {
                 },
                 _ = closing.changed() => return,
             };
-            let Some(up) = buf.get(..len).and_then(udp::parse_up) else {
-                continue;
-            };
-            let state = self.lock().by_session.get(&up.session).cloned();
-            let Some(state) = state else {
-                self.stats.refused.fetch_add(1, Ordering::Relaxed);
-                continue;
-            };
-            let Some((counter, to, payload)) = state.session.open(&up) else {
-                self.stats.refused.fetch_add(1, Ordering::Relaxed);
-                continue;
-            };
-            let newest = state.newest.fetch_max(counter, Ordering::Relaxed);
-            if counter > newest {
-                // Only the newest authentic datagram moves the address.
-                *state.addr.lock().unwrap_or_else(PoisonError::into_inner) =
-                    Some((from, Instant::now()));
-            } else if newest.saturating_sub(counter) > UDP_WINDOW {
-                continue;
+            if let Some(datagram) = buf.get(..len) {
+                self.datagram(&socket, datagram, from, &mut out);
             }
-            if to == udp::NO_KEY {
-                udp::seal_down(&udp::NO_KEY, &[], &mut out);
-                let _ = socket.try_send_to(&out, from);
-            } else {
-                self.forward(state.key, to, payload.to_vec());
+        }
+    }
+
+    fn datagram(&self, socket: &UdpSocket, datagram: &[u8], from: SocketAddr, out: &mut Vec<u8>) {
+        let Some(up) = udp::parse_up(datagram) else {
+            return;
+        };
+        let state = self.lock().by_session.get(&up.session).cloned();
+        let Some(state) = state else {
+            self.stats.refused.fetch_add(1, Ordering::Relaxed);
+            return;
+        };
+        let Some((counter, to, payload)) = state.session.open(&up) else {
+            self.stats.refused.fetch_add(1, Ordering::Relaxed);
+            return;
+        };
+        let newest = state.newest.fetch_max(counter, Ordering::Relaxed);
+        if counter > newest {
+            // Only the newest authentic datagram moves the address.
+            self.heard_from(&state, from, Instant::now());
+        } else if newest.saturating_sub(counter) > UDP_WINDOW {
+            return;
+        }
+        if to == udp::NO_KEY {
+            udp::seal_down(&udp::NO_KEY, &[], out);
+            let _ = socket.try_send_to(out, from);
+        } else {
+            self.forward(state.key, to, payload.to_vec());
+        }
+    }
+
+    /// Moves the device's address to `from`, and gives it a socket of its
+    /// own there when it has none (at most every [`REOPEN`]; where the
+    /// port cannot be shared the device stays on the shared socket).
+    fn heard_from(&self, state: &UdpState, from: SocketAddr, now: Instant) {
+        let mut path = state.path();
+        path.addr = Some((from, now));
+        let settled = path.own.as_ref().is_some_and(|o| o.peer == from);
+        let recent = path
+            .opened
+            .is_some_and(|at| now.saturating_duration_since(at) < REOPEN);
+        let Some(shared) = self.udp.get() else { return };
+        let Some(local) = shared.local else { return };
+        if settled || recent {
+            return;
+        }
+        path.opened = Some(now);
+        match shared_port::connect(local, from) {
+            Ok(socket) => {
+                let socket = Arc::new(socket);
+                let reader = tokio::spawn(
+                    self.clone()
+                        .serve_udp(Arc::clone(&socket), shared.closing.clone()),
+                );
+                path.own = Some(OwnSocket {
+                    peer: from,
+                    socket,
+                    _reader: AbortOnDrop(reader.abort_handle()),
+                });
+            }
+            Err(e) => {
+                path.own = None;
+                tracing::debug!(%from, error = %e, "no socket of its own for a relay device; it shares the relay's");
             }
         }
     }
@@ -337,10 +422,15 @@ impl Relay {
             .get(&to)
             .map(|c| (c.tx.clone(), Arc::clone(&c.udp)));
         let sent = target.is_some_and(|(tx, state)| {
-            if let (Some(socket), Some(addr)) = (self.udp.get(), state.fresh_addr(Instant::now())) {
+            if let (Some(shared), Some((addr, own))) = (self.udp.get(), state.route(Instant::now()))
+            {
                 let mut out = Vec::with_capacity(udp::DOWN_HEADER + payload.len());
                 udp::seal_down(&from, &payload, &mut out);
-                if socket.try_send_to(&out, addr).is_ok() {
+                let sent = match own {
+                    Some(own) => own.try_send(&out),
+                    None => shared.socket.try_send_to(&out, addr),
+                };
+                if sent.is_ok() {
                     return true;
                 }
             }
@@ -405,3 +495,6 @@ pub fn tls_config(
         .context("the relay's TLS certificate")?;
     Ok(Arc::new(config))
 }
+
+#[cfg(test)]
+mod tests;

@@ -67,9 +67,8 @@ pub async fn bind(addr: SocketAddr) -> Result<(TcpListener, UdpSocket)> {
     let tcp = TcpListener::bind(addr)
         .await
         .with_context(|| explain("TCP"))?;
-    let udp = UdpSocket::bind(tcp.local_addr()?)
-        .await
-        .with_context(|| explain("UDP"))?;
+    // Shared with the devices' own sockets on the same port.
+    let udp = ztmesh_relay::shared_port::bind(tcp.local_addr()?).with_context(|| explain("UDP"))?;
     Ok((tcp, udp))
 }
 
