@@ -69,6 +69,9 @@ pub struct Target {
 /// The device's certificate and key, read at each connect (they rotate).
 pub type Credentials = Arc<dyn Fn() -> (String, String) + Send + Sync>;
 
+/// Most frames taken from the channel at once before the task looks at
+/// its other work.
+const OUTBOUND_BATCH: usize = 64;
 /// How long a connect may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Longest wait between attempts.
@@ -280,6 +283,7 @@ async fn pump(
                 let Some(frame) = frame else { return Ok(()) };
                 out.clear();
                 let mut pending = Some(frame);
+                let mut taken = 0;
                 while let Some(frame) = pending.take() {
                     let over_udp = udp
                         .as_mut()
@@ -288,13 +292,21 @@ async fn pump(
                     if !over_udp {
                         let _ = frame.encode(&mut out);
                     }
-                    if out.len() < 64 * 1024 {
+                    taken += 1;
+                    // Bounded, and the task yields after a full batch: a
+                    // data plane that keeps the channel full must not keep
+                    // the daemon's control side (and the reader of the
+                    // relay's datagrams), which share this thread, waiting.
+                    if out.len() < 64 * 1024 && taken < OUTBOUND_BATCH {
                         pending = outbound.try_recv().ok();
                     }
                 }
                 if !out.is_empty() {
                     writer.write_all(&out).await?;
                     writer.flush().await?;
+                }
+                if taken == OUTBOUND_BATCH {
+                    tokio::task::yield_now().await;
                 }
             }
             _ = register.tick() => {
@@ -358,3 +370,6 @@ async fn read_frames(
         }
     }
 }
+
+#[cfg(test)]
+mod tests;
