@@ -213,7 +213,10 @@ pub async fn run<T: TunIo>(
             std::future::poll_fn(|cx| next_event(cx, &io, &mut controls, &mut engine.connected))
                 .await;
         match event {
-            Event::Io { tun, udp } => {
+            Event::Io { tun, udp, relay } => {
+                if let Some(frame) = relay {
+                    engine.on_relay(&io, frame, &mut controls.relay_in, &mut batches)?;
+                }
                 // The UDP side first: what it decrypts reaches the TUN
                 // (and a reply generated there) before our own sends.
                 // What it wrote to the device may have been answered at
@@ -236,9 +239,6 @@ pub async fn run<T: TunIo>(
                         batches.udp_out.clear();
                     }
                 }
-            }
-            Event::Relay(frame) => {
-                engine.on_relay(&io, frame, &mut controls.relay_in, &mut batches)?;
             }
             Event::Stop => return Ok(()),
             Event::Control(control) => {

@@ -15,16 +15,18 @@ use crate::netmap::NetMap;
 use crate::status::StatusRequest;
 use crate::tunio::TunIo;
 
-/// What one turn of the loop found ready. The sockets come together so
-/// that a busy one cannot starve the other; the rare control events come
-/// one at a time, before them.
+/// What one turn of the loop found ready. The sockets and a packet
+/// through the relay come together so that a busy one cannot starve the
+/// others (a flood through the relay would otherwise keep the loop from
+/// its TUN device); the rare control events come one at a time, before
+/// them.
 pub(super) enum Event {
     Io {
         tun: bool,
         udp: bool,
+        /// A packet through the relay (the loop takes more of them itself).
+        relay: Option<ztmesh_relay::Frame>,
     },
-    /// A packet through the relay.
-    Relay(ztmesh_relay::Frame),
     /// One of the rare events besides packets.
     Control(Control),
     Stop,
@@ -69,14 +71,20 @@ pub(super) fn next_event<T: TunIo>(
     // An error on either socket is reported by the read that follows.
     let tun = io.tun.poll_readable(cx).is_ready();
     let udp = io.udp.poll_readable(cx).is_ready() | connected.poll_ready();
-    if driver::take_wakeups()
-        && let Poll::Ready(event) = controls.poll(cx)
-    {
-        driver::look_again();
-        return Poll::Ready(event);
+    let mut relay = None;
+    if driver::take_wakeups() {
+        if let Poll::Ready(event) = controls.poll(cx) {
+            driver::look_again();
+            return Poll::Ready(event);
+        }
+        if let Poll::Ready(Some(frame)) = controls.relay_in.poll_recv(cx) {
+            // More may be waiting: look again next turn, beside the sockets.
+            driver::look_again();
+            relay = Some(frame);
+        }
     }
-    if tun || udp {
-        return Poll::Ready(Event::Io { tun, udp });
+    if tun || udp || relay.is_some() {
+        return Poll::Ready(Event::Io { tun, udp, relay });
     }
     Poll::Pending
 }
@@ -142,11 +150,9 @@ impl Controls {
         self.tick.set_period(period);
     }
 
-    /// Polls the channels and the timer, returning the first event found.
+    /// Polls the control channels and the timer, returning the first
+    /// event found (not the relay's packets: they come with the sockets').
     fn poll(&mut self, cx: &mut Context<'_>) -> Poll<Event> {
-        if let Poll::Ready(Some(frame)) = self.relay_in.poll_recv(cx) {
-            return Poll::Ready(Event::Relay(frame));
-        }
         // A closed channel stops the loop like a stop request: its sender
         // (the daemon) is gone.
         if self.shutdown.poll_recv(cx).is_ready() {
@@ -192,3 +198,6 @@ impl Drop for Controls {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;
