@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The project's one test command: formatting, lints, unit/integration tests
-# (with a throwaway PostgreSQL), then the network-namespace scenario test.
+# (with a throwaway PostgreSQL), the network-namespace scenario test, then
+# the release build and the check of its code layout list.
 #
 #   tests/run-all.sh
 #
@@ -133,6 +134,14 @@ if step "cargo build" cargo build --workspace "${LOCKED[@]}"; then
 else
     skip_step "netns test" "the build failed"
     FAILED=1
+fi
+
+# The release build's code layout (crates/cli/hot-path.order) names
+# functions it still has: the linker skips a missing one without a word.
+if step "release build" cargo build --release -p ztmesh "${LOCKED[@]}"; then
+    step "code layout list" python3 deploy/bench/footprint.py --check-order target/release/ztmesh
+else
+    skip_step "code layout list" "the release build failed"
 fi
 
 echo

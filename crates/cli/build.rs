@@ -9,8 +9,12 @@
 //!
 //! Only for release builds linked by LLD, the linker of the Rust
 //! toolchain on x86_64 Linux since 1.90: LLD's `--symbol-ordering-file`.
-//! A symbol of the list that a build no longer has is skipped without a
-//! word (a dependency or compiler update renames some); `footprint.sh`
+//! The names are Rust's v0 symbols (`.cargo/config.toml`), which carry
+//! no hash of the code: editing a listed function keeps its name, but
+//! renaming or moving it, a dependency update or another compiler does
+//! not. A symbol of the list that a build no longer has is skipped
+//! without a word; `.ci/run` checks the release build against the list
+//! (`deploy/bench/footprint.py --check-order`), and `footprint.sh`
 //! reports how many are still found and writes a new list. Set
 //! `ZTMESH_NO_CODE_LAYOUT=1` to link in the compiler's order, or when
 //! another linker is configured (it would reject the option).

@@ -22,7 +22,9 @@ For ztmesh it also says how many symbols of the release build's code
 layout (crates/cli/hot-path.order, see build.rs there) this binary has,
 and `--write-order FILE` writes a new list: the functions run on at
 least 30 % of the round trips, smallest first, as the linker names
-them. Stdlib only.
+them. `--check-order BINARY` only checks that BINARY has every function
+of the list (no root, no valgrind; CI runs it on the release build).
+Stdlib only.
 """
 
 from __future__ import annotations
@@ -61,7 +63,14 @@ def main() -> int:
     ap.add_argument("--write-order", metavar="FILE", default="",
                     help=f"write ztmesh's hot functions, for the linker, to FILE "
                          f"(the build reads {ORDER.relative_to(pingtool.REPO)})")
+    ap.add_argument("--check-order", metavar="BINARY", default="",
+                    help=f"only check that BINARY has every function of "
+                         f"{ORDER.relative_to(pingtool.REPO)}; exit 1 when not")
     args = ap.parse_args()
+    if args.check_order:
+        said, complete = _layout_check(_symbols(args.check_order), demangle=True)
+        print(said)
+        return 0 if complete else 1
     if args.write_order and "ztmesh" not in args.only.split(","):
         ap.error("--write-order needs ztmesh in --only")
     prepared = pingtool.prepare(ap, args, IMPLS, "footprint", tools.ensure_valgrind)
@@ -84,7 +93,7 @@ def main() -> int:
     for r in results:
         if r["impl"] == "ztmesh":
             symbols = _symbols(bins["ztmesh"])
-            print("\n" + _layout_check(symbols))
+            print("\n" + _layout_check(symbols)[0])
             if args.write_order:
                 hot = _hot_functions(r, symbols, ORDER_SHARE)
                 Path(args.write_order).write_text(_order_text(hot))
@@ -261,19 +270,38 @@ def _order_text(hot: list[Symbol]) -> str:
     return "\n".join(head + [s[2] for s in hot]) + "\n"
 
 
-def _layout_check(symbols: list[Symbol]) -> str:
-    """How much of the committed layout this binary can still use."""
+def _layout_check(symbols: list[Symbol], demangle: bool = False) -> tuple[str, bool]:
+    """How much of the committed layout this binary can still use, and
+    whether it has all of it; with `demangle`, the missing functions are
+    named (readably, through c++filt when it is there)."""
     if not ORDER.is_file():
-        return f"code layout: no {ORDER}"
+        return f"code layout: no {ORDER}", False
     lines = (line.strip() for line in ORDER.read_text().splitlines())
     wanted = [line for line in lines if line and not line.startswith("#")]
     have = {s[2] for s in symbols}
-    found = sum(1 for w in wanted if w in have)
-    note = "" if found == len(wanted) else (
-        "; the others were renamed (by a change to their crate, a dependency update or "
-        "another compiler): write a new list with --write-order")
-    return (f"code layout: {found} of the {len(wanted)} functions in "
-            f"{ORDER.relative_to(pingtool.REPO)} are in this binary{note}")
+    missing = [w for w in wanted if w not in have]
+    said = (f"code layout: {len(wanted) - len(missing)} of the {len(wanted)} functions in "
+            f"{ORDER.relative_to(pingtool.REPO)} are in this binary")
+    if not missing:
+        return said, True
+    said += ("; the others were renamed or moved, or their crate's dependencies or the "
+             "compiler changed: after a release build, write a new list with "
+             f"`sudo deploy/bench/footprint.sh --only ztmesh --write-order "
+             f"{ORDER.relative_to(pingtool.REPO)}` and build again")
+    if demangle:
+        said += "\nnot in this binary:\n" + "\n".join(f"  {n}" for n in _demangled(missing))
+    return said, False
+
+
+def _demangled(names: list[str]) -> list[str]:
+    """`names` as c++filt writes them (Rust's v0 names included), or as
+    they are when c++filt is missing."""
+    try:
+        out = subprocess.run(["c++filt"], input="\n".join(names) + "\n", capture_output=True,
+                             text=True, check=True).stdout.splitlines()
+    except (OSError, subprocess.CalledProcessError):
+        return names
+    return out if len(out) == len(names) else names
 
 
 def _short(fn: str) -> str:

@@ -52,14 +52,20 @@ class LayoutTests(unittest.TestCase):
     def test_the_check_counts_the_listed_symbols_the_binary_still_has(self):
         with tempfile.TemporaryDirectory() as tmp:
             order = Path(tmp) / "hot-path.order"
-            order.write_text("# comment\n_ZN5small3hot17h0000000000000001E\n"
-                             "_ZN7renamed2fn17h00000000000000ffE\n\n")
             with mock.patch.object(footprint, "ORDER", order), \
                     mock.patch.object(footprint.pingtool, "REPO", Path(tmp)):
-                said = footprint._layout_check(self.symbols)
+                order.write_text("# comment\n_ZN5small3hot17h0000000000000001E\n"
+                                 "_ZN7renamed2fn17h00000000000000ffE\n\n")
+                said, complete = footprint._layout_check(self.symbols, demangle=True)
+                order.write_text("_ZN5small3hot17h0000000000000001E\nring_core_seal_avx2\n")
+                all_there = footprint._layout_check(self.symbols)
+        self.assertFalse(complete)
         self.assertIn("1 of the 2 functions", said)
         self.assertIn("--write-order", said)
-
+        # The missing one is named, demangled when c++filt is there.
+        self.assertRegex(said.splitlines()[-1], r"^  (renamed::fn|_ZN7renamed2fn17h0+ffE)")
+        self.assertEqual(all_there, ("code layout: 2 of the 2 functions in hot-path.order "
+                                     "are in this binary", True))
 
 if __name__ == "__main__":
     unittest.main()
