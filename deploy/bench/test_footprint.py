@@ -4,6 +4,8 @@ the committed list. Run: python3 -m unittest discover -s deploy/bench"""
 
 from __future__ import annotations
 
+import contextlib
+import io
 import sys
 import tempfile
 import unittest
@@ -66,6 +68,25 @@ class LayoutTests(unittest.TestCase):
         self.assertRegex(said.splitlines()[-1], r"^  (renamed::fn|_ZN7renamed2fn17h0+ffE)")
         self.assertEqual(all_there, ("code layout: 2 of the 2 functions in hot-path.order "
                                      "are in this binary", True))
+
+    def test_the_ci_check_exits_1_naming_what_is_missing_and_2_without_a_binary(self):
+        with tempfile.TemporaryDirectory() as tmp:
+            order = Path(tmp) / "hot-path.order"
+            binary = Path(tmp) / "ztmesh"
+            binary.write_bytes(b"")
+            order.write_text("_ZN5small3hot17h0000000000000001E\n_ZN4gone2fn17h00000000000000aaE\n")
+            out = io.StringIO()
+            with mock.patch.object(footprint, "ORDER", order), \
+                    mock.patch.object(footprint.pingtool, "REPO", Path(tmp)), \
+                    mock.patch.object(footprint, "_symbols", return_value=self.symbols), \
+                    mock.patch.object(footprint.platform, "machine", return_value="x86_64"), \
+                    contextlib.redirect_stdout(out), contextlib.redirect_stderr(io.StringIO()):
+                missing = footprint._check_order(str(binary))
+                absent = footprint._check_order(str(Path(tmp) / "none"))
+                order.write_text("_ZN5small3hot17h0000000000000001E\n")
+                complete = footprint._check_order(str(binary))
+        self.assertEqual((missing, absent, complete), (1, 2, 0))
+        self.assertIn("gone", out.getvalue())
 
 if __name__ == "__main__":
     unittest.main()
