@@ -5,6 +5,7 @@ mod api_keys;
 mod audit;
 mod identity;
 mod import;
+mod limits;
 mod login;
 mod observe;
 mod policy;
@@ -92,6 +93,12 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    if matches!(
+        cli.command,
+        Command::Server(_) | Command::Up(_) | Command::Relay(_)
+    ) {
+        limits::raise_open_files();
+    }
     let result = runtime.block_on(async move {
         match cli.command {
             Command::Server(args) => server::run(args).await,
