@@ -26,7 +26,7 @@ fn wanted(limits: &Rlimit) -> Option<u64> {
 
 /// Raises this process's soft limit on open files as far as its hard
 /// limit allows, and logs what it is. A refusal is logged and leaves the
-/// limit as it was: the command still runs, with fewer connections.
+/// limit as it was: the command still runs, with fewer descriptors.
 pub fn raise_open_files() {
     let limits = getrlimit(Resource::Nofile);
     let Some(target) = wanted(&limits) else {
@@ -47,7 +47,7 @@ pub fn raise_open_files() {
             soft = ?limits.current,
             hard = ?limits.maximum,
             error = %e,
-            "cannot raise the open-file limit; fewer devices can connect (raise LimitNOFILE or `ulimit -n`)"
+            "cannot raise the open-file limit; with many devices (server, relay) or peers (daemon) this process may run out of descriptors: set LimitNOFILE= in its unit or `ulimit -n` before starting it"
         ),
     }
 }
