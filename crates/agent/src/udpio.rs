@@ -6,9 +6,6 @@
 use std::io::{self, IoSliceMut};
 use std::net::SocketAddr;
 
-use std::os::fd::AsRawFd;
-
-use nix::sys::socket::{ControlMessageOwned, MsgFlags, SockaddrStorage, recvmsg};
 use quinn_udp::{RecvMeta, Transmit, UdpSocketState};
 
 use crate::batch::UdpSendBatch;
@@ -27,8 +24,6 @@ pub struct Wire {
     bufs: Vec<Vec<u8>>,
     meta: Vec<RecvMeta>,
     received: usize,
-    /// Room for the one control message a single read asks for.
-    cmsg: Vec<u8>,
 }
 
 impl Wire {
@@ -49,28 +44,23 @@ impl Wire {
             bufs: vec![vec![0; RECV_BUFFER_BYTES]; RECV_BUFFERS],
             meta: vec![RecvMeta::default(); RECV_BUFFERS],
             received: 0,
-            cmsg: nix::cmsg_space!(i32),
         })
     }
 
     /// Reads what is waiting, without waiting: returns `Ok(false)` when
     /// nothing was. The datagrams are then in [`datagrams`](Self::datagrams).
     ///
-    /// `first` asks for one message (a GRO super-datagram or a lone
-    /// datagram): what a wake-up most often finds is one packet, and one
-    /// receive buffer keeps the call small; the reads after it, under
-    /// load, take up to all the buffers at once.
-    pub fn try_recv(&mut self, udp: &WgSocket, first: bool) -> io::Result<bool> {
+    /// One `recvmmsg` into all the buffers. A read that fills fewer
+    /// messages than it has buffers stopped at the empty queue, so the
+    /// socket is marked drained and the read that would only find nothing
+    /// is not made: a wake-up for one datagram (a ping, a request) costs
+    /// one system call, not two.
+    pub fn try_recv(&mut self, udp: &WgSocket) -> io::Result<bool> {
         self.received = 0;
-        let read = if first {
-            self.recv_one(udp)
-        } else {
-            self.recv_many(udp)
-        };
-        match read {
+        match self.recv(udp) {
             Ok(n) => {
                 self.received = n;
-                Ok(true)
+                Ok(n > 0)
             }
             Err(e) if would_block(&e) => Ok(false),
             Err(e) => {
@@ -84,10 +74,10 @@ impl Wire {
     /// line: inlined, quinn-udp's message headers made the frame of the
     /// data plane's socket reader 8,240 bytes (568 without), and that
     /// frame sits above the whole receive path (decryption, the filter)
-    /// on every wake-up for one datagram too, which then ran on two more
-    /// pages of stack, each a TLB miss when the caches are cold.
+    /// on every wake-up, which then ran on two more pages of stack, each
+    /// a TLB miss when the caches are cold.
     #[inline(never)]
-    fn recv_many(&mut self, udp: &WgSocket) -> io::Result<usize> {
+    fn recv(&mut self, udp: &WgSocket) -> io::Result<usize> {
         let Self {
             state, bufs, meta, ..
         } = self;
@@ -102,43 +92,6 @@ impl Wire {
                     udp.drained();
                 }
             })
-    }
-
-    /// One `recvmsg` into the first buffer, asking only for the GRO
-    /// segment size. quinn-udp's `recvmmsg` readies 32 message headers
-    /// (2 KiB of stack zeroed) and decodes every control message, which a
-    /// wake-up for one datagram pays for with cold caches.
-    fn recv_one(&mut self, udp: &WgSocket) -> io::Result<usize> {
-        let Self {
-            bufs, meta, cmsg, ..
-        } = self;
-        let (Some(buf), Some(meta)) = (bufs.first_mut(), meta.first_mut()) else {
-            return Ok(0);
-        };
-        udp.try_read(|socket| {
-            let mut iov = [IoSliceMut::new(buf)];
-            let msg = recvmsg::<SockaddrStorage>(
-                socket.as_raw_fd(),
-                &mut iov,
-                Some(cmsg),
-                MsgFlags::empty(),
-            )?;
-            let mut stride = 0;
-            for c in msg.cmsgs()? {
-                if let ControlMessageOwned::UdpGroSegments(size) = c {
-                    stride = usize::try_from(size).unwrap_or(0);
-                }
-            }
-            let addr = msg
-                .address
-                .as_ref()
-                .and_then(socket_addr)
-                .ok_or_else(|| io::Error::other("a datagram with no IP source address"))?;
-            meta.addr = addr;
-            meta.len = msg.bytes;
-            meta.stride = stride;
-            Ok(1)
-        })
     }
 
     /// The datagram of the last read, with its sender, when the read
@@ -298,8 +251,7 @@ pub fn prepare(udp: &WgSocket) -> io::Result<()> {
 
 /// quinn-udp asks the kernel for each datagram's TOS byte and destination
 /// address; WireGuard uses neither, and each is a control message built
-/// and decoded per read (and one [`recv_one`](Wire::recv_one) does not
-/// expect).
+/// and decoded per read.
 fn no_tos_or_destination(udp: &WgSocket) {
     use nix::sys::socket::{setsockopt, sockopt};
     let socket = udp.socket();
@@ -316,15 +268,6 @@ fn no_tos_or_destination(udp: &WgSocket) {
     if !off {
         tracing::debug!("could not turn the TOS and destination control messages off");
     }
-}
-
-/// The IP address and port of a received datagram's source.
-fn socket_addr(addr: &SockaddrStorage) -> Option<SocketAddr> {
-    if let Some(v4) = addr.as_sockaddr_in() {
-        return Some(SocketAddr::from((v4.ip(), v4.port())));
-    }
-    addr.as_sockaddr_in6()
-        .map(|v6| SocketAddr::from((v6.ip(), v6.port())))
 }
 
 /// quinn-udp forbids fragmentation: it is made for QUIC, which probes the
@@ -377,17 +320,13 @@ mod tests {
         assert!(wire_a.try_flush(&a, &ConnectedSockets::default(), &mut batch));
         assert!(batch.is_empty());
         let mut got = Vec::new();
-        let mut reads = 0;
         tokio::time::timeout(Duration::from_secs(5), async {
             while got.len() < sent.len() {
                 // What the driver does on an edge; here, a look each
                 // millisecond.
                 b.source().flag.set();
                 tokio::time::sleep(Duration::from_millis(1)).await;
-                // The first read as a wake-up does it (one message, GRO
-                // super-datagram or not), then batches of them.
-                while wire_b.try_recv(&b, reads == 0).unwrap() {
-                    reads += 1;
+                while wire_b.try_recv(&b).unwrap() {
                     for (from, datagram) in wire_b.datagrams() {
                         assert_eq!(from, a_addr);
                         got.push(datagram.to_vec());
@@ -398,5 +337,66 @@ mod tests {
         .await
         .unwrap();
         assert_eq!(got, sent);
+    }
+
+    /// Reads until `want` datagrams came, checking after each read that
+    /// the socket is marked drained exactly when the read filled fewer
+    /// messages than there are buffers; returns the messages per read and
+    /// the datagrams with their senders.
+    async fn read_checking_drained(
+        wire: &mut Wire,
+        udp: &WgSocket,
+        want: usize,
+    ) -> (Vec<usize>, Vec<(SocketAddr, Vec<u8>)>) {
+        let (mut reads, mut got) = (Vec::new(), Vec::new());
+        tokio::time::timeout(Duration::from_secs(5), async {
+            while reads.iter().sum::<usize>() < want {
+                // What the driver does on an edge.
+                udp.source().flag.set();
+                while wire.try_recv(udp).unwrap() {
+                    // Messages, not GRO segments (loopback merges none).
+                    let n = wire.received;
+                    assert_eq!(
+                        udp.may_read(),
+                        n == RECV_BUFFERS,
+                        "after a read of {n} into {RECV_BUFFERS} buffers"
+                    );
+                    reads.push(n);
+                    got.extend(wire.datagrams().map(|(from, d)| (from, d.to_vec())));
+                }
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        })
+        .await
+        .unwrap();
+        (reads, got)
+    }
+
+    #[tokio::test]
+    async fn a_read_that_empties_the_queue_marks_the_socket_drained() {
+        let a = crate::bind_udp(SocketAddr::from(([127, 0, 0, 1], 0))).unwrap();
+        let b = crate::bind_udp(SocketAddr::from(([127, 0, 0, 1], 0))).unwrap();
+        let (a_addr, b_addr) = (a.local_addr().unwrap(), b.local_addr().unwrap());
+        let mut wire_b = Wire::new(&b).unwrap();
+
+        // One datagram: the read that takes it proves the queue empty, so
+        // the one after makes no system call.
+        a.try_send_to(b"ping", b_addr).unwrap();
+        let (reads, got) = read_checking_drained(&mut wire_b, &b, 1).await;
+        assert_eq!(reads, [1]);
+        assert_eq!(got, [(a_addr, b"ping".to_vec())]);
+        assert!(!b.may_read());
+        assert!(!wire_b.try_recv(&b).unwrap());
+
+        // More than the buffers hold: a read that fills them all leaves
+        // the socket readable.
+        let sent = RECV_BUFFERS * 2 + 3;
+        for _ in 0..sent {
+            a.try_send_to(&[7; 100], b_addr).unwrap();
+        }
+        let (reads, got) = read_checking_drained(&mut wire_b, &b, sent).await;
+        assert_eq!(reads.iter().sum::<usize>(), sent);
+        assert_eq!(got.len(), sent);
+        assert!(!b.may_read());
     }
 }

@@ -167,8 +167,8 @@ impl Engine {
         tun_out: &mut TunWriteBatch,
     ) -> std::io::Result<bool> {
         let mut answered = false;
-        for read in 0..UDP_READS_PER_WAKE {
-            match wire.try_recv(udp, read == 0) {
+        for _ in 0..UDP_READS_PER_WAKE {
+            match wire.try_recv(udp) {
                 Ok(true) => {}
                 Ok(false) => break,
                 Err(e) => {
@@ -190,21 +190,16 @@ impl Engine {
                 }
             }
             // Deliver before the next read: a read finds up to eight GRO
-            // super-datagrams, enough to coalesce, and a lone packet (a
-            // ping, a request) is not held back by the read that finds
-            // nothing more.
+            // super-datagrams, enough to coalesce. A read that emptied the
+            // queue (a lone packet's, most often) marked the socket
+            // drained, so the next one returns at once, with no system
+            // call.
             if !tun_out.is_empty() {
                 io.tun.send_batch(tun_out)?;
             }
             if tun_out.take_answered() {
                 io.tun.wrote();
                 answered = true;
-            }
-            // A lone datagram (a ping, a request) is answered before the
-            // read that would most likely find nothing: the socket stays
-            // marked readable, and the next turn reads it.
-            if read == 0 && lone.is_some() {
-                break;
             }
         }
         Ok(answered)
