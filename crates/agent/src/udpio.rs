@@ -57,6 +57,11 @@ impl Wire {
     /// one system call, not two.
     pub fn try_recv(&mut self, udp: &WgSocket) -> io::Result<bool> {
         self.received = 0;
+        // Drained (or no edge since the last empty read): not even the
+        // `WouldBlock` the read would make up.
+        if !udp.may_read() {
+            return Ok(false);
+        }
         match self.recv(udp) {
             Ok(n) => {
                 self.received = n;
