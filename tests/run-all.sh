@@ -63,11 +63,13 @@ skip_step() {
 system_packages() {
     # The netns tests need iproute2, python3 (ICMP is done in Python, so no
     # `ping`) and nftables (the NAT routers); PostgreSQL is installed on
-    # demand by tests/pg/postgres.sh.
+    # demand by tests/pg/postgres.sh. util-linux also gives `prlimit` (the
+    # open-file limit test); binutils gives `nm` (the code layout check).
     local missing=()
     command -v ip >/dev/null 2>&1 || missing+=(iproute2)
     command -v nft >/dev/null 2>&1 || missing+=(nftables)
-    command -v runuser >/dev/null 2>&1 || missing+=(util-linux)
+    { command -v runuser && command -v prlimit; } >/dev/null 2>&1 || missing+=(util-linux)
+    command -v nm >/dev/null 2>&1 || missing+=(binutils)
     if [ ${#missing[@]} -eq 0 ]; then
         echo "nothing to install"
         return 0
