@@ -14,7 +14,10 @@ is on the "internet" between them. Three labs, one after another:
    - n1 moves to another network (new address, new NAT) while pinging n2:
      the tunnel follows within 5 seconds, without re-enrollment.
 2. Symmetric NATs on both sides: no direct path; traffic goes through the
-   relay, and the policy applies there too.
+   relay, and the policy applies there too. Full-size packets go through
+   it without one IP fragment: those that must not be fragmented get
+   "fragmentation needed" from the daemon (TCP then sends smaller
+   segments), the others go over the relay's TLS.
    n1 then joins n2's network: the direct path found there takes over.
 3. n1's network drops all outbound UDP: traffic goes through the relay's
    TLS stream (TCP), and the policy applies there too. This relay is a
@@ -38,6 +41,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from lab import (ICMP_PRELUDE, SERVER_IP, LabError, Skip, _readline, binary_path,  # noqa: E402
                  wait_for)
+from bulk import tcp_bulk  # noqa: E402
 from natlab import HOME, ROAM_TO, NatLab  # noqa: E402
 from test_overlay import POLICY_V1, Results, peer  # noqa: E402
 
@@ -71,6 +75,98 @@ while time.monotonic() < end:
         replies.append(time.monotonic())
 print(json.dumps({"sent": seq, "replies": replies}), flush=True)
 """
+
+
+# One echo request of `size` bytes (IP header included), with "don't
+# fragment" or without; prints what came back first: "reply", or
+# "too-big mtu=N" (ICMP fragmentation needed quoting our request).
+_BIG_ECHO_SRC = ICMP_PRELUDE + r"""
+dst, size, df, timeout = sys.argv[1], int(sys.argv[2]), sys.argv[3] == "df", float(sys.argv[4])
+IP_MTU_DISCOVER, IP_PMTUDISC_DONT, IP_PMTUDISC_DO = 10, 0, 2
+s.setsockopt(socket.IPPROTO_IP, IP_MTU_DISCOVER, IP_PMTUDISC_DO if df else IP_PMTUDISC_DONT)
+deadline = time.monotonic() + timeout
+next_send, seq = 0.0, 0
+while time.monotonic() < deadline:
+    now = time.monotonic()
+    if now >= next_send:
+        seq += 1
+        try:
+            s.sendto(echo(seq, b"z" * (size - 28)), (dst, 0))
+        except OSError as e:
+            print("send: %s" % e)
+            sys.exit(1)
+        next_send = now + 0.5
+    r, _, _ = select.select([s], [], [], 0.05)
+    if not r:
+        continue
+    data, addr = s.recvfrom(65535)
+    if reply_seq(data, addr, dst) is not None:
+        print("reply")
+        sys.exit(0)
+    ihl = (data[0] & 0x0f) * 4
+    icmp = data[ihl:]
+    if len(icmp) >= 36 and icmp[0] == 3 and icmp[1] == 4 and addr[0] == dst:
+        inner = icmp[8:]
+        inner_ihl = (inner[0] & 0x0f) * 4
+        quoted = inner[inner_ihl:inner_ihl + 8]
+        if len(quoted) == 8 and struct.unpack("!H", quoted[4:6])[0] == ident:
+            print("too-big mtu=%d" % struct.unpack("!H", icmp[6:8])[0])
+            sys.exit(0)
+print("nothing")
+sys.exit(1)
+"""
+
+# The relay's datagrams over IPv4 hold WireGuard messages of up to 1,404
+# bytes (a 1,500-byte link less IP, UDP and the relay's header): overlay
+# packets of up to 1,372 bytes.
+RELAY_MTU = 1372
+
+
+def big_echo(lab: NatLab, src: str, dst_ip: str, size: int, df: bool,
+             want: str) -> tuple[bool, str]:
+    """One echo request of `size` bytes; whether what came back is `want`
+    (and what it was)."""
+    r = lab.exec_in(lab.ns_of(src), [sys.executable, "-c", _BIG_ECHO_SRC, dst_ip, str(size),
+                                     "df" if df else "may-fragment", "3"], timeout=15)
+    got = (r.stdout or r.stderr or "").strip()
+    return got == want, f"got {got!r}"
+
+
+def fragments(lab: NatLab) -> dict[str, int]:
+    """IP fragments made or reassembled so far, by namespace (the nodes,
+    their routers, the server with its relay)."""
+    out = {}
+    for ns in (lab.ns_of("n1"), lab.ns_of("n2"), lab.server_ns,
+               lab.router_ns["r1"], lab.router_ns["r2"]):
+        r = lab.exec_in(ns, ["cat", "/proc/net/snmp"])
+        rows = [line.split() for line in (r.stdout or "").splitlines() if line.startswith("Ip:")]
+        counters = dict(zip(rows[0][1:], map(int, rows[1][1:]))) if len(rows) == 2 else {}
+        out[ns] = counters.get("FragCreates", -1) + counters.get("ReasmReqds", -1)
+    return out
+
+
+def scenario_relay_mtu(lab: NatLab, r: Results, ip: dict[str, str], what: str) -> None:
+    """Full-size packets through the relay's UDP: no IP fragment anywhere.
+    One that may be fragmented goes over the relay's TLS instead; one that
+    must not gets "fragmentation needed" from the daemon, and the kernel
+    keeps the smaller MTU for the peer, so TCP sends segments that fit."""
+    before = fragments(lab)
+    r.run(f"{what}: a 1,420-byte echo without DF through the relay gets its reply",
+          lambda: big_echo(lab, "n1", ip["n2"], 1420, df=False, want="reply"))
+    r.run(f"{what}: a 1,420-byte echo with DF gets fragmentation needed, mtu {RELAY_MTU}",
+          lambda: big_echo(lab, "n1", ip["n2"], 1420, df=True, want=f"too-big mtu={RELAY_MTU}"))
+    route = lab.exec_in(lab.ns_of("n1"), ["ip", "route", "get", ip["n2"]]).stdout or ""
+    r.check(f"{what}: n1's kernel keeps mtu {RELAY_MTU} for n2",
+            f"mtu {RELAY_MTU}" in route, route.strip())
+    r.run(f"{what}: a {RELAY_MTU}-byte echo with DF gets its reply",
+          lambda: big_echo(lab, "n1", ip["n2"], RELAY_MTU, df=True, want="reply"))
+    r.run(f"{what}: bulk: 4 MiB each way over n1 -> n2 tcp/80 through the relay arrive intact",
+          lambda: tcp_bulk(lab, "n1", "n2", ip["n2"], 80, 4 << 20))
+    after = fragments(lab)
+    made = {ns: after[ns] - before[ns] for ns in after}
+    r.check(f"{what}: no IP fragment made or reassembled anywhere on the way",
+            all(n == 0 for n in made.values()) and all(n >= 0 for n in before.values()),
+            json.dumps(made))
 
 
 def endpoint_ip(p: dict | None) -> str:
@@ -230,6 +326,8 @@ def scenario_relayed(lab: NatLab, r: Results) -> None:
           lambda: not lab.tcp_check("n1", "n2", ip["n2"], 22), "connection succeeded")
     r.run(f"{what}: n2 ping to n1 is dropped through the relay",
           lambda: not lab.ping("n2", ip["n1"]), "reply received")
+    if lab.shape == "symmetric":
+        scenario_relay_mtu(lab, r, ip, what)
     if lab.shape == "symmetric":
         step("n1 joins n2's network (a laptop brought into the office)")
         lab.roam("n1", to=HOME["n2"])

@@ -27,6 +27,7 @@ pub mod status;
 #[cfg(test)]
 mod test_netns;
 pub mod tls;
+pub mod too_big;
 pub mod tunio;
 pub mod udpio;
 pub mod wgsock;

@@ -29,8 +29,13 @@ pub enum Link {
     Down,
     /// Connected over TLS only (UDP does not get through).
     Tls,
-    /// Connected, and packets go over UDP.
-    Udp,
+    /// Connected, and packets go over UDP: those whose WireGuard message
+    /// is at most `max_message` bytes ([`udp::max_message`]); longer
+    /// ones go over TLS.
+    Udp {
+        /// The largest WireGuard message one datagram carries.
+        max_message: u16,
+    },
 }
 
 impl Link {
@@ -44,7 +49,7 @@ impl Link {
         match self {
             Link::Down => "none",
             Link::Tls => "tls",
-            Link::Udp => "udp",
+            Link::Udp { .. } => "udp",
         }
     }
 }
@@ -208,6 +213,8 @@ fn client_config(ca_pem: &str, cert_pem: &str, key_pem: &str) -> Result<Arc<rust
 struct UdpSide {
     socket: Arc<UdpSocket>,
     session: Session,
+    /// The largest WireGuard message one datagram to the relay carries.
+    max_message: usize,
     counter: u64,
     started: Instant,
     answered_ms: Arc<AtomicU64>,
@@ -225,6 +232,7 @@ impl UdpSide {
         Some(Self {
             socket: Arc::new(socket),
             session,
+            max_message: udp::max_message(relay),
             counter: 0,
             started: Instant::now(),
             answered_ms: Arc::new(AtomicU64::new(0)),
@@ -236,7 +244,20 @@ impl UdpSide {
         answered > 0 && Duration::from_millis(answered) + UDP_ALIVE > self.started.elapsed()
     }
 
+    /// How the link carries packets while this side is alive.
+    fn link(&self) -> Link {
+        Link::Udp {
+            max_message: u16::try_from(self.max_message).unwrap_or(u16::MAX),
+        }
+    }
+
+    /// Sends one datagram to the relay; `false` when it did not go: a
+    /// payload too long for one unfragmented datagram (the caller sends
+    /// it over TLS), or a full socket buffer.
     fn send(&mut self, key: &[u8; 32], payload: &[u8], out: &mut Vec<u8>) -> bool {
+        if payload.len() > self.max_message {
+            return false;
+        }
         self.counter += 1;
         self.session.seal(self.counter, key, payload, out);
         self.socket.try_send(out).is_ok()
@@ -313,7 +334,7 @@ async fn pump(
                 if let Some(side) = udp.as_mut() {
                     let alive = side.alive();
                     side.send(&udp::NO_KEY, &[], &mut datagram);
-                    let link = if alive { Link::Udp } else { Link::Tls };
+                    let link = if alive { side.link() } else { Link::Tls };
                     up.send_if_modified(|now| std::mem::replace(now, link) != link);
                     let period = if alive { REGISTER_KEEPALIVE } else { REGISTER_SEARCHING };
                     if register.period() != period {

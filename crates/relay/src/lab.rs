@@ -67,7 +67,7 @@ pub(crate) fn network(n: u8) -> (String, Arc<rustls::ServerConfig>, Vec<Device>,
     (ca_pem, tls, devices, Known(known))
 }
 
-/// Counts the probes (`probe` and a number) that arrive over TLS.
+/// Counts the probes (`probe`, a number, any padding) that arrive over TLS.
 pub(crate) async fn count_tls_probes(
     mut reader: ReadHalf<Stream>,
     from: [u8; 32],
@@ -82,7 +82,7 @@ pub(crate) async fn count_tls_probes(
         if reader.read_exact(&mut payload).await.is_err() {
             return;
         }
-        if let (true, [b'p', b'r', b'o', b'b', b'e', n]) = (key == from, payload.as_slice()) {
+        if let (true, [b'p', b'r', b'o', b'b', b'e', n, ..]) = (key == from, payload.as_slice()) {
             got.lock().unwrap().insert(*n);
         }
     }
@@ -203,7 +203,7 @@ pub(crate) async fn udp_probes(socket: &UdpSocket, from: &[u8; 32]) -> BTreeSet<
     while let Ok(Ok(n)) =
         tokio::time::timeout(Duration::from_millis(500), socket.recv(&mut buf)).await
     {
-        if let Some((key, [b'p', b'r', b'o', b'b', b'e', i])) = udp::parse_down(&buf[..n])
+        if let Some((key, [b'p', b'r', b'o', b'b', b'e', i, ..])) = udp::parse_down(&buf[..n])
             && key == *from
         {
             got.insert(*i);
@@ -214,4 +214,11 @@ pub(crate) async fn udp_probes(socket: &UdpSocket, from: &[u8; 32]) -> BTreeSet<
 
 pub(crate) fn probe(i: u8) -> Vec<u8> {
     [b"probe".as_slice(), &[i]].concat()
+}
+
+/// Probe `i` padded to `len` bytes.
+pub(crate) fn padded_probe(i: u8, len: usize) -> Vec<u8> {
+    let mut probe = probe(i);
+    probe.resize(len, 0);
+    probe
 }

@@ -412,8 +412,10 @@ impl Relay {
     }
 
     /// Hands a packet from `from` to the device `to`, if it is connected.
-    /// Over UDP when the device was heard from there lately, else over its
-    /// TLS stream.
+    /// Over UDP when the device was heard from there lately and the
+    /// packet fits one unfragmented datagram ([`udp::max_datagram`]; a
+    /// device whose own UDP is blocked sends full-size packets over TLS),
+    /// else over its TLS stream.
     fn forward(&self, from: [u8; 32], to: [u8; 32], payload: Vec<u8>) {
         let len = payload.len() as u64;
         let target = self
@@ -423,6 +425,7 @@ impl Relay {
             .map(|c| (c.tx.clone(), Arc::clone(&c.udp)));
         let sent = target.is_some_and(|(tx, state)| {
             if let (Some(shared), Some((addr, own))) = (self.udp.get(), state.route(Instant::now()))
+                && udp::DOWN_HEADER + payload.len() <= udp::max_datagram(addr)
             {
                 let mut out = Vec::with_capacity(udp::DOWN_HEADER + payload.len());
                 udp::seal_down(&from, &payload, &mut out);

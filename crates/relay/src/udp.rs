@@ -14,6 +14,14 @@
 //! The payload is WireGuard, authenticated end to end; the relay's own
 //! datagrams to a device need no MAC (a forged one is dropped by
 //! WireGuard like any other junk).
+//!
+//! No datagram either way is larger than a 1,500-byte link carries whole
+//! ([`max_datagram`]): an IP fragment is lost to NATs and firewalls that
+//! drop fragments, and one lost fragment loses the packet. What does not
+//! fit goes over TLS instead, and the daemon tells its own kernel the
+//! smaller path MTU (see the agent's `too_big.rs`), so that this stays rare.
+
+use std::net::SocketAddr;
 
 use ring::hmac;
 
@@ -27,6 +35,27 @@ pub const UP_HEADER: usize = 4 + 8 + 8 + 16 + 32;
 pub const DOWN_HEADER: usize = 4 + 32;
 /// A key of zeros: a registration (to the relay) or its ack (from it).
 pub const NO_KEY: [u8; 32] = [0; 32];
+/// The link MTU relay datagrams are sized for: Ethernet's, as the
+/// overlay's own MTU is.
+pub const LINK_MTU: usize = 1_500;
+
+/// The largest UDP payload to or from `peer` that a [`LINK_MTU`] link
+/// carries without fragmenting: 1,472 bytes over IPv4 (an IPv4-mapped
+/// IPv6 address included), 1,452 over IPv6.
+pub fn max_datagram(peer: SocketAddr) -> usize {
+    let ip_header = if peer.ip().to_canonical().is_ipv4() {
+        20
+    } else {
+        40
+    };
+    LINK_MTU - ip_header - 8
+}
+
+/// The largest WireGuard message a device sends to the relay at `relay`
+/// in one datagram: 1,404 bytes over IPv4, 1,384 over IPv6.
+pub fn max_message(relay: SocketAddr) -> usize {
+    max_datagram(relay) - UP_HEADER
+}
 
 /// What a device needs to use the relay's UDP side: from the TLS welcome.
 #[derive(Clone)]
@@ -164,5 +193,24 @@ mod tests {
         seal_down(&[3; 32], b"x", &mut out);
         assert_eq!(parse_down(&out), Some(([3; 32], &b"x"[..])));
         assert!(parse_up(&vec![0u8; UP_HEADER + MAX_PAYLOAD + 1]).is_none());
+    }
+
+    #[test]
+    fn the_largest_datagrams_fit_a_1500_byte_link() {
+        let v4: SocketAddr = "192.0.2.1:443".parse().unwrap();
+        let mapped: SocketAddr = "[::ffff:192.0.2.1]:443".parse().unwrap();
+        let v6: SocketAddr = "[2001:db8::1]:443".parse().unwrap();
+        assert_eq!(max_datagram(v4), 1_472);
+        assert_eq!(max_datagram(mapped), 1_472);
+        assert_eq!(max_datagram(v6), 1_452);
+        assert_eq!(max_message(v4), 1_404);
+        assert_eq!(max_message(v6), 1_384);
+        // What a device sends up fits on the way down too, whatever the
+        // other device's address family.
+        for up in [v4, v6] {
+            for down in [v4, v6] {
+                assert!(max_message(up) + DOWN_HEADER <= max_datagram(down));
+            }
+        }
     }
 }

@@ -21,6 +21,9 @@ use crate::wgsock::WgSocket;
 pub(super) const RELAY_AFTER: Duration = Duration::from_secs(1);
 /// How often a relayed peer's direct paths are tried again.
 pub(super) const DIRECT_PROBE: Duration = Duration::from_secs(10);
+/// What WireGuard adds to a packet: type and reserved bytes, receiver
+/// index, counter, and the AEAD tag (boringtun does not pad).
+const WIREGUARD_OVERHEAD: u16 = 4 + 4 + 8 + 16;
 
 /// One way to a peer.
 #[derive(Clone, Copy, Debug)]
@@ -54,6 +57,16 @@ impl Paths {
     /// How the relay link carries packets now.
     pub(super) fn relay_link(&self) -> Link {
         *self.relay_up.borrow()
+    }
+
+    /// The largest overlay packet the relay carries in one datagram now:
+    /// `None` while it carries packets over TLS, which has no limit (or
+    /// not at all).
+    pub(super) fn relay_mtu(&self) -> Option<u16> {
+        match *self.relay_up.borrow() {
+            Link::Udp { max_message } => Some(max_message.saturating_sub(WIREGUARD_OVERHEAD)),
+            Link::Tls | Link::Down => None,
+        }
     }
 
     /// Sends `datagram` the way `via` says.

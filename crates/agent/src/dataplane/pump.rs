@@ -16,6 +16,7 @@ use super::receive::Source;
 use super::{Batches, Engine, Io, RELAY_READS_PER_WAKE, TUN_READS_PER_WAKE, UDP_READS_PER_WAKE};
 use crate::batch::{TunWriteBatch, UdpSendBatch};
 use crate::driver;
+use crate::too_big;
 use crate::tunio::TunIo;
 use crate::udpio::Wire;
 use crate::wgsock::WgSocket;
@@ -36,41 +37,59 @@ impl Engine {
     ) -> std::io::Result<()> {
         let now = driver::now();
         let Batches {
-            tun_in, udp_out, ..
+            tun_in,
+            udp_out,
+            tun_out,
         } = batches;
-        for read in 0..TUN_READS_PER_WAKE {
-            // A read stopped by a full send buffer goes on first.
-            if !tun_in.has_pending() && !io.tun.try_recv_batch(tun_in)? {
-                break;
-            }
-            while let Some(packet) = tun_in.pending() {
-                if udp_out.needs_flush(packet.len())
-                    && !wire.try_flush(&io.udp, &self.connected, udp_out)
-                {
-                    return Ok(());
+        'turn: {
+            for read in 0..TUN_READS_PER_WAKE {
+                // A read stopped by a full send buffer goes on first.
+                if !tun_in.has_pending() && !io.tun.try_recv_batch(tun_in)? {
+                    break;
                 }
-                self.on_tun(packet, now, udp_out);
-                tun_in.advance();
-            }
-            // A lone packet that woke us (a ping, a request) leaves before
-            // the read that finds nothing more, after letting its sender
-            // sleep (driver::yield_before_send); a flood still leaves in
-            // GSO batches of the reads after it.
-            if read == 0 && tun_in.count == 1 {
-                if udp_out.lone().is_some() {
-                    driver::yield_before_send();
+                while let Some(packet) = tun_in.pending() {
+                    if udp_out.needs_flush(packet.len())
+                        && !wire.try_flush(&io.udp, &self.connected, udp_out)
+                    {
+                        break 'turn;
+                    }
+                    self.on_tun(packet, now, udp_out, tun_out);
+                    tun_in.advance();
                 }
-                if !wire.try_flush(&io.udp, &self.connected, udp_out) {
-                    return Ok(());
+                // A lone packet that woke us (a ping, a request) leaves
+                // before the read that finds nothing more, after letting
+                // its sender sleep (driver::yield_before_send); a flood
+                // still leaves in GSO batches of the reads after it.
+                if read == 0 && tun_in.count == 1 {
+                    if udp_out.lone().is_some() {
+                        driver::yield_before_send();
+                    }
+                    if !wire.try_flush(&io.udp, &self.connected, udp_out) {
+                        break 'turn;
+                    }
                 }
             }
+            wire.try_flush(&io.udp, &self.connected, udp_out);
         }
-        wire.try_flush(&io.udp, &self.connected, udp_out);
+        // "Packet too big" answers for the local stack.
+        if !tun_out.is_empty() {
+            std::hint::cold_path();
+            io.tun.send_batch(tun_out)?;
+        }
         Ok(())
     }
 
     /// Route by allowed IPs, outbound filter, encrypt into the send batch.
-    fn on_tun(&mut self, packet: &[u8], now: Instant, udp_out: &mut UdpSendBatch) {
+    /// A packet for a relayed peer that the relay's datagrams cannot hold
+    /// and that must not be fragmented is answered with "packet too big"
+    /// in `tun_out` instead (`too_big.rs`).
+    fn on_tun(
+        &mut self,
+        packet: &[u8],
+        now: Instant,
+        udp_out: &mut UdpSendBatch,
+        tun_out: &mut TunWriteBatch,
+    ) {
         // The kernel's own IPv6 chatter and traffic to non-peers ends here.
         // The filter checks the whole header next; routing needs only the
         // destination.
@@ -103,7 +122,14 @@ impl Engine {
                 }
                 Some(paths::Via::Relay(key)) => {
                     std::hint::cold_path();
-                    if self.paths.relay(key, datagram) {
+                    if let Some(mtu) = self.paths.relay_mtu()
+                        && packet.len() > usize::from(mtu)
+                        && too_big::must_not_fragment(packet)
+                    {
+                        // Dropped, as a router drops it (WireGuard's
+                        // receiver skips the unused counter).
+                        answer_too_big(packet, mtu, tun_out);
+                    } else if self.paths.relay(key, datagram) {
                         peer.route.relay_data += 1;
                     }
                 }
@@ -251,5 +277,22 @@ impl Engine {
             io.tun.wrote();
         }
         Ok(())
+    }
+}
+
+/// Queues for the TUN the "packet too big" answer to `packet`, for a next
+/// hop of `mtu` bytes.
+#[cold]
+fn answer_too_big(packet: &[u8], mtu: u16, tun_out: &mut TunWriteBatch) {
+    let written = tun_out
+        .slot(too_big::MAX_ANSWER)
+        .and_then(|slot| too_big::answer(packet, mtu, slot));
+    match written {
+        Some(len) => tun_out.commit(len),
+        None => tracing::debug!(
+            len = packet.len(),
+            mtu,
+            "packet too big for the relay dropped unanswered"
+        ),
     }
 }

@@ -24,8 +24,11 @@ async fn a_device_sending_a_flood_still_hears_the_relay() {
         from_daemon,
         up,
     ));
-    let on_udp =
-        tokio::time::timeout(Duration::from_secs(8), link.wait_for(|l| *l == Link::Udp)).await;
+    let on_udp = tokio::time::timeout(
+        Duration::from_secs(8),
+        link.wait_for(|l| matches!(l, Link::Udp { .. })),
+    )
+    .await;
     assert!(on_udp.is_ok_and(|r| r.is_ok()), "c never moved to UDP");
 
     // c's data plane keeps the channel to the relay full for 3 s (never
@@ -69,4 +72,29 @@ async fn a_device_sending_a_flood_still_hears_the_relay() {
         waited < Duration::from_secs(1),
         "a's packets took {waited:?} to reach c while c flooded the relay"
     );
+}
+
+/// The client's UDP side sends a WireGuard message whose datagram fits a
+/// 1,500-byte link unfragmented, and refuses one byte more (the caller
+/// then sends it over TLS).
+#[tokio::test]
+async fn a_message_too_long_for_one_datagram_is_left_for_tls() {
+    let relay = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let addr = relay.local_addr().unwrap();
+    let mut side = UdpSide::open(addr, Session::new(1, &[7; 32]))
+        .await
+        .unwrap();
+    assert_eq!(side.link(), Link::Udp { max_message: 1_404 });
+    // Tokio's `try_send` needs the reactor to have seen the socket writable.
+    side.socket.writable().await.unwrap();
+    let mut out = Vec::new();
+    assert!(side.send(&[2; 32], &[0; 1_404], &mut out));
+    assert!(!side.send(&[2; 32], &[0; 1_405], &mut out));
+    let mut buf = [0u8; 4_096];
+    let len = relay.recv(&mut buf).await.unwrap();
+    assert_eq!(len, 1_472);
+    let up = udp::parse_up(&buf[..len]).unwrap();
+    assert_eq!(up.session, 1);
+    let nothing = tokio::time::timeout(Duration::from_millis(200), relay.recv(&mut buf)).await;
+    assert!(nothing.is_err(), "the long message went over UDP too");
 }

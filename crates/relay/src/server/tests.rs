@@ -6,7 +6,7 @@
 use std::collections::BTreeSet;
 
 use super::*;
-use crate::lab::{Lab, probe, udp_probes};
+use crate::lab::{Lab, padded_probe, probe, udp_probes};
 
 /// The relay and both devices share one thread, so while the test sends
 /// the relay reads nothing, as a relay starved of CPU during a flood
@@ -95,4 +95,23 @@ async fn a_device_that_moves_is_followed_to_its_new_address() {
         old.try_recv(&mut buf).is_err(),
         "the old address still got packets"
     );
+}
+
+/// A packet that would not fit one unfragmented datagram down to the
+/// device (one that came over TLS from a device whose UDP is blocked can
+/// be that long) goes over the device's TLS stream instead; one byte
+/// shorter, it goes over UDP.
+#[tokio::test]
+async fn a_packet_too_long_for_one_datagram_down_goes_over_tls() {
+    let mut lab = Lab::start().await;
+    let (a_key, b_key) = (lab.a.key, lab.b.key);
+    // Loopback is IPv4: 1,472 bytes of UDP payload on a 1,500-byte link.
+    let fits = udp::max_datagram(lab.addr) - udp::DOWN_HEADER;
+    assert_eq!(fits, 1_436);
+    lab.a.send(&b_key, &padded_probe(1, fits));
+    lab.a.send(&b_key, &padded_probe(2, fits + 1));
+    let over_udp = udp_probes(&lab.b.udp, &a_key).await;
+    let over_tls = lab.tls_probes.lock().unwrap().clone();
+    assert_eq!(over_udp, BTreeSet::from([1]), "over UDP");
+    assert_eq!(over_tls, BTreeSet::from([2]), "over TLS");
 }
