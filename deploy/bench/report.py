@@ -81,7 +81,9 @@ def _applies(key: str, test: str) -> bool:
 def _header(meta: dict) -> str:
     lines = [f"ztmesh bench: {meta['rounds']} round(s) x {meta['seconds']} s per iperf3 test, "
              f"{meta['cpus']} CPUs ({meta['cpu_model']}), kernel {meta['kernel']}, "
-             f"overlay MTU {meta['overlay_mtu']}, UDP payload {meta['udp_len']} B, "
+             f"overlay MTU {meta['overlay_mtu']}, UDP payload {meta['udp_len']} B"
+             + (f" ({meta['udp_len_relayed']} B relayed)" if 'udp_len_relayed' in meta else "")
+             + ", "
              f"took {meta.get('elapsed_seconds', '?')} s",
              f"  load average at start: {meta.get('loadavg_start')}, at end: "
              f"{meta.get('loadavg_end')} (other work on the machine skews every number)"]
