@@ -158,6 +158,14 @@ def scenario_relay_mtu(lab: NatLab, r: Results, ip: dict[str, str], what: str) -
     route = lab.exec_in(lab.ns_of("n1"), ["ip", "route", "get", ip["n2"]]).stdout or ""
     r.check(f"{what}: n1's kernel keeps mtu {RELAY_MTU} for n2",
             f"mtu {RELAY_MTU}" in route, route.strip())
+    status = lab.status("n1")
+    r.check(f"{what}: n1's status shows relay mtu {RELAY_MTU} and the packet dropped as too_big",
+            status.get("relay_mtu") == RELAY_MTU and (status.get("drops") or {}).get("too_big", 0) >= 1,
+            json.dumps({k: status.get(k) for k in ("relay_transport", "relay_mtu", "drops")}))
+    text = lab.exec_in(lab.ns_of("n1"), [lab.binary(), "status", "--state-dir",
+                                         str(lab.state_dir("n1"))]).stdout or ""
+    line = f"relay: udp (packets up to {RELAY_MTU} bytes in one datagram)"
+    r.check(f"{what}: `ztmesh status` says so: {line!r}", line in text.splitlines(), text)
     r.run(f"{what}: a {RELAY_MTU}-byte echo with DF gets its reply",
           lambda: big_echo(lab, "n1", ip["n2"], RELAY_MTU, df=True, want="reply"))
     r.run(f"{what}: bulk: 4 MiB each way over n1 -> n2 tcp/80 through the relay arrive intact",

@@ -28,6 +28,10 @@ pub struct Status {
     /// How relayed packets travel: `udp`, `tls`, or `none`.
     #[serde(default)]
     pub relay_transport: String,
+    /// Over `udp`: the largest overlay packet one relay datagram holds
+    /// (longer ones that must not be fragmented get "packet too big").
+    #[serde(default)]
+    pub relay_mtu: Option<u16>,
     /// Policy version of the filter in force (0 = none; nothing passes).
     pub policy_version: u64,
     /// Peers.

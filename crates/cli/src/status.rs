@@ -51,6 +51,15 @@ pub async fn run(args: StatusArgs) -> Result<()> {
             .as_deref()
             .unwrap_or("unknown (no STUN answer yet)")
     );
+    if status.relay_connected {
+        match status.relay_mtu {
+            Some(mtu) => println!(
+                "relay: {} (packets up to {mtu} bytes in one datagram)",
+                status.relay_transport
+            ),
+            None => println!("relay: {}", status.relay_transport),
+        }
+    }
     println!();
     println!(
         "{:<20} {:<18} {:<7} {:<22} {:>9} {:<10} {:>10} {:>10}",

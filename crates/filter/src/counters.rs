@@ -20,11 +20,14 @@ pub enum DropReason {
     UnknownPeer,
     /// The connection tracking table is full of live flows.
     ConntrackFull,
+    /// Outbound, longer than the path to the peer carries (a relayed
+    /// peer) and not to be fragmented: answered with ICMP "packet too big".
+    TooBig,
 }
 
 impl DropReason {
     /// Every reason, in declaration order.
-    pub const ALL: [DropReason; 7] = [
+    pub const ALL: [DropReason; 8] = [
         DropReason::Malformed,
         DropReason::NoPolicy,
         DropReason::NoRule,
@@ -32,6 +35,7 @@ impl DropReason {
         DropReason::CryptokeyRouting,
         DropReason::UnknownPeer,
         DropReason::ConntrackFull,
+        DropReason::TooBig,
     ];
 
     /// Stable snake_case name, used as a metric label.
@@ -44,6 +48,7 @@ impl DropReason {
             DropReason::CryptokeyRouting => "cryptokey_routing",
             DropReason::UnknownPeer => "unknown_peer",
             DropReason::ConntrackFull => "conntrack_full",
+            DropReason::TooBig => "too_big",
         }
     }
 
@@ -272,7 +277,8 @@ mod tests {
                 "denied",
                 "cryptokey_routing",
                 "unknown_peer",
-                "conntrack_full"
+                "conntrack_full",
+                "too_big"
             ]
         );
         for (i, reason) in DropReason::ALL.iter().enumerate() {

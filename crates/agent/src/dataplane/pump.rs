@@ -9,7 +9,7 @@ use std::time::Instant;
 
 use boringtun::noise::TunnResult;
 use tokio::sync::mpsc;
-use ztmesh_filter::Verdict;
+use ztmesh_filter::{DropReason, Verdict};
 
 use super::paths::{self, via};
 use super::receive::Source;
@@ -128,6 +128,7 @@ impl Engine {
                     {
                         // Dropped, as a router drops it (WireGuard's
                         // receiver skips the unused counter).
+                        self.filter.record_drop(DropReason::TooBig, packet.len());
                         answer_too_big(packet, mtu, tun_out);
                     } else if self.paths.relay(key, datagram) {
                         peer.route.relay_data += 1;

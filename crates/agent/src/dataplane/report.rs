@@ -95,6 +95,7 @@ impl Engine {
             control_connected,
             relay_connected: self.paths.relay_up(),
             relay_transport: self.paths.relay_link().as_str().to_owned(),
+            relay_mtu: self.paths.relay_mtu(),
             policy_version: self.filter.version(),
             peers,
             drops: counters
