@@ -335,21 +335,11 @@ pub fn bind_udp(addr: SocketAddr) -> Result<WgSocket> {
 /// Asks for [`UDP_BUFFER_BYTES`] each way on a WireGuard socket; a
 /// refused size is logged, not fatal.
 pub(crate) fn size_buffers(socket: &socket2::Socket) {
-    if let Err(e) = socket.set_recv_buffer_size(UDP_BUFFER_BYTES) {
-        tracing::debug!(error = %e, "could not enlarge the UDP receive buffer");
-    }
-    if let Err(e) = socket.set_send_buffer_size(UDP_BUFFER_BYTES) {
-        tracing::debug!(error = %e, "could not enlarge the UDP send buffer");
-    }
-    tracing::debug!(
-        recv = socket.recv_buffer_size().unwrap_or(0),
-        send = socket.send_buffer_size().unwrap_or(0),
-        "UDP socket buffers"
-    );
+    ztmesh_relay::shared_port::size_buffers(socket, UDP_BUFFER_BYTES);
 }
 
-/// Requested UDP socket buffer size (each direction).
-pub const UDP_BUFFER_BYTES: usize = 4 * 1024 * 1024;
+/// Requested UDP socket buffer size (each direction): the relay's.
+pub const UDP_BUFFER_BYTES: usize = ztmesh_relay::shared_port::UDP_BUFFER_BYTES;
 
 fn first_ipv4(enrollment: &Enrollment) -> Result<Ipv4Addr> {
     enrollment

@@ -19,6 +19,7 @@ use tokio_rustls::TlsConnector;
 
 use crate::frame::{self, Frame, HEADER};
 use crate::server::AbortOnDrop;
+use crate::shared_port;
 use crate::udp::{self, Session};
 
 /// The state of the link to the relay.
@@ -222,13 +223,7 @@ struct UdpSide {
 
 impl UdpSide {
     async fn open(relay: SocketAddr, session: Session) -> Option<Self> {
-        let local: SocketAddr = if relay.is_ipv4() {
-            ([0, 0, 0, 0], 0).into()
-        } else {
-            ([0u16; 8], 0).into()
-        };
-        let socket = UdpSocket::bind(local).await.ok()?;
-        socket.connect(relay).await.ok()?;
+        let socket = shared_port::to_relay(relay).ok()?;
         Some(Self {
             socket: Arc::new(socket),
             session,
