@@ -335,11 +335,11 @@ pub fn bind_udp(addr: SocketAddr) -> Result<WgSocket> {
 /// Asks for [`UDP_BUFFER_BYTES`] each way on a WireGuard socket; a
 /// refused size is logged, not fatal.
 pub(crate) fn size_buffers(socket: &socket2::Socket) {
-    ztmesh_relay::shared_port::size_buffers(socket, UDP_BUFFER_BYTES);
+    ztmesh_relay::sockets::size_buffers(socket, UDP_BUFFER_BYTES);
 }
 
 /// Requested UDP socket buffer size (each direction): the relay's.
-pub const UDP_BUFFER_BYTES: usize = ztmesh_relay::shared_port::UDP_BUFFER_BYTES;
+pub const UDP_BUFFER_BYTES: usize = ztmesh_relay::sockets::UDP_BUFFER_BYTES;
 
 fn first_ipv4(enrollment: &Enrollment) -> Result<Ipv4Addr> {
     enrollment

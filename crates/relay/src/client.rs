@@ -19,7 +19,7 @@ use tokio_rustls::TlsConnector;
 
 use crate::frame::{self, Frame, HEADER};
 use crate::server::AbortOnDrop;
-use crate::shared_port;
+use crate::sockets;
 use crate::udp::{self, Session};
 
 /// The state of the link to the relay.
@@ -223,7 +223,7 @@ struct UdpSide {
 
 impl UdpSide {
     async fn open(relay: SocketAddr, session: Session) -> Option<Self> {
-        let socket = shared_port::to_relay(relay).ok()?;
+        let socket = sockets::to_relay(relay).ok()?;
         Some(Self {
             socket: Arc::new(socket),
             session,

@@ -12,6 +12,7 @@ mod lab;
 mod pem;
 pub mod server;
 pub mod shared_port;
+pub mod sockets;
 pub mod udp;
 
 pub use frame::Frame;
