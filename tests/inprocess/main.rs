@@ -7,7 +7,7 @@
 
 use std::time::Duration;
 
-use ztmesh_e2e::packets::{SYN, SYN_ACK, ping, tcp};
+use ztmesh_e2e::packets::{SYN, SYN_ACK, ping, pong, tcp};
 use ztmesh_e2e::{TestAgent, TestServer};
 use ztmesh_proto::JoinToken;
 
@@ -226,6 +226,52 @@ async fn overlay_enforces_policy_end_to_end() {
     for agent in [n1, n2, n3, n4] {
         agent.stop().await;
     }
+    server.stop().await;
+}
+
+/// The TUN side's reading: a lone request (a ping, a query) is read once,
+/// with no read after it that finds the device empty (its readiness says
+/// when more comes); a burst written at once still arrives whole and in
+/// order, read in batches. (After a lone packet with no answer between, a
+/// second one is taken as a stream: it is read on, and may find the device
+/// empty.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lone_packets_are_read_once_and_bursts_arrive_whole() {
+    let server = TestServer::start(None).await;
+    let (mut n1, mut n2) = client_and_web(&server).await;
+    // The first packet waits for the handshake.
+    let first = tcp(n1.address, n2.address, 41000, 80, SYN);
+    n1.send(first.clone()).await;
+    assert_eq!(n2.receive(DELIVERY).await, Some(first));
+
+    // A ping and its reply, 20 times: the reply's turn comes between
+    // two requests (as between any request and the next).
+    let before = n1.tun.empty_reads();
+    for id in 1..=20 {
+        let request = ping(n1.address, n2.address, id);
+        n1.send(request.clone()).await;
+        assert_eq!(n2.receive(DELIVERY).await, Some(request), "ping {id}");
+        let reply = pong(n2.address, n1.address, id);
+        n2.send(reply.clone()).await;
+        assert_eq!(n1.receive(DELIVERY).await, Some(reply), "reply {id}");
+    }
+    assert_eq!(n1.tun.empty_reads(), before, "20 requests, each read once");
+
+    let burst: Vec<Vec<u8>> = (42000..42200)
+        .map(|port| tcp(n1.address, n2.address, port, 80, SYN))
+        .collect();
+    for packet in &burst {
+        n1.send(packet.clone()).await;
+    }
+    for (i, packet) in burst.iter().enumerate() {
+        assert_eq!(
+            n2.receive(DELIVERY).await.as_ref(),
+            Some(packet),
+            "packet {i} of the burst"
+        );
+    }
+    n1.stop().await;
+    n2.stop().await;
     server.stop().await;
 }
 

@@ -21,7 +21,16 @@ pub fn tcp(src: Ipv4Addr, dst: Ipv4Addr, sport: u16, dport: u16, flags: u8) -> V
 
 /// An ICMP echo request.
 pub fn ping(src: Ipv4Addr, dst: Ipv4Addr, id: u16) -> Vec<u8> {
-    let mut icmp = vec![8, 0, 0, 0, 0, 0, 0, 1];
+    echo(8, src, dst, id)
+}
+
+/// The ICMP echo reply to [`ping`]`(dst, src, id)`.
+pub fn pong(src: Ipv4Addr, dst: Ipv4Addr, id: u16) -> Vec<u8> {
+    echo(0, src, dst, id)
+}
+
+fn echo(kind: u8, src: Ipv4Addr, dst: Ipv4Addr, id: u16) -> Vec<u8> {
+    let mut icmp = vec![kind, 0, 0, 0, 0, 0, 0, 1];
     icmp[4..6].copy_from_slice(&id.to_be_bytes());
     let sum = checksum(&icmp);
     icmp[2..4].copy_from_slice(&sum.to_be_bytes());

@@ -208,12 +208,16 @@ pub async fn run<T: TunIo>(
         rekeys,
         relay_in,
     );
+    // The last turn read the TUN device and may have left packets there
+    // (`on_tun_ready`'s streak).
+    let mut tun_left = false;
     loop {
         let event =
             std::future::poll_fn(|cx| next_event(cx, &io, &mut controls, &mut engine.connected))
                 .await;
         match event {
             Event::Io { tun, udp, relay } => {
+                let streak = std::mem::take(&mut tun_left) && tun;
                 if let Some(frame) = relay {
                     engine.on_relay(&io, frame, &mut controls.relay_in, &mut batches)?;
                 }
@@ -223,7 +227,7 @@ pub async fn run<T: TunIo>(
                 // once (an echo, an ACK): that goes out in this turn.
                 let answered = udp && engine.on_udp_ready(&io, &mut wire, &mut batches)?;
                 if tun || answered {
-                    engine.on_tun_ready(&io, &wire, &mut batches)?;
+                    tun_left = engine.on_tun_ready(&io, &wire, &mut batches, streak)?;
                 }
                 // The one wait of the packet path: a full socket buffer
                 // left datagrams in the batch, and maybe packets of a TUN
@@ -233,10 +237,15 @@ pub async fn run<T: TunIo>(
                         if !batches.tun_in.has_pending() {
                             break;
                         }
-                        engine.on_tun_ready(&io, &wire, &mut batches)?;
-                    } else if let Err(e) = io.udp.room().await {
-                        tracing::debug!(error = %e, "cannot wait for room to send; dropping the batch");
-                        batches.udp_out.clear();
+                        tun_left = engine.on_tun_ready(&io, &wire, &mut batches, true)?;
+                    } else {
+                        // The TUN device, readable, would end every wait
+                        // for room at once.
+                        let _muted = crate::driver::mute();
+                        if let Err(e) = io.udp.room().await {
+                            tracing::debug!(error = %e, "cannot wait for room to send; dropping the batch");
+                            batches.udp_out.clear();
+                        }
                     }
                 }
             }

@@ -26,7 +26,7 @@
 use std::cell::{Cell, RefCell};
 use std::future::Future;
 use std::io;
-use std::os::fd::RawFd;
+use std::os::fd::{AsRawFd, RawFd};
 use std::pin::pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -36,8 +36,10 @@ use std::time::{Duration, Instant};
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Token};
 
+mod level;
 mod timer;
 mod watch;
+pub use level::{Muted, mute};
 use timer::DeadlineTimer;
 pub use watch::{Watch, take_ready, watch};
 
@@ -102,6 +104,11 @@ pub struct Readable {
     /// ends a wait, the thread yields once before the turn's first send
     /// ([`yield_before_send`]).
     pub written_locally: bool,
+    /// Reported on every wait while it holds something, not only when
+    /// something new arrives ([`level`]): its reader may clear the flag
+    /// without reading it empty. A wait for something else must [`mute`]
+    /// it.
+    pub level_triggered: bool,
 }
 
 /// Whether the turn that `events` begin should yield its CPU once before
@@ -331,12 +338,21 @@ fn hold_deadline(next: Instant) -> bool {
 struct Current;
 
 impl Current {
-    fn set(waker: &Arc<ThreadWaker>, registry: mio::Registry, base: usize) -> Self {
+    fn set(waker: &Arc<ThreadWaker>, registry: mio::Registry, sources: &[Readable]) -> Self {
         CURRENT.with(|current| *current.borrow_mut() = Some(Arc::clone(waker)));
         DEADLINE.with(|deadline| deadline.set(None));
         YIELD_OWED.with(|owed| owed.set(false));
         read_clock();
-        watch::start(registry, base);
+        let level = sources
+            .iter()
+            .enumerate()
+            .filter(|(_, source)| source.level_triggered)
+            .map(|(i, source)| (source.fd, Token(i)))
+            .collect();
+        // The duplicate of the epoll descriptor that `watch` holds until
+        // the driver ends.
+        level::start(registry.as_raw_fd(), level);
+        watch::start(registry, sources.len());
         Self
     }
 }
@@ -347,6 +363,7 @@ impl Drop for Current {
         DEADLINE.with(|deadline| deadline.set(None));
         CLOCK.with(|clock| clock.set(None));
         watch::stop();
+        level::stop();
     }
 }
 
@@ -374,8 +391,12 @@ impl Wake for ThreadWaker {
 pub fn block_on<F: Future>(future: F, sources: &[Readable]) -> io::Result<F::Output> {
     let mut poll = mio::Poll::new()?;
     for (i, source) in sources.iter().enumerate() {
-        poll.registry()
-            .register(&mut SourceFd(&source.fd), Token(i), Interest::READABLE)?;
+        if source.level_triggered {
+            level::register(poll.registry(), source.fd, Token(i))?;
+        } else {
+            poll.registry()
+                .register(&mut SourceFd(&source.fd), Token(i), Interest::READABLE)?;
+        }
     }
     let waker = Arc::new(ThreadWaker {
         waker: mio::Waker::new(poll.registry(), WAKE)?,
@@ -384,7 +405,7 @@ pub fn block_on<F: Future>(future: F, sources: &[Readable]) -> io::Result<F::Out
         fired: AtomicBool::new(true),
     });
     let mut timer = DeadlineTimer::new(poll.registry(), TIMER)?;
-    let _current = Current::set(&waker, poll.registry().try_clone()?, sources.len());
+    let _current = Current::set(&waker, poll.registry().try_clone()?, sources);
     let task_waker = Waker::from(Arc::clone(&waker));
     let mut cx = Context::from_waker(&task_waker);
     let mut future = pin!(future);

@@ -4,7 +4,8 @@
 use std::io;
 use std::net::Ipv4Addr;
 use std::os::fd::AsRawFd;
-use std::sync::{Mutex, PoisonError};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
 
 use anyhow::{Result, anyhow, bail};
@@ -42,6 +43,14 @@ pub trait TunIo: Send + Sync + 'static {
     /// sets; `None` for a device that wakes its poller itself.
     fn source(&self) -> Option<Readable> {
         None
+    }
+
+    /// The reader stops here without reading the device empty: `true`
+    /// when the device's readiness is level-triggered (the next wait
+    /// reports what is left), having marked it not readable for now;
+    /// `false` for a device that must be read until a read finds nothing.
+    fn stop_reading(&self) -> bool {
+        false
     }
 
     /// Packets the local stack may answer at once were just written
@@ -97,7 +106,13 @@ impl TunIo for KernelTun {
             fd: self.device.as_raw_fd(),
             flag: self.readable.clone(),
             written_locally: true,
+            level_triggered: true,
         })
+    }
+
+    fn stop_reading(&self) -> bool {
+        self.readable.clear();
+        true
     }
 
     fn wrote(&self) {
@@ -310,10 +325,13 @@ pub fn check_net_admin() -> Result<()> {
 }
 
 /// An in-memory TUN for tests: packets the "kernel" sends in come from one
-/// channel, packets the data plane writes go to another.
+/// channel, packets the data plane writes go to another. Its readiness is
+/// level-triggered, as a kernel device's is under the driver: a poll
+/// looks at the channel, so the reader may stop after any packet.
 pub struct ChannelTun {
     inbound: Mutex<Inbound>,
     outbound: mpsc::Sender<Vec<u8>>,
+    empty_reads: Arc<AtomicU64>,
 }
 
 /// The receiving end, with the packet a poll found and no read took yet.
@@ -328,6 +346,14 @@ pub struct ChannelTunHandle {
     pub to_dataplane: mpsc::Sender<Vec<u8>>,
     /// Receive packets delivered "to local applications".
     pub from_dataplane: mpsc::Receiver<Vec<u8>>,
+    empty_reads: Arc<AtomicU64>,
+}
+
+impl ChannelTunHandle {
+    /// Reads by the data plane that found nothing waiting.
+    pub fn empty_reads(&self) -> u64 {
+        self.empty_reads.load(Ordering::Relaxed)
+    }
 }
 
 impl ChannelTun {
@@ -335,6 +361,7 @@ impl ChannelTun {
     pub fn pair() -> (ChannelTun, ChannelTunHandle) {
         let (to_dataplane, packets) = mpsc::channel(256);
         let (outbound, from_dataplane) = mpsc::channel(256);
+        let empty_reads = Arc::new(AtomicU64::new(0));
         (
             ChannelTun {
                 inbound: Mutex::new(Inbound {
@@ -342,10 +369,12 @@ impl ChannelTun {
                     peeked: None,
                 }),
                 outbound,
+                empty_reads: Arc::clone(&empty_reads),
             },
             ChannelTunHandle {
                 to_dataplane,
                 from_dataplane,
+                empty_reads,
             },
         )
     }
@@ -378,6 +407,7 @@ impl TunIo for ChannelTun {
             None => match inbound.packets.try_recv() {
                 Ok(packet) => packet,
                 Err(TryRecvError::Empty) => {
+                    self.empty_reads.fetch_add(1, Ordering::Relaxed);
                     batch.set_count(0);
                     return Ok(false);
                 }
@@ -391,6 +421,11 @@ impl TunIo for ChannelTun {
         }
         batch.set_single(len);
         Ok(true)
+    }
+
+    fn stop_reading(&self) -> bool {
+        // The next poll looks at the channel again.
+        true
     }
 
     fn send_batch(&self, batch: &mut TunWriteBatch) -> io::Result<()> {

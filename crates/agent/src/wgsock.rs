@@ -56,6 +56,7 @@ impl WgSocket {
             fd: self.socket.as_raw_fd(),
             flag: self.readable.clone(),
             written_locally: false,
+            level_triggered: false,
         }
     }
 

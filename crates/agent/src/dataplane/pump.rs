@@ -29,24 +29,35 @@ impl Engine {
     /// the batch, when the socket's buffer is full: the loop waits for
     /// room, and the device, still marked readable, is read again on the
     /// next turn. Only a dead TUN is an error.
+    ///
+    /// A lone packet (a ping, a request) ends the reading when the device
+    /// can say later whether more came ([`TunIo::stop_reading`]), unless
+    /// `streak`: the turn before read the device too and may have left
+    /// packets, so this one is part of a stream and reads on (one packet
+    /// per turn would lose the batching). Returns whether this turn may
+    /// have left some: it stopped after a lone packet, or a second read
+    /// found more.
     pub(super) fn on_tun_ready<T: TunIo>(
         &mut self,
         io: &Io<T>,
         wire: &Wire,
         batches: &mut Batches,
-    ) -> std::io::Result<()> {
+        streak: bool,
+    ) -> std::io::Result<bool> {
         let now = driver::now();
         let Batches {
             tun_in,
             udp_out,
             tun_out,
         } = batches;
+        let mut left = false;
         'turn: {
             for read in 0..TUN_READS_PER_WAKE {
                 // A read stopped by a full send buffer goes on first.
                 if !tun_in.has_pending() && !io.tun.try_recv_batch(tun_in)? {
                     break;
                 }
+                left = read > 0;
                 while let Some(packet) = tun_in.pending() {
                     if udp_out.needs_flush(packet.len())
                         && !wire.try_flush(&io.udp, &self.connected, udp_out)
@@ -57,14 +68,20 @@ impl Engine {
                     tun_in.advance();
                 }
                 // A lone packet that woke us (a ping, a request) leaves
-                // before the read that finds nothing more, after letting
-                // its sender sleep (driver::yield_before_send); a flood
-                // still leaves in GSO batches of the reads after it.
+                // before any further read, after letting its sender sleep
+                // (driver::yield_before_send); a flood still leaves in GSO
+                // batches of the reads after it.
                 if read == 0 && tun_in.count == 1 {
                     if udp_out.lone().is_some() {
                         driver::yield_before_send();
                     }
                     if !wire.try_flush(&io.udp, &self.connected, udp_out) {
+                        break 'turn;
+                    }
+                    // No read that finds nothing after it: on one CPU the
+                    // peer we just woke would wait for that system call.
+                    if !streak && io.tun.stop_reading() {
+                        left = true;
                         break 'turn;
                     }
                 }
@@ -76,7 +93,7 @@ impl Engine {
             std::hint::cold_path();
             io.tun.send_batch(tun_out)?;
         }
-        Ok(())
+        Ok(left)
     }
 
     /// Route by allowed IPs, outbound filter, encrypt into the send batch.

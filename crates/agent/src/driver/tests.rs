@@ -25,6 +25,7 @@ fn datagram_source() -> (
         fd: rx.as_raw_fd(),
         flag: flag.clone(),
         written_locally: false,
+        level_triggered: false,
     };
     (rx, tx, to, flag, source)
 }
@@ -397,6 +398,7 @@ fn wakeups_are_told_once_and_looking_again_repeats_them() {
         fd: rx.as_raw_fd(),
         flag: flag.clone(),
         written_locally: false,
+        level_triggered: false,
     };
     let mut seen = Vec::new();
     let mut buf = [0u8; 16];
@@ -523,11 +525,13 @@ fn only_a_turn_woken_by_a_locally_written_descriptor_yields_before_it_sends() {
             fd: local.as_raw_fd(),
             flag: local_flag.clone(),
             written_locally: true,
+            level_triggered: false,
         },
         Readable {
             fd: remote.as_raw_fd(),
             flag: remote_flag.clone(),
             written_locally: false,
+            level_triggered: false,
         },
     ];
     // The sender waits for the future to ask for each datagram, so that
