@@ -9,7 +9,7 @@ use super::*;
 /// A non-blocking socket to receive on (its flag set, as a new
 /// registration's is), one to send to it from, its address, its flag,
 /// and the driver's source for it.
-fn datagram_source() -> (
+pub(super) fn datagram_source() -> (
     UdpSocket,
     UdpSocket,
     std::net::SocketAddr,

@@ -2,26 +2,17 @@
 //! while it holds something, and not while muted.
 
 use std::net::UdpSocket;
-use std::os::fd::AsRawFd;
 use std::task::{Poll, Waker};
 use std::time::{Duration, Instant};
 
 use super::mute;
-use crate::driver::{Readable, ReadyFlag, block_on};
+use crate::driver::tests::datagram_source;
+use crate::driver::{ReadyFlag, block_on};
 
 #[test]
 fn reported_while_it_holds_something_and_not_while_muted() {
-    let rx = UdpSocket::bind("127.0.0.1:0").unwrap();
-    rx.set_nonblocking(true).unwrap();
-    let tx = UdpSocket::bind("127.0.0.1:0").unwrap();
-    let to = rx.local_addr().unwrap();
-    let flag = ReadyFlag::new();
-    let source = Readable {
-        fd: rx.as_raw_fd(),
-        flag: flag.clone(),
-        written_locally: false,
-        level_triggered: true,
-    };
+    let (rx, tx, to, flag, mut source) = datagram_source();
+    source.level_triggered = true;
     let mut turns = 0;
     let mut muted = None;
     let mut muted_at = None;
