@@ -142,6 +142,9 @@ const FLOW_REPORT_INTERVAL: Duration = Duration::from_secs(2);
 /// The daemon version, reported in posture.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
+/// How often the daemon collects its posture by default.
+pub const POSTURE_INTERVAL: Duration = Duration::from_secs(10);
+
 /// How the daemon learns its posture and how often it looks again.
 #[derive(Clone)]
 pub struct PostureOptions {
@@ -158,7 +161,7 @@ impl Default for PostureOptions {
                 let firewall = std::sync::Mutex::new(posture::FirewallCache::new());
                 move || posture::collect_cached(VERSION, &firewall)
             }),
-            interval: Duration::from_secs(10),
+            interval: POSTURE_INTERVAL,
         }
     }
 }

@@ -82,7 +82,15 @@ fn main() -> ExitCode {
     // its data plane runs on a thread of its own with its own epoll
     // (ztmesh_agent::driver), so a packet wakes only that thread.
     let mut builder = if matches!(cli.command, Command::Up(_)) {
-        tokio::runtime::Builder::new_current_thread()
+        let mut builder = tokio::runtime::Builder::new_current_thread();
+        // The posture probe runs on the runtime's blocking pool every
+        // POSTURE_INTERVAL. With tokio's default keep-alive (10 s, the
+        // same as the interval) its thread ended just before each probe,
+        // and every probe started a new one (clone, its signal stack
+        // mapped, its stack's pages faulted in, then unmapped): kept
+        // alive longer, one parked thread serves every probe.
+        builder.thread_keep_alive(ztmesh_agent::POSTURE_INTERVAL * 6);
+        builder
     } else {
         tokio::runtime::Builder::new_multi_thread()
     };
