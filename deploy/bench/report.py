@@ -5,7 +5,11 @@ is every core for the whole test, whatever the tunnel.)"""
 
 from __future__ import annotations
 
+import argparse
+import json
 import statistics
+import sys
+from pathlib import Path
 
 import pings
 
@@ -64,11 +68,47 @@ def render(meta: dict, results: list[dict]) -> str:
                           for j in impls]
                 out.append(_row([i, _fmt(min(v)), _fmt(med[i]), _fmt(max(v)), str(len(v)),
                                  *ratios], first=13))
+    if "ping" in tests:
+        out += ping_ratios([results], impls)
     errs = [r for r in results if r.get("error")]
     if errs:
         out += ["", f"{len(errs)} failed measurement(s):"]
         out += [f"  round {r['round']} {r['impl']} {r['test']}: {r['error'][:200]}" for r in errs]
     return "\n".join(out)
+
+
+def ping_ratios(runs: list[list[dict]], impls: list[str], target: str = "ztmesh") -> list[str]:
+    """`target`'s mean ping over each other tunnel's, every round of every
+    run pooled, with the interval of pings.mean_ratio; nothing when the
+    runs have no batch means (JSON written before they were kept)."""
+    rows = []
+    for other in (i for i in impls if i != target):
+        pairs = _batch_pairs(runs, target, other)
+        r = pings.mean_ratio(pairs)
+        if r:
+            rows.append(_row([other, str(r["pairs"]), f"{r['ratio']:.3f}", f"{r['low']:.3f}",
+                              f"{r['high']:.3f}"], first=13))
+    if not rows:
+        return []
+    return ["", f"ping: {target}'s mean RTT over each other tunnel's, all rounds pooled, with a 95 % "
+                "interval (bootstrap over the turns: each pair is the two tunnels' batches of one "
+                "turn)",
+            _row(["impl", "pairs", "ratio", "low", "high"], first=13), *rows]
+
+
+def _batch_pairs(runs: list[list[dict]], a: str, b: str) -> list[tuple[float, int, float, int]]:
+    """The batches of `a` and `b` that ran in the same turn of the same
+    round, as (a's mean, a's replies, b's mean, b's replies)."""
+    pairs = []
+    for results in runs:
+        by = {(r["impl"], r["round"]): r.get("ping_batch_means") for r in results
+              if r.get("test") == "ping" and not r.get("error")}
+        for (impl, rnd), mine in by.items():
+            theirs = by.get((b, rnd))
+            if impl != a or not mine or not theirs:
+                continue
+            pairs += [(ma, na, mb, nb) for (ma, na), (mb, nb) in zip(mine, theirs)]
+    return pairs
 
 
 def _applies(key: str, test: str) -> bool:
@@ -128,3 +168,34 @@ def _abbr(impl: str) -> str:
 
 def _row(cells: list[str], first: int = 13, width: int = 9) -> str:
     return cells[0].ljust(first) + "".join(c.rjust(width) for c in cells[1:])
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(
+        description="Print a bench report again from its JSON; with several files, the ping "
+                    "ratios of all of them pooled.")
+    ap.add_argument("files", nargs="+", type=Path, help="bench-*.json from deploy/bench/results")
+    args = ap.parse_args(argv)
+    runs = []
+    for f in args.files:
+        try:
+            data = json.loads(f.read_text())
+            runs.append((f, data["meta"], data["results"]))
+        except (OSError, ValueError, KeyError) as e:
+            print(f"report.py: cannot read {f}: {e}", file=sys.stderr)
+            return 2
+    if len(runs) == 1:
+        print(render(runs[0][1], runs[0][2]))
+        return 0
+    impls = [i for i in runs[0][1]["impls"] if all(i in meta["impls"] for _, meta, _ in runs)]
+    for f, meta, _ in runs:
+        print(f"{f.name}: {meta.get('rounds')} round(s), started {meta.get('started')}, "
+              f"load at start {meta.get('loadavg_start')}")
+    lines = ping_ratios([results for _, _, results in runs], impls)
+    print("\n".join(lines) if lines else "no ping batch means in these files (written before "
+                                         "the bench kept them, or without the ping test)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
