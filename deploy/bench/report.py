@@ -103,11 +103,10 @@ def _batch_pairs(runs: list[list[dict]], a: str, b: str) -> list[tuple[float, in
     for results in runs:
         by = {(r["impl"], r["round"]): r.get("ping_batch_means") for r in results
               if r.get("test") == "ping" and not r.get("error")}
-        for (impl, rnd), mine in by.items():
-            theirs = by.get((b, rnd))
-            if impl != a or not mine or not theirs:
-                continue
-            pairs += [(ma, na, mb, nb) for (ma, na), (mb, nb) in zip(mine, theirs)]
+        for rnd in sorted(r for impl, r in by if impl == a):
+            mine, theirs = by[(a, rnd)], by.get((b, rnd))
+            if mine and theirs:
+                pairs += [(ma, na, mb, nb) for (ma, na), (mb, nb) in zip(mine, theirs)]
     return pairs
 
 
